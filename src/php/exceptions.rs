@@ -1,0 +1,92 @@
+//! The extension's exception classes.
+//!
+//! They are registered with `ClassBuilder` rather than `#[php_class]` so that they are plain
+//! PHP exceptions: constructible from PHP, with file, line and trace filled in by the engine.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use ext_php_rs::{
+    builders::ClassBuilder,
+    exception::PhpException,
+    ffi::zend_hash_str_find_ptr_lc,
+    zend::{ce, ClassEntry},
+};
+
+/// One exception class of ours: its PHP name, parent, and the entry PHP gave it.
+pub struct ExceptionClass {
+    name: &'static str,
+    parent: fn() -> &'static ClassEntry,
+    parent_name: &'static str,
+    entry: AtomicPtr<ClassEntry>,
+}
+
+impl ExceptionClass {
+    const fn new(name: &'static str, parent: fn() -> &'static ClassEntry, parent_name: &'static str) -> Self {
+        ExceptionClass { name, parent, parent_name, entry: AtomicPtr::new(std::ptr::null_mut()) }
+    }
+
+    fn entry(&self) -> &'static ClassEntry {
+        let entry = self.entry.load(Ordering::Acquire);
+        // SAFETY: set once at module startup to an entry that lives as long as the process.
+        unsafe { entry.as_ref() }.expect("exception classes are registered at module startup")
+    }
+
+    /// An exception of this class carrying `message`.
+    pub fn with(&self, message: impl Into<String>) -> PhpException {
+        PhpException::new(message.into(), 0, self.entry())
+    }
+}
+
+/// A class registered so far, by name. At module startup only the compiler's class table is
+/// filled in (NTS builds keep it in the `compiler_globals` static).
+fn find_class(name: &str) -> Option<&'static ClassEntry> {
+    // SAFETY: read during module startup, when the engine runs single-threaded and the class
+    // table is live; the lookup lowercases its own copy of `name`.
+    unsafe {
+        let table = (*std::ptr::addr_of!(ext_php_rs::ffi::compiler_globals)).class_table;
+        let found = zend_hash_str_find_ptr_lc(table, name.as_ptr().cast(), name.len());
+        (found as *const ClassEntry).as_ref()
+    }
+}
+
+fn runtime_exception() -> &'static ClassEntry {
+    find_class("RuntimeException").expect("SPL registers RuntimeException before extensions load")
+}
+
+fn lock_exception() -> &'static ClassEntry {
+    LOCK_EXCEPTION.entry()
+}
+
+pub static LOCK_EXCEPTION: ExceptionClass =
+    ExceptionClass::new("JoinBlock\\LockException", runtime_exception, "RuntimeException");
+pub static LOCK_TIMEOUT_EXCEPTION: ExceptionClass =
+    ExceptionClass::new("JoinBlock\\LockTimeoutException", lock_exception, "JoinBlock\\LockException");
+
+/// Every class, parents before children.
+static ALL: [&ExceptionClass; 2] = [&LOCK_EXCEPTION, &LOCK_TIMEOUT_EXCEPTION];
+
+/// Registers every exception class; called from the module's startup hook.
+pub fn register() -> Result<(), String> {
+    for class in ALL {
+        // `registration` takes a plain fn, so the entry is found by name afterwards.
+        ClassBuilder::new(class.name)
+            .extends((class.parent, class.parent_name))
+            .registration(|_, _| {})
+            .register()
+            .map_err(|e| format!("cannot register {}: {e}", class.name))?;
+        let entry = find_class(class.name)
+            .ok_or_else(|| format!("{} is missing after registration", class.name))?;
+        class.entry.store(std::ptr::from_ref(entry).cast_mut(), Ordering::Release);
+    }
+    Ok(())
+}
+
+/// `ValueError`, as PHP's own functions throw for a well-typed but unacceptable argument.
+pub fn value_error(message: impl Into<String>) -> PhpException {
+    PhpException::new(message.into(), 0, ce::value_error())
+}
+
+/// `TypeError`, for an argument of the wrong type.
+pub fn type_error(message: impl Into<String>) -> PhpException {
+    PhpException::new(message.into(), 0, ce::type_error())
+}

@@ -1,0 +1,45 @@
+//! The PHP-facing layer: a thin skin of argument checks and exception mapping over the plain
+//! Rust modules.
+
+mod exceptions;
+mod lock;
+mod options;
+
+use ext_php_rs::{info_table_end, info_table_row, info_table_start, prelude::*, zend::ModuleEntry};
+
+use crate::{config, lock::counters};
+
+/// `php --ri joinblock` and `phpinfo()`.
+extern "C" fn module_info(_module: *mut ModuleEntry) {
+    let counters = counters();
+    let dir = match lock::lock_dir() {
+        Ok(dir) => String::from_utf8_lossy(&dir).replace('\0', ""),
+        Err(_) => "(unavailable)".into(),
+    };
+    info_table_start!();
+    info_table_row!("joinblock support", "enabled");
+    info_table_row!("version", env!("CARGO_PKG_VERSION"));
+    info_table_row!("lock directory in effect", dir.as_str());
+    info_table_row!("locks acquired (this process)", counters.acquired.to_string());
+    info_table_row!("locks that waited (this process)", counters.waited.to_string());
+    info_table_row!("lock timeouts (this process)", counters.timed_out.to_string());
+    info_table_end!();
+}
+
+extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
+    config::register(module_number);
+    match std::panic::catch_unwind(exceptions::register) {
+        Ok(Ok(())) => 0,
+        Ok(Err(message)) => {
+            eprintln!("joinblock: {message}");
+            -1
+        }
+        Err(_) => -1,
+    }
+}
+
+#[php_module]
+#[php(startup = "startup")]
+pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
+    lock::register(module).info_function(module_info)
+}
