@@ -1,0 +1,141 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+use PHPUnit\Framework\TestCase;
+
+/** Child PHP processes, scratch directories and the plugin's lock-file name. */
+abstract class JoinBlockTestCase extends TestCase
+{
+    /** @var list<string> */
+    private array $scratchDirs = [];
+
+    protected function tearDown(): void
+    {
+        foreach ($this->scratchDirs as $dir) {
+            exec('rm -rf ' . escapeshellarg($dir));
+        }
+        $this->scratchDirs = [];
+    }
+
+    /** A fresh directory, removed after the test. */
+    protected function scratchDir(int $mode = 0700): string
+    {
+        $dir = sys_get_temp_dir() . '/joinblock-test-' . bin2hex(random_bytes(6));
+        mkdir($dir, $mode);
+        chmod($dir, $mode);
+        $this->scratchDirs[] = $dir;
+        return $dir;
+    }
+
+    /** The path the plugin's PHP code uses, computed by PHP itself. */
+    protected static function pluginLockPath(string $dir, string $key): string
+    {
+        return $dir . '/join-lock-' . sha1(strtolower(trim($key)));
+    }
+
+    /** A bare PHP command line with only the extension under test loaded. */
+    protected static function phpCommand(string $script, string ...$args): array
+    {
+        return [PHP_BINARY, '-n', '-d', 'extension=' . getenv('JOINBLOCK_SO'), $script, ...$args];
+    }
+
+    protected static function fixture(string $name): string
+    {
+        return __DIR__ . '/fixtures/' . $name;
+    }
+
+    /**
+     * Runs a PHP script to completion within `$limit` seconds.
+     *
+     * @return array{exit: int, out: string, err: string}
+     */
+    protected static function runPhp(array $command, float $limit = 60.0): array
+    {
+        $proc = self::startPhp($command);
+        return self::finish($proc, $limit);
+    }
+
+    /** @return array{proc: resource, pipes: array<int, resource>} */
+    protected static function startPhp(array $command): array
+    {
+        $proc = proc_open($command, [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+        if (!is_resource($proc)) {
+            throw new \RuntimeException('cannot start ' . implode(' ', $command));
+        }
+        fclose($pipes[0]);
+        return ['proc' => $proc, 'pipes' => $pipes];
+    }
+
+    /**
+     * Waits for a started process, killing it past `$limit` seconds (the test then fails).
+     *
+     * @param array{proc: resource, pipes: array<int, resource>} $child
+     * @return array{exit: int, out: string, err: string}
+     */
+    protected static function finish(array $child, float $limit = 60.0): array
+    {
+        [$out, $err] = ['', ''];
+        foreach ([1, 2] as $i) {
+            stream_set_blocking($child['pipes'][$i], false);
+        }
+        $deadline = microtime(true) + $limit;
+        while (true) {
+            $out .= stream_get_contents($child['pipes'][1]);
+            $err .= stream_get_contents($child['pipes'][2]);
+            $status = proc_get_status($child['proc']);
+            if (!$status['running']) {
+                $out .= stream_get_contents($child['pipes'][1]);
+                $err .= stream_get_contents($child['pipes'][2]);
+                proc_close($child['proc']);
+                return ['exit' => $status['exitcode'], 'out' => $out, 'err' => $err];
+            }
+            if (microtime(true) > $deadline) {
+                proc_terminate($child['proc'], 9);
+                proc_close($child['proc']);
+                self::fail("child process exceeded {$limit} s; stdout: $out; stderr: $err");
+            }
+            usleep(2000);
+        }
+    }
+
+    /** Runs a PHP script and asserts it exited 0 with nothing on stderr; returns stdout. */
+    protected static function runPhpOk(array $command, float $limit = 60.0): string
+    {
+        $result = self::runPhp($command, $limit);
+        self::assertSame(0, $result['exit'], "exit code; stderr: {$result['err']}; stdout: {$result['out']}");
+        self::assertSame('', $result['err'], 'stderr');
+        return $result['out'];
+    }
+
+    /** Asserts that `$fn` throws exactly `$class` with a message matching `$pattern`. */
+    protected static function assertThrows(string $class, string $pattern, callable $fn): \Throwable
+    {
+        try {
+            $fn();
+        } catch (\Throwable $e) {
+            self::assertSame($class, get_class($e), 'exception class; message: ' . $e->getMessage());
+            self::assertMatchesRegularExpression($pattern, $e->getMessage());
+            return $e;
+        }
+        self::fail("expected $class matching $pattern, nothing was thrown");
+    }
+
+    /** @return array{acquired: int, waited: int, 'timed out': int} */
+    protected function infoCounters(): array
+    {
+        ob_start();
+        phpinfo(INFO_MODULES);
+        $info = ob_get_clean();
+        preg_match_all('~^locks? (acquired|that waited|timeouts) \(this process\) => (\d+)$~m', $info, $m, PREG_SET_ORDER);
+        $found = [];
+        foreach ($m as [, $name, $value]) {
+            $found[['acquired' => 'acquired', 'that waited' => 'waited', 'timeouts' => 'timed out'][$name]] = (int) $value;
+        }
+        ksort($found);
+        $this->assertCount(3, $found, $info);
+        return ['acquired' => $found['acquired'], 'waited' => $found['waited'], 'timed out' => $found['timed out']];
+    }
+}

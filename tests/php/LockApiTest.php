@@ -1,0 +1,196 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+use JoinBlock\Lock;
+use JoinBlock\LockException;
+use JoinBlock\LockTimeoutException;
+
+/** The lock API inside one process: names, arguments, release semantics, exceptions. */
+final class LockApiTest extends JoinBlockTestCase
+{
+    /** @return array<string, array{string}> */
+    public static function keys(): array
+    {
+        return [
+            'email' => ['member@example.org'],
+            'upper case and spaces' => ["  Member@Example.ORG \n"],
+            'tabs, NUL and vertical tab trimmed' => ["\t\0\x0Ba@b.org\x0B\0\t"],
+            'NUL inside' => ["a\0b@example.org"],
+            'form feed is not trimmed by PHP' => ["\fa@b.org"],
+            'UTF-8 upper case left alone' => ['ÉLODIE@exemple.fr'],
+            'invalid UTF-8' => ["\xff\xfeBad@Example.org\xc3"],
+            'session token' => ['3f9a1c0e-7b7e-4a0b-9a53-4f0d2b1e6c11'],
+        ];
+    }
+
+    /** @dataProvider keys */
+    public function testLockFileNameMatchesThePluginByteForByte(string $key): void
+    {
+        $dir = $this->scratchDir();
+        $lock = joinblock_acquire_lock($key, ['dir' => $dir]);
+        $this->assertSame(self::pluginLockPath($dir, $key), $lock->path());
+        $this->assertFileExists($lock->path());
+        $this->assertSame(0600, fileperms($lock->path()) & 0777);
+        $lock->release();
+    }
+
+    public function testDefaultDirectoryIsIniThenSysTempDir(): void
+    {
+        $this->assertSame('', ini_get('joinblock.lock_dir'));
+        $lock = joinblock_acquire_lock('default-dir@example.org');
+        $this->assertSame(self::pluginLockPath(sys_get_temp_dir(), 'default-dir@example.org'), $lock->path());
+        $lock->release();
+
+        $dir = $this->scratchDir();
+        ini_set('joinblock.lock_dir', $dir);
+        try {
+            $lock = joinblock_acquire_lock('ini-dir@example.org');
+            $this->assertSame(self::pluginLockPath($dir, 'ini-dir@example.org'), $lock->path());
+            $lock->release();
+        } finally {
+            ini_restore('joinblock.lock_dir');
+        }
+    }
+
+    public function testReleaseRemovesTheFileAndIsIdempotent(): void
+    {
+        $dir = $this->scratchDir();
+        $lock = joinblock_acquire_lock('a@example.org', ['dir' => $dir]);
+        $this->assertInstanceOf(Lock::class, $lock);
+        $this->assertTrue($lock->isHeld());
+        joinblock_release_lock($lock);
+        $this->assertFalse($lock->isHeld());
+        $this->assertFileDoesNotExist($lock->path());
+        joinblock_release_lock($lock);
+        $lock->release();
+        joinblock_release_lock(null);
+        $this->assertSame([], array_values(array_diff(scandir($dir), ['.', '..'])));
+    }
+
+    public function testFreeingTheObjectReleasesTheLock(): void
+    {
+        $dir = $this->scratchDir();
+        $lock = joinblock_acquire_lock('b@example.org', ['dir' => $dir]);
+        $path = $lock->path();
+        unset($lock);
+        $this->assertFileDoesNotExist($path);
+        (function () use ($dir) {
+            joinblock_acquire_lock('b@example.org', ['dir' => $dir]);
+        })();
+        joinblock_acquire_lock('b@example.org', ['dir' => $dir, 'timeout' => 0])->release();
+    }
+
+    public function testSameProcessReacquireIsRefusedAtOnce(): void
+    {
+        $dir = $this->scratchDir();
+        $lock = joinblock_acquire_lock('c@example.org', ['dir' => $dir]);
+        $started = microtime(true);
+        // Differently spelled key, same lock; no timeout: this must not wait for itself.
+        self::assertThrows(
+            LockException::class,
+            '~^lock file ' . preg_quote($lock->path(), '~') . ' is already held by this thread; release it~',
+            fn () => joinblock_acquire_lock(' C@EXAMPLE.ORG ', ['dir' => $dir])
+        );
+        // Another spelling of the directory reaches the same file: still refused.
+        self::assertThrows(LockException::class, '~already held~', fn () => joinblock_acquire_lock('c@example.org', ['dir' => $dir . '/']));
+        $this->assertLessThan(1.0, microtime(true) - $started);
+        $this->assertTrue($lock->isHeld());
+        $lock->release();
+        joinblock_acquire_lock('c@example.org', ['dir' => $dir])->release();
+    }
+
+    public function testTimeoutZeroAndNullAreAccepted(): void
+    {
+        $dir = $this->scratchDir();
+        joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 0])->release();
+        joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 0.25])->release();
+        joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => null])->release();
+        joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 3])->release();
+        $this->assertFileDoesNotExist(self::pluginLockPath($dir, 'd@example.org'));
+    }
+
+    /** @return array<string, array{class-string, string, callable}> */
+    public static function badArguments(): array
+    {
+        $f = 'joinblock_acquire_lock';
+        return [
+            'empty key' => [\ValueError::class, '~^joinblock_acquire_lock\(\): Argument #1 \(\$key\) must not be empty after trimming~', fn () => $f('')],
+            'blank key' => [\ValueError::class, '~Argument #1 \(\$key\) must not be empty~', fn () => $f(" \t\n\r\0\x0B")],
+            'array key' => [\TypeError::class, '~key~', fn () => $f([])],
+            'null key' => [\TypeError::class, '~key~', fn () => $f(null)],
+            'options not an array' => [\TypeError::class, '~options~', fn () => $f('k', 'dir')],
+            'unknown option' => [\ValueError::class, '~^joinblock_acquire_lock\(\): Argument #2 \(\$options\) has an unknown option "tiemout"; known options are: dir, timeout$~', fn () => $f('k', ['tiemout' => 1])],
+            'list instead of options' => [\ValueError::class, '~unknown option "0"~', fn () => $f('k', ['/tmp'])],
+            'dir not a string' => [\TypeError::class, '~option "dir" must be of type string, int given~', fn () => $f('k', ['dir' => 5])],
+            'empty dir' => [\ValueError::class, '~option "dir" must not be empty~', fn () => $f('k', ['dir' => ''])],
+            'dir with NUL' => [\ValueError::class, '~option "dir" must not contain NUL bytes~', fn () => $f('k', ['dir' => "/tmp\0x"])],
+            'timeout a string' => [\TypeError::class, '~option "timeout" must be of type int\|float\|null, string given~', fn () => $f('k', ['timeout' => '5'])],
+            'timeout a bool' => [\TypeError::class, '~option "timeout" must be of type int\|float\|null, bool given~', fn () => $f('k', ['timeout' => true])],
+            'negative timeout' => [\ValueError::class, '~option "timeout" must be a finite number of seconds greater than or equal to 0~', fn () => $f('k', ['timeout' => -1])],
+            'NaN timeout' => [\ValueError::class, '~option "timeout" must be a finite number~', fn () => $f('k', ['timeout' => NAN])],
+            'infinite timeout' => [\ValueError::class, '~option "timeout" must be a finite number~', fn () => $f('k', ['timeout' => INF])],
+            'release of a non-lock' => [\TypeError::class, '~lock~', fn () => joinblock_release_lock(new \stdClass())],
+        ];
+    }
+
+    /** @dataProvider badArguments */
+    public function testBadArgumentsThrowPhpErrors(string $class, string $pattern, callable $call): void
+    {
+        self::assertThrows($class, $pattern, $call);
+    }
+
+    public function testLockCannotBeMadeClonedOrSerialised(): void
+    {
+        self::assertThrows(\Exception::class, '~cannot instantiate~i', fn () => new Lock());
+        $lock = joinblock_acquire_lock('e@example.org', ['dir' => $this->scratchDir()]);
+        self::assertThrows(\Error::class, '~clone~', fn () => clone $lock);
+        self::assertThrows(\Exception::class, '~Serialization of \'JoinBlock\\\\Lock\' is not allowed~', fn () => serialize($lock));
+        $this->assertTrue((new \ReflectionClass(Lock::class))->isFinal());
+        $lock->release();
+    }
+
+    public function testExceptionsAreRealPhpExceptions(): void
+    {
+        $this->assertTrue(is_subclass_of(LockException::class, \RuntimeException::class));
+        $this->assertTrue(is_subclass_of(LockTimeoutException::class, LockException::class));
+        $made = new LockTimeoutException('made in PHP', 7);
+        $this->assertSame(__LINE__ - 1, $made->getLine());
+        $this->assertSame(7, $made->getCode());
+
+        $dir = $this->scratchDir();
+        $held = joinblock_acquire_lock('f@example.org', ['dir' => $dir]);
+        try {
+            joinblock_acquire_lock('f@example.org', ['dir' => $dir]);
+            $this->fail('re-entry must throw');
+        } catch (LockException $thrown) {
+            $this->assertSame(__FILE__, $thrown->getFile());
+            $this->assertSame(__LINE__ - 4, $thrown->getLine());
+            $trace = $thrown->getTrace();
+            $this->assertSame('joinblock_acquire_lock', $trace[0]['function'] ?? null);
+            $this->assertSame(__FUNCTION__, $trace[1]['function'] ?? null, 'trace names the caller');
+        }
+        $held->release();
+    }
+
+    public function testPhpinfoShowsVersionDirectoryAndCounters(): void
+    {
+        $dir = $this->scratchDir();
+        $before = $this->infoCounters();
+        joinblock_acquire_lock('g@example.org', ['dir' => $dir])->release();
+        $held = joinblock_acquire_lock('g@example.org', ['dir' => $dir]);
+        $this->assertSame(
+            ['acquired' => $before['acquired'] + 2, 'waited' => $before['waited'], 'timed out' => $before['timed out']],
+            $this->infoCounters()
+        );
+        $held->release();
+
+        ob_start();
+        phpinfo(INFO_MODULES);
+        $info = ob_get_clean();
+        $this->assertMatchesRegularExpression('~^version => \d+\.\d+\.\d+$~m', $info);
+        $this->assertStringContainsString('lock directory in effect => ' . sys_get_temp_dir(), $info);
+    }
+}

@@ -1,0 +1,132 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/** Several real PHP processes on one key: mutual exclusion under contention and in bursts. */
+final class LockConcurrencyTest extends JoinBlockTestCase
+{
+    private function worker(string $mode, array $args): array
+    {
+        return self::phpCommand(self::fixture('lock_worker.php'), $mode, json_encode($args));
+    }
+
+    /** @return list<array{string, string, int}> [event, name, hrtime] in log order */
+    private static function readLog(string $log): array
+    {
+        return array_map(
+            fn ($line) => [explode(' ', $line)[0], explode(' ', $line)[1], (int) explode(' ', $line)[2]],
+            file($log, FILE_IGNORE_NEW_LINES)
+        );
+    }
+
+    public function testTwoProcessesOnOneEmailNeverInterleave(): void
+    {
+        $dir = $this->scratchDir();
+        $log = "$dir/work.log";
+        $children = [];
+        foreach (['first', 'second'] as $name) {
+            $children[] = self::startPhp($this->worker('hold', [
+                'dir' => $dir, 'key' => 'Member@Example.org', 'seconds' => 1.0, 'log' => $log, 'name' => $name,
+            ]));
+        }
+        foreach ($children as $child) {
+            $this->assertSame(0, self::finish($child)['exit']);
+        }
+        $events = self::readLog($log);
+        $this->assertCount(4, $events);
+        [$a, $b, $c, $d] = $events;
+        $this->assertSame(['WORKING', 'DONE', 'WORKING', 'DONE'], [$a[0], $b[0], $c[0], $d[0]]);
+        $this->assertSame($a[1], $b[1], 'the first holder finishes before anyone else starts');
+        $this->assertSame($c[1], $d[1]);
+        $this->assertNotSame($a[1], $c[1]);
+        $this->assertGreaterThanOrEqual($b[2], $c[2], 'the second starts after the first is done');
+        $this->assertSame([], glob("$dir/join-lock-*"), 'no lock file is left behind');
+    }
+
+    public function testDifferentKeysRunInParallel(): void
+    {
+        $dir = $this->scratchDir();
+        $log = "$dir/work.log";
+        $children = [];
+        foreach (['a@example.org', 'b@example.org'] as $key) {
+            $children[] = self::startPhp($this->worker('hold', [
+                'dir' => $dir, 'key' => $key, 'seconds' => 1.0, 'log' => $log, 'name' => $key,
+            ]));
+        }
+        foreach ($children as $child) {
+            $this->assertSame(0, self::finish($child)['exit']);
+        }
+        $events = self::readLog($log);
+        $this->assertSame(['WORKING', 'WORKING', 'DONE', 'DONE'], array_column($events, 0), 'both work at once');
+    }
+
+    public function testStressEightProcessesNoOverlapNoLostUpdate(): void
+    {
+        $processes = 8;
+        $iterations = 2000;
+        $dir = $this->scratchDir();
+        $counter = "$dir/counter";
+        file_put_contents($counter, '0');
+        $args = [
+            'dir' => $dir, 'key' => 'stress@example.org', 'iterations' => $iterations,
+            'counter' => $counter, 'marker' => "$dir/inside", 'start' => microtime(true) + 0.5,
+        ];
+        $children = [];
+        for ($i = 0; $i < $processes; $i++) {
+            $children[] = self::startPhp($this->worker('stress', $args));
+        }
+        $overlaps = 0;
+        foreach ($children as $child) {
+            $result = self::finish($child, 300);
+            $this->assertSame(0, $result['exit'], $result['err']);
+            $overlaps += json_decode($result['out'], true)['overlaps'];
+        }
+        $this->assertSame(0, $overlaps, 'critical sections that overlapped');
+        $this->assertSame((string) ($processes * $iterations), file_get_contents($counter), 'lost updates');
+        $this->assertSame([], glob("$dir/join-lock-*"));
+    }
+
+    /** @return array<string, array{int, int}> */
+    public static function bursts(): array
+    {
+        return ['3 requests' => [3, 200], '5 requests' => [5, 200]];
+    }
+
+    /** @dataProvider bursts */
+    public function testBurstsOfRequestsNeverOverlap(int $parties, int $bursts): void
+    {
+        $overlapped = $this->runBursts('ext', $parties, $bursts);
+        $this->assertSame([], $overlapped, 'bursts in which two requests were inside at once');
+    }
+
+    /** The same harness catches the plugin's PHP lock, so a 0 above means something. */
+    public function testBurstHarnessDetectsThePluginsBrokenLock(): void
+    {
+        $overlapped = $this->runBursts('plugin', 5, 60);
+        $this->assertNotEmpty($overlapped, 'the plugin pattern overlapped in none of 60 bursts of 5');
+    }
+
+    /** @return list<int> bursts in which any party found another inside */
+    private function runBursts(string $impl, int $parties, int $bursts): array
+    {
+        $dir = $this->scratchDir();
+        $args = [
+            'impl' => $impl, 'dir' => $dir, 'key' => 'burst@example.org', 'bursts' => $bursts,
+            'marker' => "$dir/inside", 'start' => microtime(true) + 0.5, 'spacing' => 0.03 + 0.003 * $parties,
+        ];
+        $children = [];
+        for ($i = 0; $i < $parties; $i++) {
+            $children[] = self::startPhp($this->worker('burst', $args));
+        }
+        $overlapped = [];
+        foreach ($children as $child) {
+            $result = self::finish($child, 120);
+            $this->assertSame(0, $result['exit'], $result['err']);
+            $overlapped = array_merge($overlapped, json_decode($result['out'], true)['overlapped']);
+        }
+        sort($overlapped);
+        return array_values(array_unique($overlapped));
+    }
+}

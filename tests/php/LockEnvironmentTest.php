@@ -1,0 +1,192 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+use JoinBlock\LockException;
+use JoinBlock\LockTimeoutException;
+
+/**
+ * Timeouts, other lockers, fork, the end of a request, and a hostile or broken lock directory.
+ */
+final class LockEnvironmentTest extends JoinBlockTestCase
+{
+    private static function scenario(string $name, string $dir, string $key, string ...$extra): array
+    {
+        return self::phpCommand(self::fixture('lock_scenarios.php'), $name, $dir, $key, ...$extra);
+    }
+
+    /** Starts a scenario and waits until it prints HELD. */
+    private static function startHolding(array $command): array
+    {
+        $child = self::startPhp($command);
+        $line = fgets($child['pipes'][1]);
+        self::assertSame("HELD\n", $line, 'the holder reports that it holds the lock');
+        return $child;
+    }
+
+    public function testTimeoutNamesTheFileAndTheWait(): void
+    {
+        $dir = $this->scratchDir();
+        $holder = self::startHolding(self::scenario('plain-flock-hold', $dir, 'busy@example.org', '1.5'));
+        $path = self::pluginLockPath($dir, 'busy@example.org');
+        $before = $this->infoCounters();
+
+        $started = microtime(true);
+        self::assertThrows(
+            LockTimeoutException::class,
+            '~^timed out after 0\.3\d\d s waiting for lock file ' . preg_quote($path, '~') . '$~',
+            fn () => joinblock_acquire_lock('busy@example.org', ['dir' => $dir, 'timeout' => 0.3])
+        );
+        $this->assertLessThan(1.2, microtime(true) - $started, 'gave up near its deadline');
+        self::assertThrows(LockTimeoutException::class, '~^timed out after 0\.0\d\d s~', fn () => joinblock_acquire_lock('busy@example.org', ['dir' => $dir, 'timeout' => 0]));
+
+        // Waits for the plain PHP holder to let go, then gets it.
+        $lock = joinblock_acquire_lock('busy@example.org', ['dir' => $dir, 'timeout' => 20]);
+        $this->assertTrue($lock->isHeld());
+        $lock->release();
+        self::finish($holder);
+
+        $after = $this->infoCounters();
+        $this->assertSame($before['timed out'] + 2, $after['timed out']);
+        $this->assertSame($before['waited'] + 1, $after['waited']);
+        $this->assertSame($before['acquired'] + 1, $after['acquired']);
+    }
+
+    public function testPlainFlockCannotTakeALockTheExtensionHolds(): void
+    {
+        $dir = $this->scratchDir();
+        $lock = joinblock_acquire_lock('interop@example.org', ['dir' => $dir]);
+        $out = self::runPhpOk(self::scenario('plain-flock-try', $dir, 'interop@example.org'));
+        $this->assertSame("BUSY\n", $out);
+        $lock->release();
+        $this->assertSame("LOCKED\n", self::runPhpOk(self::scenario('plain-flock-try', $dir, 'interop@example.org')));
+    }
+
+    public function testExtensionWaitsForAPlainFlockHolder(): void
+    {
+        $dir = $this->scratchDir();
+        $holder = self::startHolding(self::scenario('plain-flock-hold', $dir, 'waits@example.org', '0.8'));
+        $started = microtime(true);
+        joinblock_acquire_lock('waits@example.org', ['dir' => $dir])->release();
+        $this->assertGreaterThan(0.3, microtime(true) - $started, 'it waited for the holder');
+        $this->assertSame(0, self::finish($holder)['exit']);
+    }
+
+    /** @return array<string, array{string}> */
+    public static function childFrees(): array
+    {
+        return ['unset in the child' => ['unset'], 'release() in the child' => ['release']];
+    }
+
+    /** @dataProvider childFrees */
+    public function testForkedChildDoesNotReleaseTheParentsLock(string $how): void
+    {
+        $dir = $this->scratchDir();
+        $out = self::runPhpOk(self::scenario('fork', $dir, 'fork@example.org', $how));
+        $this->assertSame(
+            ['child_exit' => 0, 'parent_holds' => true, 'file_exists' => true, 'others_can_lock' => false],
+            json_decode($out, true),
+            'child saw isHeld() false (exit 0), parent still holds it and nobody else can lock it'
+        );
+        $this->assertSame([], glob("$dir/join-lock-*"), 'the parent released it at the end');
+    }
+
+    /** @return array<string, array{string}> */
+    public static function endings(): array
+    {
+        return ['exit()' => ['exit'], 'uncaught exception' => ['exception'], 'fatal error (out of memory)' => ['fatal']];
+    }
+
+    /** @dataProvider endings */
+    public function testEndOfRequestReleasesTheLock(string $ending): void
+    {
+        $dir = $this->scratchDir();
+        $result = self::runPhp(self::scenario($ending, $dir, 'end@example.org'));
+        $this->assertStringStartsWith("HELD\n", $result['out']);
+        $this->assertSame([], glob("$dir/join-lock-*"), 'PHP freed the Lock, which unlinked its file');
+        $this->assertSame("ACQUIRED\n", self::runPhpOk(self::scenario('try', $dir, 'end@example.org', '0')));
+    }
+
+    public function testHolderKilledMidLockFreesItEvenWithAChildAlive(): void
+    {
+        $dir = $this->scratchDir();
+        $holder = self::startHolding(self::scenario('hold-then-spawn', $dir, 'killed@example.org'));
+        $grandchild = (int) fgets($holder['pipes'][1]);
+        posix_kill(proc_get_status($holder['proc'])['pid'], SIGKILL);
+        self::finish($holder);
+        $this->assertCount(1, glob("$dir/join-lock-*"), 'a killed holder cannot unlink');
+        // The sleeping grandchild inherited no descriptor, so the lock died with its holder.
+        $this->assertSame("ACQUIRED\n", self::runPhpOk(self::scenario('try', $dir, 'killed@example.org', '2')));
+        posix_kill($grandchild, SIGKILL);
+    }
+
+    public function testMissingDirectory(): void
+    {
+        $dir = $this->scratchDir() . '/missing';
+        self::assertThrows(
+            LockException::class,
+            '~^cannot open lock file ' . preg_quote(self::pluginLockPath($dir, 'k'), '~') . ': No such file or directory \(os error 2\) \(does the lock directory exist\?\)$~',
+            fn () => joinblock_acquire_lock('k', ['dir' => $dir])
+        );
+    }
+
+    public function testUnwritableDirectory(): void
+    {
+        $dir = $this->scratchDir(0755);
+        $path = self::pluginLockPath($dir, 'k');
+        // Root writes anywhere, so the attempt runs as an unprivileged user when we are root.
+        $asUser = posix_geteuid() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] : [];
+        if ($asUser === []) {
+            chmod($dir, 0555);
+        }
+        $out = self::runPhpOk([...$asUser, ...self::scenario('try', $dir, 'k', '0')]);
+        $this->assertSame(
+            'JoinBlock\LockException: cannot open lock file ' . $path . ': Permission denied (os error 13) (is the lock directory writable by PHP\'s user?)' . "\n",
+            $out
+        );
+    }
+
+    public function testPlantedSymlinkIsNeverFollowed(): void
+    {
+        $dir = $this->scratchDir();
+        $victim = "$dir/victim";
+        file_put_contents($victim, 'precious');
+        $path = self::pluginLockPath($dir, 'evil@example.org');
+        symlink($victim, $path);
+        self::assertThrows(
+            LockException::class,
+            '~^refusing lock path ' . preg_quote($path, '~') . ': it is a symbolic link, not a regular file$~',
+            fn () => joinblock_acquire_lock('evil@example.org', ['dir' => $dir, 'timeout' => 5])
+        );
+        $this->assertSame('precious', file_get_contents($victim), 'the target was not truncated');
+        $this->assertTrue(is_link($path), 'the planted link is left for the admin to see');
+
+        $dangling = self::pluginLockPath($dir, 'dangling@example.org');
+        symlink("$dir/created-through-link", $dangling);
+        self::assertThrows(LockException::class, '~symbolic link~', fn () => joinblock_acquire_lock('dangling@example.org', ['dir' => $dir]));
+        $this->assertFileDoesNotExist("$dir/created-through-link");
+    }
+
+    public function testPlantedDirectoryAndFifoAreRefused(): void
+    {
+        $dir = $this->scratchDir();
+        $asDir = self::pluginLockPath($dir, 'dir@example.org');
+        mkdir($asDir);
+        self::assertThrows(
+            LockException::class,
+            '~^refusing lock path ' . preg_quote($asDir, '~') . ': it is a directory, not a regular file$~',
+            fn () => joinblock_acquire_lock('dir@example.org', ['dir' => $dir])
+        );
+        $fifo = self::pluginLockPath($dir, 'fifo@example.org');
+        posix_mkfifo($fifo, 0600);
+        $started = microtime(true);
+        self::assertThrows(
+            LockException::class,
+            '~^refusing lock path ' . preg_quote($fifo, '~') . ': it is a FIFO, not a regular file$~',
+            fn () => joinblock_acquire_lock('fifo@example.org', ['dir' => $dir])
+        );
+        $this->assertLessThan(1.0, microtime(true) - $started, 'opening the FIFO did not block');
+    }
+}
