@@ -39,6 +39,8 @@ use std::{
 };
 
 use fs2::FileExt;
+
+use crate::backoff::Backoff;
 use parking_lot::Mutex;
 
 /// File name prefix shared with the plugin: `<dir>/join-lock-<sha1 hex>`.
@@ -163,21 +165,19 @@ type FileId = (u64, u64);
 /// Locks held in this process, with the thread that holds each.
 static HELD: Mutex<Vec<(FileId, ThreadId, u32)>> = Mutex::new(Vec::new());
 
-/// Reserves `id` for the current thread, or says it already holds it.
-fn register_holder(id: FileId) -> bool {
-    let me = (thread::current().id(), std::process::id());
+/// Reserves `id` for `thread` of process `pid`, or says that thread already holds it.
+fn register_holder(id: FileId, thread: ThreadId, pid: u32) -> bool {
     let mut held = HELD.lock();
     // Entries inherited across fork belong to the parent, not to us.
-    held.retain(|&(_, _, pid)| pid == me.1);
-    if held.iter().any(|&(held_id, thread, _)| held_id == id && thread == me.0) {
+    held.retain(|&(_, _, owner)| owner == pid);
+    if held.iter().any(|&(held_id, owner, _)| held_id == id && owner == thread) {
         return false;
     }
-    held.push((id, me.0, me.1));
+    held.push((id, thread, pid));
     true
 }
 
-fn unregister_holder(id: FileId, thread: ThreadId) {
-    let pid = std::process::id();
+fn unregister_holder(id: FileId, thread: ThreadId, pid: u32) {
     HELD.lock().retain(|&entry| entry != (id, thread, pid));
 }
 
@@ -200,21 +200,15 @@ impl FileLock {
             Wait::Forever => None,
             Wait::AtMost(limit) => Some(started + limit),
         };
-        let mut backoff = Backoff::new();
+        let (owner_pid, owner_thread) = (std::process::id(), thread::current().id());
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut had_to_wait = false;
         loop {
-            let file = open_lock_file(path)?;
-            let id = file_id(&file.metadata().map_err(|e| io_error(path, "inspect", e))?);
-            if !register_holder(id) {
+            let (file, id) = open_lock_file(path)?;
+            if !register_holder(id, owner_thread, owner_pid) {
                 return Err(LockError::AlreadyHeld { path: path.to_owned() });
             }
-            let lock = FileLock {
-                path: path.to_owned(),
-                file: Some(file),
-                id,
-                owner_pid: std::process::id(),
-                owner_thread: thread::current().id(),
-            };
+            let lock = FileLock { path: path.to_owned(), file: Some(file), id, owner_pid, owner_thread };
             // From here on, dropping `lock` unregisters it (and closes the descriptor
             // without touching the path unless the lock was taken).
             match lock.try_lock(deadline)? {
@@ -277,7 +271,7 @@ impl FileLock {
     /// Closes a descriptor whose lock was never confirmed, leaving the path alone.
     fn close_unlocked(mut self) {
         self.file = None;
-        unregister_holder(self.id, self.owner_thread);
+        unregister_holder(self.id, self.owner_thread, self.owner_pid);
     }
 
     pub fn path(&self) -> &Path {
@@ -300,7 +294,7 @@ impl FileLock {
             // A forked child: closing our copy of the descriptor leaves the parent's lock alone.
             return Ok(());
         }
-        unregister_holder(self.id, self.owner_thread);
+        unregister_holder(self.id, self.owner_thread, self.owner_pid);
         let unlinked = match self.path_still_names_our_file() {
             Ok(true) => std::fs::remove_file(&self.path)
                 .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
@@ -320,7 +314,8 @@ impl Drop for FileLock {
     }
 }
 
-fn open_lock_file(path: &Path) -> Result<File, LockError> {
+/// Opens (creating if needed) the lock file, refusing anything but a regular file.
+fn open_lock_file(path: &Path) -> Result<(File, FileId), LockError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -330,11 +325,11 @@ fn open_lock_file(path: &Path) -> Result<File, LockError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| open_error(path, e))?;
-    let kind = file.metadata().map_err(|e| io_error(path, "inspect", e))?.file_type();
-    if !kind.is_file() {
-        return Err(LockError::NotARegularFile { path: path.to_owned(), kind: kind_name(&kind) });
+    let meta = file.metadata().map_err(|e| io_error(path, "inspect", e))?;
+    if !meta.file_type().is_file() {
+        return Err(LockError::NotARegularFile { path: path.to_owned(), kind: kind_name(&meta.file_type()) });
     }
-    Ok(file)
+    Ok((file, file_id(&meta)))
 }
 
 fn open_error(path: &Path, err: io::Error) -> LockError {
@@ -366,34 +361,6 @@ fn io_error(path: &Path, action: &'static str, source: io::Error) -> LockError {
 
 fn file_id(meta: &std::fs::Metadata) -> FileId {
     (meta.dev(), meta.ino())
-}
-
-/// Jittered exponential backoff that never sleeps past the deadline.
-struct Backoff {
-    next: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64);
-        Backoff { next: FIRST_BACKOFF, seed: nanos ^ (u64::from(std::process::id()) << 32) | 1 }
-    }
-
-    /// The next sleep: a random point in [next/2, next], then doubles `next` up to the cap.
-    fn next(&mut self, remaining: Option<Duration>) -> Duration {
-        // xorshift64: jitter only needs to differ between processes, not to be unpredictable.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let half = self.next / 2;
-        let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1));
-        let sleep = half + jitter;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        remaining.map_or(sleep, |r| sleep.min(r))
-    }
 }
 
 #[cfg(test)]
@@ -510,15 +477,5 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("/nonexistent-joinblock-dir/join-lock-"), "{text}");
         assert!(text.contains("No such file or directory"), "{text}");
-    }
-
-    #[test]
-    fn backoff_stays_within_bounds_and_deadline() {
-        let mut backoff = Backoff::new();
-        for _ in 0..20 {
-            let sleep = backoff.next(None);
-            assert!(sleep <= MAX_BACKOFF);
-        }
-        assert_eq!(backoff.next(Some(Duration::from_micros(10))), Duration::from_micros(10));
     }
 }
