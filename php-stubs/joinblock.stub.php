@@ -33,6 +33,32 @@ namespace {
      * @throws \JoinBlock\LockException the lock file could not be removed or unlocked
      */
     function joinblock_release_lock(?\JoinBlock\Lock $lock = null): void {}
+
+    /**
+     * Whether the Action Network person with this email has the tag named `$tag` (names compare
+     * case-insensitively, as Action Network does); null when no person has that email.
+     *
+     * Costs 1 request (the person) + the person's taggings pages up to the first match once the
+     * tag's href is known to this process; learning it costs at most one request per tag of the
+     * person, or a walk of the group's tag list when that is cheaper. Never a request per tagging.
+     *
+     * @param array{base_url?: string, timeout?: int|float, deadline?: int|float, max_pages?: int,
+     *   tag_cache_ttl?: int|float, max_rps?: int|float} $options
+     *   - `base_url`: API root; default INI `joinblock.action_network_url`
+     *     (`https://actionnetwork.org/api/v2/`). Plain `http://` only to loopback.
+     *   - `timeout`: seconds per request, default 10.
+     *   - `deadline`: seconds for the whole call, waits included, default 30.
+     *   - `max_pages`: taggings pages read at most, default 10.
+     *   - `tag_cache_ttl`: seconds a learned tag name stays trusted in this process, default 600.
+     *   - `max_rps`: requests per second this process sends at most, default 4.
+     *
+     * @throws \TypeError wrong argument or option types
+     * @throws \ValueError empty email, tag or key, a key with control characters, unknown
+     *   option, bad `base_url`, non-positive `timeout`, `deadline`, `max_pages` or `max_rps`
+     * @throws \JoinBlock\ActionNetworkException the answer cannot be known: transport error,
+     *   timeout, deadline, error status, page cap, looping or foreign link, bad or oversized body
+     */
+    function joinblock_person_has_tag(string $email, string $tag, string $apiKey, array $options = []): ?bool {}
 }
 
 namespace JoinBlock {
@@ -64,4 +90,7 @@ namespace JoinBlock {
 
     /** The lock was not free before the timeout. */
     class LockTimeoutException extends LockException {}
+
+    /** Action Network's answer could not be had; the message says why and never holds the key. */
+    class ActionNetworkException extends \RuntimeException {}
 }

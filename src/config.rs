@@ -1,7 +1,9 @@
 //! INI settings: their names, defaults, registration and how the running PHP reads them.
 
+use std::ffi::{c_int, c_void, CStr};
+
 use ext_php_rs::{
-    ffi::zend_ini_entry,
+    ffi::{zend_ini_entry, zend_string},
     flags::IniEntryPermission,
     zend::{ExecutorGlobals, IniEntryDef, IniEntryDefs},
 };
@@ -9,10 +11,35 @@ use ext_php_rs::{
 /// Lock directory; empty means PHP's `sys_get_temp_dir()`.
 pub const LOCK_DIR: &str = "joinblock.lock_dir";
 
-static INI_ENTRIES: IniEntryDefs<2> = IniEntryDefs::new([
-    IniEntryDef::new(c"joinblock.lock_dir", c"", IniEntryPermission::All),
+/// Action Network API root; per-call `base_url` overrides it.
+pub const ACTION_NETWORK_URL: &str = "joinblock.action_network_url";
+
+static INI_ENTRIES: IniEntryDefs<3> = IniEntryDefs::new([
+    entry(c"joinblock.lock_dir", c""),
+    entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
     IniEntryDef::end(),
 ]);
+
+/// A setting any script may change. Values are checked where they are used, with errors that
+/// name the setting.
+const fn entry(name: &'static CStr, default: &'static CStr) -> IniEntryDef {
+    let mut def = IniEntryDef::new(name, default, IniEntryPermission::All);
+    def.on_modify = Some(accept_change);
+    def
+}
+
+/// PHP only restores a setting at run time (`ini_restore`) when its handler accepts the old
+/// value again; without a handler the change would stick for the rest of the request.
+unsafe extern "C" fn accept_change(
+    _entry: *mut zend_ini_entry,
+    _new_value: *mut zend_string,
+    _arg1: *mut c_void,
+    _arg2: *mut c_void,
+    _arg3: *mut c_void,
+    _stage: c_int,
+) -> c_int {
+    0 // SUCCESS
+}
 
 /// Called from the module's startup hook.
 pub fn register(module_number: i32) {

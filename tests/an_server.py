@@ -4,6 +4,7 @@
 Binds 127.0.0.1 only. Python 3.11 standard library only.
 
     python3 tests/an_server.py --port 0 --port-file /tmp/an.port [--api-key test-key] [--verbose]
+        [--tls CERT KEY]
 
 --port 0 picks a free port; the chosen port is written to --port-file (atomically) and
 "listening on http://127.0.0.1:PORT" is printed. Serves until SIGTERM or SIGINT.
@@ -36,10 +37,11 @@ Control API (no token; JSON in and out):
                                  matching rule (in the order added) is used.
     GET  /_control/counts        {"total", "by_path", "requests": [{method, path, query,
                                   had_token, token_ok}]}  /api/v2 requests only
-    POST /_control/counts/reset  zero the request and connection counters, keep the data
+    POST /_control/counts/reset  zero the request counters, keep the data and connection count
     GET  /_control/writes        [{"start", "end", "email", "add_tags", "remove_tags"}]
                                  (time.monotonic() seconds, comparable across processes)
-    GET  /_control/connections   {"connections": N} TCP connections accepted
+    GET  /_control/connections   {"connections": N} TCP connections that carried /api/v2 requests
+                                 since the last reset
 """
 
 import argparse
@@ -48,6 +50,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -121,6 +124,7 @@ class State:
         self.faults = []
         self.writes = []
         self.latency_ms = 0
+        self.connections = 0
         self.reset_counts()
 
     def clear_data(self):
@@ -132,7 +136,6 @@ class State:
     def reset_counts(self):
         self.requests = []
         self.by_path = {}
-        self.connections = 0
 
     # --- data ---
 
@@ -402,19 +405,18 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port, api_key, verbose):
+    def __init__(self, port, api_key, verbose, tls=None):
         super().__init__(("127.0.0.1", port), Handler)
         self.state = State()
         self.api_key = api_key
         self.verbose = verbose
         self.port = self.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def process_request(self, request, client_address):
-        # Called once per accepted TCP connection, so tests can see keep-alive reuse.
-        with self.state.lock:
-            self.state.connections += 1
-        super().process_request(request, client_address)
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        if tls:
+            # A self-signed certificate: clients that verify TLS must refuse this server.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
 
     def handle_error(self, request, client_address):
         # A client that hangs up mid-answer (timeouts, oversized bodies) is expected.
@@ -491,6 +493,11 @@ class Handler(BaseHTTPRequestHandler):
         token = self.headers.get("OSDI-API-Token")
         token_ok = token == self.server.api_key
         with state.lock:
+            # One handler serves one TCP connection: count those that carried API requests,
+            # so tests can see keep-alive reuse (control requests are not counted).
+            if not getattr(self, "counted_connection", False):
+                self.counted_connection = True
+                state.connections += 1
             state.count(method, url.path, url.query, token is not None, token_ok)
             latency = state.latency_ms
         time.sleep(latency / 1000)
@@ -670,9 +677,10 @@ def main():
     parser.add_argument("--port-file", help="file to write the bound port to")
     parser.add_argument("--api-key", default="test-key")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve https with these PEM files")
     args = parser.parse_args()
 
-    server = Server(args.port, args.api_key, args.verbose)
+    server = Server(args.port, args.api_key, args.verbose, args.tls)
     if args.port_file:
         write_port_file(args.port_file, server.port)
     print(f"listening on {server.base}", flush=True)

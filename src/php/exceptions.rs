@@ -62,8 +62,11 @@ pub static LOCK_EXCEPTION: ExceptionClass =
 pub static LOCK_TIMEOUT_EXCEPTION: ExceptionClass =
     ExceptionClass::new("JoinBlock\\LockTimeoutException", lock_exception, "JoinBlock\\LockException");
 
+pub static ACTION_NETWORK_EXCEPTION: ExceptionClass =
+    ExceptionClass::new("JoinBlock\\ActionNetworkException", runtime_exception, "RuntimeException");
+
 /// Every class, parents before children.
-static ALL: [&ExceptionClass; 2] = [&LOCK_EXCEPTION, &LOCK_TIMEOUT_EXCEPTION];
+static ALL: [&ExceptionClass; 3] = [&LOCK_EXCEPTION, &LOCK_TIMEOUT_EXCEPTION, &ACTION_NETWORK_EXCEPTION];
 
 /// Registers every exception class; called from the module's startup hook.
 pub fn register() -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The PHP-facing layer: a thin skin of argument checks and exception mapping over the plain
 //! Rust modules.
 
+mod action_network;
 mod exceptions;
 mod lock;
 mod options;
@@ -23,6 +24,9 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("locks acquired (this process)", counters.acquired.to_string());
     info_table_row!("locks that waited (this process)", counters.waited.to_string());
     info_table_row!("lock timeouts (this process)", counters.timed_out.to_string());
+    let url = config::ini_bytes(config::ACTION_NETWORK_URL).map_or_else(String::new, |u| String::from_utf8_lossy(&u).replace('\0', ""));
+    info_table_row!("Action Network URL", url.as_str());
+    info_table_row!("Action Network requests (this process)", crate::action_network::requests_sent().to_string());
     info_table_end!();
 }
 
@@ -41,5 +45,5 @@ extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
 #[php_module]
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
-    lock::register(module).info_function(module_info)
+    action_network::register(lock::register(module)).info_function(module_info)
 }

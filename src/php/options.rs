@@ -101,23 +101,32 @@ impl<'a> Options<'a> {
         Ok(Some(bytes))
     }
 
-    /// Seconds as int or float: finite and not negative.
-    pub fn seconds(&self, name: &str) -> Result<Option<Duration>, PhpException> {
+    /// An int or float, finite and not negative.
+    pub fn number(&self, name: &str) -> Result<Option<f64>, PhpException> {
         let Some(value) = self.get(name) else { return Ok(None) };
-        let seconds = match (value.long(), value.double()) {
+        let number = match (value.long(), value.double()) {
             (Some(n), _) => n as f64,
             (None, Some(x)) => x,
             _ => return Err(self.type_error(name, "of type int|float|null", value)),
         };
-        if !seconds.is_finite() || seconds < 0.0 {
-            return Err(self.value_error(
-                name,
-                "must be a finite number of seconds greater than or equal to 0, or null",
-            ));
+        if !number.is_finite() || number < 0.0 {
+            return Err(self.value_error(name, "must be a finite number greater than or equal to 0, or null"));
         }
+        Ok(Some(number))
+    }
+
+    /// Seconds, as `number` reads them.
+    pub fn seconds(&self, name: &str) -> Result<Option<Duration>, PhpException> {
+        let Some(seconds) = self.number(name)? else { return Ok(None) };
         Duration::try_from_secs_f64(seconds)
             .map(Some)
             .map_err(|_| self.value_error(name, "is too large"))
+    }
+
+    /// An int.
+    pub fn int(&self, name: &str) -> Result<Option<i64>, PhpException> {
+        let Some(value) = self.get(name) else { return Ok(None) };
+        value.long().map(Some).ok_or_else(|| self.type_error(name, "of type int|null", value))
     }
 }
 

@@ -42,6 +42,12 @@ abstract class JoinBlockTestCase extends TestCase
         return [PHP_BINARY, '-n', '-d', 'extension=' . getenv('JOINBLOCK_SO'), $script, ...$args];
     }
 
+    /** The same, running `$code` given inline. */
+    protected static function phpCode(string $code): array
+    {
+        return self::phpCommand('-r', $code);
+    }
+
     protected static function fixture(string $name): string
     {
         return __DIR__ . '/fixtures/' . $name;

@@ -129,7 +129,7 @@ final class LockApiTest extends JoinBlockTestCase
             'dir with NUL' => [\ValueError::class, '~option "dir" must not contain NUL bytes~', fn () => $f('k', ['dir' => "/tmp\0x"])],
             'timeout a string' => [\TypeError::class, '~option "timeout" must be of type int\|float\|null, string given~', fn () => $f('k', ['timeout' => '5'])],
             'timeout a bool' => [\TypeError::class, '~option "timeout" must be of type int\|float\|null, bool given~', fn () => $f('k', ['timeout' => true])],
-            'negative timeout' => [\ValueError::class, '~option "timeout" must be a finite number of seconds greater than or equal to 0~', fn () => $f('k', ['timeout' => -1])],
+            'negative timeout' => [\ValueError::class, '~option "timeout" must be a finite number greater than or equal to 0~', fn () => $f('k', ['timeout' => -1])],
             'NaN timeout' => [\ValueError::class, '~option "timeout" must be a finite number~', fn () => $f('k', ['timeout' => NAN])],
             'infinite timeout' => [\ValueError::class, '~option "timeout" must be a finite number~', fn () => $f('k', ['timeout' => INF])],
             'release of a non-lock' => [\TypeError::class, '~lock~', fn () => joinblock_release_lock(new \stdClass())],

@@ -14,3 +14,4 @@ if (!getenv('JOINBLOCK_SO') || !is_file(getenv('JOINBLOCK_SO'))) {
 }
 
 require __DIR__ . '/JoinBlockTestCase.php';
+require __DIR__ . '/StandInServer.php';

@@ -1,0 +1,220 @@
+//! The HTTP side of the Action Network client: one connection pool per process, pacing,
+//! retries on "slow down" answers, body caps, and the origin rule that keeps the API key home.
+
+use std::{
+    io::Read,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use reqwest::{blocking::Client, header, redirect, StatusCode, Url};
+use serde_json::Value;
+
+use super::Error;
+use crate::backoff::Backoff;
+
+/// Largest response body read; a page of 25 resources is a few tens of KiB.
+pub const BODY_CAP: u64 = 4 << 20;
+
+/// Waits after a 429/503 without `Retry-After`: jittered, doubling from the first to the last.
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests sent by this process.
+pub fn requests_sent() -> u64 {
+    REQUESTS.load(Ordering::Relaxed)
+}
+
+/// The client of this process. PHP-FPM forks workers after loading extensions, and a client
+/// made before a fork hangs in the child (its runtime thread is not copied), so each process
+/// makes its own on first use and leaks an inherited one rather than dropping it.
+static CLIENT: Mutex<Option<(u32, Client)>> = Mutex::new(None);
+
+/// When this process may send its next request (pacing to `max_rps`).
+static NEXT_SLOT: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn client() -> Result<Client, Error> {
+    let pid = std::process::id();
+    let mut slot = CLIENT.lock();
+    if let Some((owner, client)) = slot.as_ref() {
+        if *owner == pid {
+            return Ok(client.clone());
+        }
+    }
+    if let Some(inherited) = slot.take() {
+        std::mem::forget(inherited);
+    }
+    let client = Client::builder()
+        .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect::Policy::custom(|attempt| {
+            let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
+            if same_origin && attempt.previous().len() < 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| Error::Transport { what: "creating the HTTP client".into(), cause: describe(&e) })?;
+    *slot = Some((pid, client.clone()));
+    Ok(client)
+}
+
+/// One call's budget and manners.
+pub struct Session<'a> {
+    pub origin: reqwest::Url,
+    pub api_key: &'a str,
+    pub timeout: Duration,
+    pub deadline: Instant,
+    pub min_interval: Duration,
+}
+
+impl Session<'_> {
+    /// Checks that `url` may receive the API key: same scheme, host and port as `base_url`.
+    pub fn same_origin(&self, url: &Url, what: &str) -> Result<(), Error> {
+        if url.origin() == self.origin.origin() {
+            Ok(())
+        } else {
+            Err(Error::ForeignLink { what: what.into(), origin: url.origin().ascii_serialization() })
+        }
+    }
+
+    /// GETs `url` and parses its JSON body, retrying 429/503 within the deadline.
+    pub fn get_json(&self, url: &Url, what: &str) -> Result<Value, Error> {
+        self.same_origin(url, what)?;
+        let client = client()?;
+        let mut backoff = Backoff::new(FIRST_RETRY_WAIT, MAX_RETRY_WAIT);
+        loop {
+            self.pace(what)?;
+            let remaining = self.remaining(what)?;
+            REQUESTS.fetch_add(1, Ordering::Relaxed);
+            let response = client
+                .get(url.clone())
+                .header("OSDI-API-Token", self.api_key)
+                .header(header::ACCEPT, "application/json")
+                .timeout(self.timeout.min(remaining))
+                .send()
+                .map_err(|e| self.transport_error(what, &e))?;
+            let status = response.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                let wait = retry_after(&response).unwrap_or_else(|| backoff.next(None));
+                if Instant::now() + wait >= self.deadline {
+                    return Err(Error::Deadline {
+                        what: format!("{what} (Action Network answered {status} and asked to wait {:.1} s)", wait.as_secs_f64()),
+                    });
+                }
+                thread::sleep(wait);
+                continue;
+            }
+            if status.is_redirection() {
+                // The redirect policy only stops at a redirect to another origin.
+                let target = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
+                let origin = target.and_then(|t| url.join(t).ok()).map_or("an unreadable location".into(), |u| u.origin().ascii_serialization());
+                return Err(Error::ForeignLink { what: format!("redirect of the {what}"), origin });
+            }
+            let body = read_capped(response, what, self)?;
+            if !status.is_success() {
+                return Err(Error::Status { what: what.into(), status: status.as_u16(), message: error_text(&body) });
+            }
+            return serde_json::from_slice(&body).map_err(|e| Error::BadJson { what: what.into(), detail: e.to_string() });
+        }
+    }
+
+    fn remaining(&self, what: &str) -> Result<Duration, Error> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(Error::Deadline { what: what.into() })
+        } else {
+            Ok(left)
+        }
+    }
+
+    /// Waits for this process's next request slot; never past the deadline.
+    fn pace(&self, what: &str) -> Result<(), Error> {
+        let slot = {
+            let mut next = NEXT_SLOT.lock();
+            let now = Instant::now();
+            let slot = next.map_or(now, |at| at.max(now));
+            *next = Some(slot + self.min_interval);
+            slot
+        };
+        if slot >= self.deadline {
+            return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") });
+        }
+        thread::sleep(slot.saturating_duration_since(Instant::now()));
+        Ok(())
+    }
+
+    fn transport_error(&self, what: &str, err: &reqwest::Error) -> Error {
+        if err.is_timeout() {
+            let limit = if Instant::now() + Duration::from_millis(5) >= self.deadline { "the call's deadline" } else { "the request timeout" };
+            Error::Timeout { what: what.into(), limit: limit.into() }
+        } else {
+            Error::Transport { what: what.into(), cause: describe(err) }
+        }
+    }
+}
+
+/// Reads at most `BODY_CAP` bytes of a body, refusing larger ones.
+fn read_capped(response: reqwest::blocking::Response, what: &str, session: &Session) -> Result<Vec<u8>, Error> {
+    if response.content_length().is_some_and(|len| len > BODY_CAP) {
+        return Err(Error::TooLarge { what: what.into(), cap: BODY_CAP });
+    }
+    let mut body = Vec::new();
+    response
+        .take(BODY_CAP + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| match e.get_ref().and_then(|inner| inner.downcast_ref::<reqwest::Error>()) {
+            Some(inner) => session.transport_error(what, inner),
+            None if e.kind() == std::io::ErrorKind::TimedOut => {
+                Error::Timeout { what: what.into(), limit: "the request timeout".into() }
+            }
+            None => Error::Transport { what: what.into(), cause: e.to_string() },
+        })?;
+    if body.len() as u64 > BODY_CAP {
+        return Err(Error::TooLarge { what: what.into(), cap: BODY_CAP });
+    }
+    Ok(body)
+}
+
+/// Action Network's `{"error": "..."}` text, when the body has one.
+fn error_text(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("error")?.as_str().map(|s| s.chars().take(300).collect())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is treated as absent).
+fn retry_after(response: &reqwest::blocking::Response) -> Option<Duration> {
+    let seconds: f64 = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
+}
+
+/// reqwest's own message hides the cause ("error sending request for url (...)") and carries
+/// the URL, whose query holds the member's email; the kind and the source chain say what
+/// happened without it.
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_connect() {
+        "cannot connect"
+    } else if err.is_body() || err.is_decode() {
+        "reading the answer failed"
+    } else if err.is_builder() {
+        "invalid request"
+    } else {
+        "request failed"
+    };
+    let mut parts = vec![kind.to_string()];
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,377 @@
+//! "Does this Action Network person have tag T?" in as few requests as the API allows.
+//!
+//! A tagging names its tag only by href, so the answer needs T's href. With it (cached from an
+//! earlier call of this process) the cost is the person lookup plus the person's taggings pages
+//! up to the first match: `1 + pages`. Without it, the hrefs met while paging are resolved by
+//! whichever is cheaper: one `GET` per unknown tag href (never more than the plugin's one per
+//! tagging), or a walk of the group's tag list, 25 names a page, stopping once T is named.
+
+mod cache;
+mod http;
+
+use std::{
+    collections::HashSet,
+    fmt,
+    time::{Duration, Instant},
+};
+
+use reqwest::Url;
+use serde_json::Value;
+
+use cache::{normalize_name, GroupKey, Knowledge};
+use http::Session;
+
+pub use http::requests_sent;
+
+/// A person with more unknown tag hrefs than this makes the call look at the group's tag
+/// list (25 names a request) rather than fetch each tag.
+const PROBE_LIST_ABOVE: usize = 25;
+
+/// How one call talks to Action Network.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The API root, ending in `/`, e.g. `https://actionnetwork.org/api/v2/`.
+    pub base_url: Url,
+    /// Per request.
+    pub timeout: Duration,
+    /// For the whole call, waits included.
+    pub deadline: Duration,
+    /// Taggings pages read at most.
+    pub max_pages: u32,
+    pub tag_cache_ttl: Duration,
+    /// Requests per second this process sends at most.
+    pub max_rps: f64,
+}
+
+pub const DEFAULT_BASE_URL: &str = "https://actionnetwork.org/api/v2/";
+
+impl Settings {
+    pub fn new(base_url: Url) -> Self {
+        Settings {
+            base_url,
+            timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(30),
+            max_pages: 10,
+            tag_cache_ttl: Duration::from_secs(600),
+            max_rps: 4.0,
+        }
+    }
+}
+
+/// Checks an API root: absolute http(s) without credentials, query or fragment; plain http
+/// only to a loopback host (the key would cross the network in clear). Adds the final `/`.
+pub fn parse_base_url(text: &str) -> Result<Url, String> {
+    let mut url = Url::parse(text).map_err(|e| format!("is not a valid URL ({e})"))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err("uses plain http:// to a host other than loopback; use https://".into()),
+        other => return Err(format!("has scheme \"{other}\"; only https:// (or http:// to loopback) is allowed")),
+    }
+    if url.host().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err("must name a host and carry no user name or password".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Why the answer cannot be known. Messages never contain the API key.
+#[derive(Debug, PartialEq)]
+pub enum Error {
+    Transport { what: String, cause: String },
+    Timeout { what: String, limit: String },
+    Deadline { what: String },
+    Status { what: String, status: u16, message: Option<String> },
+    PageCap { max_pages: u32 },
+    RepeatedNext { what: String },
+    ForeignLink { what: String, origin: String },
+    BadJson { what: String, detail: String },
+    BadShape { what: String, detail: String },
+    TooLarge { what: String, cap: u64 },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Transport { what, cause } => write!(f, "Action Network {what} failed: {cause}"),
+            Error::Timeout { what, limit } => write!(f, "Action Network {what} timed out ({limit})"),
+            Error::Deadline { what } => write!(f, "the call's deadline passed before the Action Network {what}"),
+            Error::Status { what, status, message } => {
+                write!(f, "Action Network answered HTTP {status} to the {what}")?;
+                match message {
+                    Some(text) => write!(f, ": {text}"),
+                    None => Ok(()),
+                }
+            }
+            Error::PageCap { max_pages } => write!(
+                f,
+                "the person has more than {max_pages} pages of taggings (max_pages); the answer is unknown"
+            ),
+            Error::RepeatedNext { what } => {
+                write!(f, "Action Network's {what} links back to a page already read; stopped to avoid a loop")
+            }
+            Error::ForeignLink { what, origin } => write!(
+                f,
+                "the Action Network {what} points to another origin ({origin}); not followed, so the API key stays with base_url's origin"
+            ),
+            Error::BadJson { what, detail } => write!(f, "the Action Network {what} answer is not valid JSON: {detail}"),
+            Error::BadShape { what, detail } => write!(f, "the Action Network {what} answer has an unexpected shape: {detail}"),
+            Error::TooLarge { what, cap } => {
+                write!(f, "the Action Network {what} answer is larger than {} MiB; not read", cap >> 20)
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Some(true)` / `Some(false)`; `None` when no person has that email.
+pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings) -> Result<Option<bool>, Error> {
+    let session = Session {
+        origin: settings.base_url.clone(),
+        api_key,
+        timeout: settings.timeout,
+        deadline: Instant::now() + settings.deadline,
+        min_interval: Duration::from_secs_f64(1.0 / settings.max_rps),
+    };
+    let group = GroupKey::new(settings.base_url.as_str(), api_key);
+    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl);
+    let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
+    // Whatever was learned stays useful, even when this call failed.
+    knowledge.save(&group);
+    answer
+}
+
+fn check(
+    session: &Session,
+    settings: &Settings,
+    email: &str,
+    target: &str,
+    knowledge: &mut Knowledge,
+) -> Result<Option<bool>, Error> {
+    let Some(taggings) = find_person(session, settings, email)? else {
+        return Ok(None);
+    };
+    let known_href = knowledge.href_of(target).map(str::to_owned);
+    // The person's tag hrefs whose names this process does not know yet, in order.
+    let mut unknown: Vec<String> = Vec::new();
+    let mut pages = Pages::new(taggings, "taggings page", Some(settings.max_pages));
+    while let Some(page) = pages.next(session)? {
+        for href in tagging_hrefs(&page)? {
+            let matches = match (&known_href, knowledge.name_of(&href)) {
+                (Some(known), _) => *known == href,
+                (None, Some(name)) => name == target,
+                (None, None) => {
+                    if !unknown.contains(&href) {
+                        unknown.push(href);
+                    }
+                    false
+                }
+            };
+            if matches {
+                return Ok(Some(true));
+            }
+        }
+    }
+    if known_href.is_some() || unknown.is_empty() {
+        return Ok(Some(false));
+    }
+    resolve(session, target, &unknown, knowledge).map(Some)
+}
+
+/// Is one of `hrefs` (all unnamed so far) the href of `target`? Learns names by the cheaper
+/// of per-tag lookups and the group's tag list, re-deciding after every request.
+fn resolve(session: &Session, target: &str, hrefs: &[String], knowledge: &mut Knowledge) -> Result<bool, Error> {
+    let list_url = session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?;
+    let mut list = Pages::new(list_url, "tag list page", None);
+    let mut list_pages_read = 0u32;
+    loop {
+        if let Some(href) = knowledge.href_of(target) {
+            return Ok(hrefs.iter().any(|h| h == href));
+        }
+        let unnamed: Vec<&String> = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).collect();
+        let Some(first_unnamed) = unnamed.first() else {
+            return Ok(false);
+        };
+        let list_pages_left = knowledge.list_pages().map(|total| total.saturating_sub(list_pages_read) as usize);
+        let read_list = !list.finished()
+            && match list_pages_left {
+                Some(left) => left > 0 && left < unnamed.len(),
+                None => unnamed.len() > PROBE_LIST_ABOVE,
+            };
+        if read_list {
+            let Some(page) = list.next(session)? else { continue };
+            list_pages_read += 1;
+            if let Some(total) = page.get("total_pages").and_then(Value::as_u64) {
+                knowledge.learn_list_pages(total.try_into().unwrap_or(u32::MAX));
+            }
+            for (name, href) in list_tags(&page)? {
+                knowledge.learn(&name, &href);
+            }
+            if list.finished() && knowledge.href_of(target).is_none() {
+                // The whole list is read and no tag has that name: nobody has it.
+                return Ok(false);
+            }
+        } else {
+            let url = parse_link(first_unnamed, "tag lookup")?;
+            match session.get_json(&url, "tag lookup") {
+                Ok(tag) => {
+                    let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
+                    knowledge.learn(name, first_unnamed);
+                }
+                // A tagging whose tag was deleted: it is not the tag asked about.
+                Err(Error::Status { status: 404, .. }) => knowledge.learn("", first_unnamed),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The person's taggings collection, or `None` when no person has that email.
+fn find_person(session: &Session, settings: &Settings, email: &str) -> Result<Option<Url>, Error> {
+    let mut url = settings.base_url.join("people/").map_err(|e| bad_shape("person lookup", e))?;
+    // OData string literal: quotes doubled. `query_pairs_mut` percent-encodes it, `+` included.
+    let filter = format!("email_address eq '{}'", email.replace('\'', "''"));
+    url.query_pairs_mut().append_pair("filter", &filter);
+    let answer = session.get_json(&url, "person lookup")?;
+    let people = answer
+        .get("_embedded")
+        .and_then(|e| e.get("osdi:people"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_shape("person lookup", "no _embedded.osdi:people list"))?;
+    // The people collection's `next` link is present even on its last page: never followed.
+    let Some(person) = people.first() else {
+        return Ok(None);
+    };
+    let href = link(person, "osdi:taggings").ok_or_else(|| bad_shape("person lookup", "the person has no osdi:taggings link"))?;
+    parse_link(href, "person lookup").map(Some)
+}
+
+/// A paged collection, followed through `_links.next` with loop, origin and page-cap checks.
+struct Pages {
+    next: Option<Url>,
+    visited: HashSet<Url>,
+    what: &'static str,
+    cap: Option<u32>,
+}
+
+impl Pages {
+    fn new(first: Url, what: &'static str, cap: Option<u32>) -> Self {
+        Pages { next: Some(first), visited: HashSet::new(), what, cap }
+    }
+
+    fn finished(&self) -> bool {
+        self.next.is_none()
+    }
+
+    fn next(&mut self, session: &Session) -> Result<Option<Value>, Error> {
+        let Some(url) = self.next.take() else { return Ok(None) };
+        if let Some(cap) = self.cap {
+            if self.visited.len() as u32 >= cap {
+                return Err(Error::PageCap { max_pages: cap });
+            }
+        }
+        let what = format!("{} {}", self.what, self.visited.len() + 1);
+        if !self.visited.insert(url.clone()) {
+            return Err(Error::RepeatedNext { what });
+        }
+        let page = session.get_json(&url, &what)?;
+        if let Some(next) = link(&page, "next") {
+            let next = parse_link(next, &what)?;
+            if self.visited.contains(&next) {
+                return Err(Error::RepeatedNext { what });
+            }
+            session.same_origin(&next, &format!("next link of the {what}"))?;
+            self.next = Some(next);
+        }
+        Ok(Some(page))
+    }
+}
+
+/// The tag hrefs of a taggings page.
+fn tagging_hrefs(page: &Value) -> Result<Vec<String>, Error> {
+    let taggings = embedded(page, "osdi:taggings", "taggings page")?;
+    taggings
+        .iter()
+        .map(|tagging| {
+            let href = link(tagging, "osdi:tag").ok_or_else(|| bad_shape("taggings page", "a tagging has no osdi:tag link"))?;
+            Ok(parse_link(href, "taggings page")?.to_string())
+        })
+        .collect()
+}
+
+/// (name, href) of each tag on a tag list page.
+fn list_tags(page: &Value) -> Result<Vec<(String, String)>, Error> {
+    let tags = embedded(page, "osdi:tags", "tag list page")?;
+    tags.iter()
+        .map(|tag| {
+            let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag list page", "a tag has no name"))?;
+            let href = link(tag, "self").ok_or_else(|| bad_shape("tag list page", "a tag has no self link"))?;
+            Ok((name.to_owned(), parse_link(href, "tag list page")?.to_string()))
+        })
+        .collect()
+}
+
+fn embedded<'a>(page: &'a Value, key: &str, what: &str) -> Result<&'a Vec<Value>, Error> {
+    page.get("_embedded")
+        .and_then(|e| e.get(key))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_shape(what, format!("no _embedded.{key} list")))
+}
+
+/// `resource._links.<rel>.href`
+fn link<'a>(resource: &'a Value, rel: &str) -> Option<&'a str> {
+    resource.get("_links")?.get(rel)?.get("href")?.as_str()
+}
+
+fn parse_link(href: &str, what: &str) -> Result<Url, Error> {
+    Url::parse(href).map_err(|e| bad_shape(what, format!("link {href:?} is not a URL ({e})")))
+}
+
+fn bad_shape(what: &str, detail: impl fmt::Display) -> Error {
+    Error::BadShape { what: what.into(), detail: detail.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_rules() {
+        assert_eq!(parse_base_url("https://actionnetwork.org/api/v2").unwrap().as_str(), DEFAULT_BASE_URL);
+        assert!(parse_base_url("http://127.0.0.1:8080/api/v2/").is_ok());
+        assert!(parse_base_url("http://localhost/api/v2/").is_ok());
+        assert!(parse_base_url("http://[::1]:81/").is_ok());
+        assert!(parse_base_url("http://example.org/api/v2/").unwrap_err().contains("plain http://"));
+        assert!(parse_base_url("ftp://example.org/").unwrap_err().contains("scheme \"ftp\""));
+        assert!(parse_base_url("https://user:pw@example.org/").unwrap_err().contains("user name"));
+        assert!(parse_base_url("https://example.org/?x=1").unwrap_err().contains("query"));
+        assert!(parse_base_url("not a url").unwrap_err().contains("not a valid URL"));
+    }
+
+    #[test]
+    fn messages_say_what_and_why() {
+        let status = Error::Status { what: "person lookup".into(), status: 403, message: Some("API Key invalid or not present".into()) };
+        assert_eq!(status.to_string(), "Action Network answered HTTP 403 to the person lookup: API Key invalid or not present");
+        assert!(Error::PageCap { max_pages: 10 }.to_string().contains("more than 10 pages"));
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let page = serde_json::json!({"_embedded": {"osdi:taggings": [{"_links": {"osdi:tag": {"href": "http://h/api/v2/tags/1"}}}]}});
+        assert_eq!(tagging_hrefs(&page).unwrap(), vec!["http://h/api/v2/tags/1".to_string()]);
+        assert!(matches!(tagging_hrefs(&serde_json::json!({"foo": 1})), Err(Error::BadShape { .. })));
+        assert!(matches!(tagging_hrefs(&serde_json::json!([])), Err(Error::BadShape { .. })));
+        let bad_tag = serde_json::json!({"_embedded": {"osdi:taggings": [{"_links": {}}]}});
+        assert!(matches!(tagging_hrefs(&bad_tag), Err(Error::BadShape { .. })));
+    }
+}

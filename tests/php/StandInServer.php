@@ -1,0 +1,95 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/** The stand-in Action Network server (tests/an_server.py), run on 127.0.0.1 for a test class. */
+final class StandInServer
+{
+    public const API_KEY = 'test-key-5f1c9a';
+
+    /** @param resource $process */
+    private function __construct(private $process, private int $port, private string $scheme) {}
+
+    /** @param list<string> $extraArgs */
+    public static function start(array $extraArgs = []): self
+    {
+        $portFile = tempnam(sys_get_temp_dir(), 'joinblock-an-port-');
+        unlink($portFile);
+        $command = ['python3', dirname(__DIR__) . '/an_server.py', '--port', '0', '--port-file', $portFile, '--api-key', self::API_KEY, ...$extraArgs];
+        $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => STDERR], $pipes);
+        $deadline = microtime(true) + 15;
+        while (!is_file($portFile)) {
+            if (microtime(true) > $deadline || !proc_get_status($process)['running']) {
+                throw new \RuntimeException('the stand-in Action Network server did not start');
+            }
+            usleep(10000);
+        }
+        $port = (int) file_get_contents($portFile);
+        unlink($portFile);
+        return new self($process, $port, in_array('--tls', $extraArgs, true) ? 'https' : 'http');
+    }
+
+    public function stop(): void
+    {
+        proc_terminate($this->process);
+        proc_close($this->process);
+    }
+
+    public function port(): int
+    {
+        return $this->port;
+    }
+
+    public function baseUrl(): string
+    {
+        return "{$this->scheme}://127.0.0.1:{$this->port}/api/v2/";
+    }
+
+    /** Calls the control API. */
+    public function control(string $method, string $path, ?array $body = null): mixed
+    {
+        $context = stream_context_create(['http' => [
+            'method' => $method,
+            'header' => "Content-Type: application/json\r\nConnection: close\r\n",
+            'content' => $body === null ? '' : json_encode($body),
+            'ignore_errors' => true,
+            'timeout' => 10,
+        ], 'ssl' => ['verify_peer' => false, 'verify_peer_name' => false]]);
+        $answer = file_get_contents("{$this->scheme}://127.0.0.1:{$this->port}/_control/$path", false, $context);
+        if ($answer === false || !str_contains($http_response_header[0] ?? '', ' 200 ')) {
+            throw new \RuntimeException("control $method $path failed: " . ($http_response_header[0] ?? 'no answer') . " $answer");
+        }
+        return json_decode($answer, true, 512, JSON_THROW_ON_ERROR);
+    }
+
+    /** Replaces the data set; also clears faults and counters. */
+    public function load(array $tags, array $people, int $latencyMs = 0): void
+    {
+        $this->control('POST', 'reset');
+        $this->control('POST', 'state', ['tags' => $tags, 'people' => $people, 'latency_ms' => $latencyMs]);
+    }
+
+    public function fault(string $kind, string $path = '/api/v2/', int $times = 1, array $extra = []): void
+    {
+        $this->control('POST', 'fault', ['kind' => $kind, 'path' => $path, 'times' => $times] + $extra);
+    }
+
+    /** @return array{total: int, by_path: array<string, int>, requests: list<array>} */
+    public function counts(): array
+    {
+        return $this->control('GET', 'counts');
+    }
+
+    public function resetCounts(): void
+    {
+        $this->control('POST', 'counts/reset');
+    }
+
+    /** "Tag 001" .. "Tag <n>" */
+    public static function tagNames(int $n, string $prefix = 'Tag'): array
+    {
+        return array_map(fn ($i) => sprintf('%s %03d', $prefix, $i), range(1, $n));
+    }
+}
