@@ -1,0 +1,113 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/** Debian's php-fpm 8.2 on a Unix socket, driven with real FastCGI requests (cgi-fcgi). */
+final class FpmServer
+{
+    public const DOCUMENT_ROOT = __DIR__ . '/fixtures/fpm';
+
+    /** @param resource $process */
+    private function __construct(private $process, private string $socket, private string $dir) {}
+
+    /**
+     * @param int $workers static pool size
+     * @param list<string> $phpArgs e.g. ['-n', '-d', 'extension=/path/libjoinblock.so']
+     */
+    public static function start(string $dir, int $workers, array $phpArgs): self
+    {
+        $socket = "$dir/fpm.sock";
+        $config = "$dir/fpm.conf";
+        file_put_contents($config, implode("\n", [
+            '[global]',
+            "error_log = $dir/fpm.log",
+            'log_level = warning',
+            '[test]',
+            "listen = $socket",
+            'listen.mode = 0600',
+            'pm = static',
+            "pm.max_children = $workers",
+            'catch_workers_output = yes',
+            'clear_env = no',
+            '',
+        ]));
+        $root = posix_geteuid() === 0 ? ['-R'] : [];
+        $command = ['/usr/sbin/php-fpm8.2', ...$phpArgs, '-y', $config, '-F', ...$root];
+        $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', "$dir/fpm.out", 'w'], 2 => ['file', "$dir/fpm.out", 'a']], $pipes);
+        $deadline = microtime(true) + 15;
+        while (!file_exists($socket)) {
+            if (microtime(true) > $deadline || !proc_get_status($process)['running']) {
+                throw new \RuntimeException('php-fpm did not start: ' . @file_get_contents("$dir/fpm.out") . @file_get_contents("$dir/fpm.log"));
+            }
+            usleep(20000);
+        }
+        return new self($process, $socket, $dir);
+    }
+
+    public function stop(): void
+    {
+        proc_terminate($this->process, SIGQUIT);
+        $deadline = microtime(true) + 10;
+        while (proc_get_status($this->process)['running'] && microtime(true) < $deadline) {
+            usleep(20000);
+        }
+        proc_terminate($this->process, SIGKILL);
+        proc_close($this->process);
+    }
+
+    /** What php-fpm logged (worker crashes show up here). */
+    public function log(): string
+    {
+        return (string) @file_get_contents("$this->dir/fpm.log") . (string) @file_get_contents("$this->dir/fpm.out");
+    }
+
+    /** The cgi-fcgi command for one GET of a script under DOCUMENT_ROOT. */
+    private function command(string $script, array $query): array
+    {
+        return ['env', '-i',
+            'REQUEST_METHOD=GET',
+            'SCRIPT_FILENAME=' . self::DOCUMENT_ROOT . "/$script",
+            'SCRIPT_NAME=/' . $script,
+            'QUERY_STRING=' . http_build_query($query),
+            'SERVER_PROTOCOL=HTTP/1.1',
+            'GATEWAY_INTERFACE=CGI/1.1',
+            '/usr/bin/cgi-fcgi', '-bind', '-connect', $this->socket,
+        ];
+    }
+
+    /**
+     * Sends the requests at once and waits for all.
+     *
+     * @param list<array{string, array}> $requests [script, query]
+     * @return list<array{status: int, body: string}>
+     */
+    public function requestAll(array $requests, float $limit = 60): array
+    {
+        $running = [];
+        foreach ($requests as $i => [$script, $query]) {
+            $running[$i] = proc_open($this->command($script, $query), [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+            $running[$i] = [$running[$i], $pipes];
+        }
+        $deadline = microtime(true) + $limit;
+        $answers = [];
+        foreach ($running as $i => [$proc, $pipes]) {
+            stream_set_timeout($pipes[1], max(1, (int) ($deadline - microtime(true))));
+            $raw = stream_get_contents($pipes[1]);
+            fclose($pipes[1]);
+            fclose($pipes[2]);
+            proc_close($proc);
+            [$head, $body] = array_pad(explode("\r\n\r\n", (string) $raw, 2), 2, '');
+            $status = preg_match('~^Status: (\d+)~mi', $head, $m) ? (int) $m[1] : 200;
+            $answers[$i] = ['status' => $status, 'body' => $body];
+        }
+        return $answers;
+    }
+
+    /** @return array{status: int, body: string} */
+    public function request(string $script, array $query): array
+    {
+        return $this->requestAll([[$script, $query]])[0];
+    }
+}

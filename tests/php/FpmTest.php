@@ -1,0 +1,90 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/**
+ * The extension in Debian's php-fpm, which loads it in the master and forks workers: each
+ * worker makes its own HTTP client and keeps its tag cache and connection across requests;
+ * locks exclude across workers and die with a request that dies.
+ */
+final class FpmTest extends JoinBlockTestCase
+{
+    private static function phpArgs(): array
+    {
+        return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
+    }
+
+    public function testWorkersShareTheirClientAndTagCacheAcrossRequests(): void
+    {
+        $server = StandInServer::start();
+        $fpm = FpmServer::start($this->scratchDir(), 2, self::phpArgs());
+        try {
+            $server->load(['Member', 'Donor'], [['email' => 'w@example.org', 'tags' => ['Donor', 'Member']]]);
+            $query = ['email' => 'w@example.org', 'tag' => 'Member', 'key' => StandInServer::API_KEY, 'base' => $server->baseUrl()];
+            $costByWorker = [];
+            for ($i = 0; $i < 8; $i++) {
+                $server->resetCounts();
+                $answer = $fpm->request('tag.php', $query);
+                $this->assertSame(200, $answer['status'], $answer['body']);
+                $body = json_decode($answer['body'], true);
+                $this->assertTrue($body['result'] ?? null, $answer['body']);
+                $costByWorker[$body['pid']][] = $server->counts()['total'];
+            }
+            foreach ($costByWorker as $pid => $costs) {
+                $this->assertLessThanOrEqual(4, $costs[0], "worker $pid, first request: cold");
+                $this->assertSame(array_fill(0, count($costs) - 1, 2), array_slice($costs, 1), "worker $pid: later requests use the cached tag href");
+            }
+            $this->assertLessThanOrEqual(2, $server->control('GET', 'connections')['connections'], 'one kept-alive connection per worker');
+            $this->assertStringNotContainsString('SIGSEGV', $fpm->log());
+        } finally {
+            $fpm->stop();
+            $server->stop();
+        }
+    }
+
+    public function testConcurrentRequestsOnFewEmailsNeverOverlap(): void
+    {
+        $dir = $this->scratchDir();
+        $locks = $this->scratchDir();
+        $fpm = FpmServer::start($dir, 4, self::phpArgs());
+        try {
+            $requests = [];
+            for ($i = 0; $i < 24; $i++) {
+                $requests[] = ['lock.php', ['email' => ['a@example.org', 'B@example.org ', 'c@example.org'][$i % 3], 'dir' => $locks, 'hold_ms' => 30]];
+            }
+            $answers = $fpm->requestAll($requests);
+            $pids = [];
+            foreach ($answers as $answer) {
+                $this->assertSame(200, $answer['status'], $answer['body']);
+                $body = json_decode($answer['body'], true);
+                $this->assertFalse($body['overlap'], 'two requests were inside one member\'s lock');
+                $pids[$body['pid']] = true;
+            }
+            $this->assertGreaterThan(1, count($pids), 'several workers took part');
+            $this->assertSame([], glob("$locks/join-lock-*"), 'no leftover lock files');
+            $this->assertDoesNotMatchRegularExpression('~SIGSEGV|exited on signal~', $fpm->log());
+        } finally {
+            $fpm->stop();
+        }
+    }
+
+    public function testARequestThatDiesMidLockDoesNotLeaveItHeld(): void
+    {
+        $locks = $this->scratchDir();
+        $fpm = FpmServer::start($this->scratchDir(), 1, self::phpArgs());
+        try {
+            $query = ['email' => 'dies@example.org', 'dir' => $locks, 'hold_ms' => 0];
+            $died = $fpm->request('lock.php', $query + ['fatal' => 1]);
+            $this->assertStringContainsString('Allowed memory size', $died['body'] . $fpm->log());
+            // The same (only) worker serves the next request: the lock must be free for it.
+            $next = $fpm->request('lock.php', $query);
+            $this->assertSame(200, $next['status'], $next['body']);
+            $this->assertFalse(json_decode($next['body'], true)['overlap']);
+            $this->assertSame([], glob("$locks/join-lock-*"));
+        } finally {
+            $fpm->stop();
+        }
+    }
+}
