@@ -27,16 +27,16 @@ function fail(string $message): never
 /** The server bench/tag_check started, behind $baseUrl. */
 function stand_in_server(string $baseUrl): StandInServer
 {
-    $port = parse_url($baseUrl, PHP_URL_PORT);
+    $port = parse_url($baseUrl, PHP_URL_PORT) ?? fail("no port in '$baseUrl'");
     // StandInServer can only start servers; its private constructor also takes the process
     // handle, which only stop() uses.
     return (static fn () => new StandInServer(null, $port, 'http'))->bindTo(null, StandInServer::class)();
 }
 
-function count_arg(string $arg): int
+function int_arg(string $arg, int $min): int
 {
-    $n = filter_var($arg, FILTER_VALIDATE_INT, ['options' => ['min_range' => 0]]);
-    return $n === false ? fail("not a count: '$arg'") : $n;
+    $n = filter_var($arg, FILTER_VALIDATE_INT, ['options' => ['min_range' => $min]]);
+    return $n === false ? fail("not an integer >= $min: '$arg'") : $n;
 }
 
 /** The check under test, as a closure over everything but the call itself. */
@@ -59,20 +59,21 @@ function tag_check(string $impl, string $baseUrl, string $email, string $tag, st
     };
 }
 
-[, $mode, $baseUrl] = $argv + [null, '', ''];
-$server = stand_in_server($baseUrl);
-if ($mode === 'load' && $argc === 7) {
-    [, , , $email, $memberTags, $groupTags, $latencyMs] = $argv;
-    $server->load(
-        StandInServer::tagNames(count_arg($groupTags)),
-        [['email' => $email, 'tags' => StandInServer::tagNames(count_arg($memberTags))]],
-        count_arg($latencyMs),
-    );
-    exit;
-}
-if (!in_array($mode, ['ext', 'plugin'], true) || $argc !== 6) {
+$mode = $argv[1] ?? '';
+if (!($mode === 'load' && $argc === 7 || in_array($mode, ['ext', 'plugin'], true) && $argc === 6)) {
     fail('usage: tag_bench.php ext|plugin <base_url> <email> <tag> <api key>'
         . ' | load <base_url> <email> <member tags> <group tags> <latency ms>');
+}
+$baseUrl = $argv[2];
+$server = stand_in_server($baseUrl);
+if ($mode === 'load') {
+    [, , , $email, $memberTags, $groupTags, $latencyMs] = $argv;
+    $server->load(
+        StandInServer::tagNames(int_arg($groupTags, 1)),
+        [['email' => $email, 'tags' => StandInServer::tagNames(int_arg($memberTags, 1))]],
+        int_arg($latencyMs, 0),
+    );
+    exit;
 }
 $check = tag_check($mode, $baseUrl, ...array_slice($argv, 3));
 foreach (['cold', 'warm'] as $call) {

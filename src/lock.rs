@@ -198,7 +198,8 @@ impl FileLock {
         let started = Instant::now();
         let deadline = match wait {
             Wait::Forever => None,
-            Wait::AtMost(limit) => Some(started + limit),
+            // A limit past the end of time is no limit.
+            Wait::AtMost(limit) => started.checked_add(limit),
         };
         let (owner_pid, owner_thread) = (std::process::id(), thread::current().id());
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);

@@ -27,6 +27,9 @@ pub use http::requests_sent;
 /// list (25 names a request) rather than fetch each tag.
 const PROBE_LIST_ABOVE: usize = 25;
 
+/// Pacing never spaces requests further apart than this, whatever `max_rps` says.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// How one call talks to Action Network.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -140,8 +143,8 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
         origin: settings.base_url.clone(),
         api_key,
         timeout: settings.timeout,
-        deadline: Instant::now() + settings.deadline,
-        min_interval: Duration::from_secs_f64(1.0 / settings.max_rps),
+        deadline: far_future_if_none(Instant::now().checked_add(settings.deadline)),
+        min_interval: Duration::try_from_secs_f64(1.0 / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
     };
     let group = GroupKey::new(settings.base_url.as_str(), api_key);
     let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl);
@@ -149,6 +152,11 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
     // Whatever was learned stays useful, even when this call failed.
     knowledge.save(&group);
     answer
+}
+
+/// A deadline past what `Instant` can hold is as good as a year away.
+fn far_future_if_none(deadline: Option<Instant>) -> Instant {
+    deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn check(

@@ -1,6 +1,10 @@
 //! `joinblock_person_has_tag`: argument checks and exception mapping over
 //! `crate::action_network`.
 
+// The parameter `apiKey` is spelled as PHP callers name it in named arguments; the generated
+// glue code repeats the name, so the allowance has to cover the module.
+#![allow(non_snake_case)]
+
 use ext_php_rs::prelude::*;
 
 use super::{
@@ -16,10 +20,8 @@ const FUNCTION: &str = "joinblock_person_has_tag";
 
 /// Whether the Action Network person with this email has tag `$tag`; null when there is no
 /// such person.
-/// (`apiKey` is spelled as PHP callers name it in named arguments.)
 #[php_function]
 #[php(defaults(options = OptionsArg::default()))]
-#[allow(non_snake_case)]
 pub fn joinblock_person_has_tag(email: &str, tag: &str, apiKey: &str, options: OptionsArg) -> PhpResult<Option<bool>> {
     let api_key = apiKey;
     require_text(1, "email", email)?;

@@ -109,6 +109,8 @@ final class LockApiTest extends JoinBlockTestCase
         joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 0.25])->release();
         joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => null])->release();
         joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 3])->release();
+        // Past what a clock can hold: as good as no limit, not a crash.
+        joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 1e19])->release();
         $this->assertFileDoesNotExist(self::pluginLockPath($dir, 'd@example.org'));
     }
 

@@ -146,6 +146,13 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
         $this->assertLessThan(2, microtime(true) - $started);
     }
 
+    public function testExtremeButValidNumbersAreNoCrash(): void
+    {
+        $this->assertTrue(self::ask(['deadline' => 1e19, 'timeout' => 1e19]));
+        // One request a century: the first goes out, the second would wait past the deadline.
+        self::assertFails('~^the call\'s deadline passed before the Action Network taggings page 1 \(waiting for a request slot under max_rps\)$~', fn () => self::ask(['max_rps' => 1e-300, 'deadline' => 1]));
+    }
+
     public function testUnreachableServer(): void
     {
         self::assertFails('~^Action Network person lookup failed: cannot connect: .*Connection refused~', fn () => self::ask(['base_url' => 'http://127.0.0.1:1/api/v2/']));
