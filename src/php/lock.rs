@@ -51,9 +51,9 @@ impl Lock {
 fn to_exception(err: LockError) -> PhpException {
     match err {
         LockError::Timeout { .. } => LOCK_TIMEOUT_EXCEPTION.with(err.to_string()),
-        LockError::EmptyKey => value_error(format!(
-            "joinblock_acquire_lock(): Argument #1 ($key) must not be empty after trimming white space"
-        )),
+        LockError::EmptyKey => {
+            value_error("joinblock_acquire_lock(): Argument #1 ($key) must not be empty after trimming white space")
+        }
         _ => LOCK_EXCEPTION.with(err.to_string()),
     }
 }
