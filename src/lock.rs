@@ -162,34 +162,44 @@ pub fn lock_path(dir: &Path, key: &[u8]) -> Result<PathBuf, LockError> {
 /// (device, inode): what identifies a lock, whatever path spelling reached it.
 type FileId = (u64, u64);
 
-/// Locks held in this process, with the thread that holds each.
+/// Lock files claimed in this process: (file, thread, process id).
 static HELD: Mutex<Vec<(FileId, ThreadId, u32)>> = Mutex::new(Vec::new());
 
-/// Reserves `id` for `thread` of process `pid`, or says that thread already holds it.
-fn register_holder(id: FileId, thread: ThreadId, pid: u32) -> bool {
-    let mut held = HELD.lock();
-    // Entries inherited across fork belong to the parent, not to us.
-    held.retain(|&(_, _, owner)| owner == pid);
-    if held.iter().any(|&(held_id, owner, _)| held_id == id && owner == thread) {
-        return false;
-    }
-    held.push((id, thread, pid));
-    true
+/// A thread's claim on a lock file, from its open until its release. A second claim by the
+/// same thread is refused, since that thread would wait for itself forever.
+#[derive(Debug)]
+struct Claim {
+    id: FileId,
+    thread: ThreadId,
+    pid: u32,
 }
 
-fn unregister_holder(id: FileId, thread: ThreadId, pid: u32) {
-    HELD.lock().retain(|&entry| entry != (id, thread, pid));
+impl Claim {
+    fn new(id: FileId, thread: ThreadId, pid: u32) -> Option<Claim> {
+        let mut held = HELD.lock();
+        // Claims inherited across fork belong to the parent, not to us.
+        held.retain(|&(_, _, owner)| owner == pid);
+        if held.iter().any(|&(held_id, owner, _)| held_id == id && owner == thread) {
+            return None;
+        }
+        held.push((id, thread, pid));
+        Some(Claim { id, thread, pid })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mine = (self.id, self.thread, self.pid);
+        HELD.lock().retain(|&entry| entry != mine);
+    }
 }
 
 /// An acquired lock. Dropping it releases it.
 #[derive(Debug)]
 pub struct FileLock {
     path: PathBuf,
-    /// `None` once released.
-    file: Option<File>,
-    id: FileId,
-    owner_pid: u32,
-    owner_thread: ThreadId,
+    /// The locked descriptor and its claim; `None` once released.
+    held: Option<(File, Claim)>,
 }
 
 impl FileLock {
@@ -201,78 +211,36 @@ impl FileLock {
             // A limit past the end of time is no limit.
             Wait::AtMost(limit) => started.checked_add(limit),
         };
-        let (owner_pid, owner_thread) = (std::process::id(), thread::current().id());
+        let (pid, thread) = (std::process::id(), thread::current().id());
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut had_to_wait = false;
         loop {
+            // Until both checks pass, leaving this loop body closes the descriptor (dropping
+            // any lock on it) and never touches the path.
             let (file, id) = open_lock_file(path)?;
-            if !register_holder(id, owner_thread, owner_pid) {
-                return Err(LockError::AlreadyHeld { path: path.to_owned() });
-            }
-            let lock = FileLock { path: path.to_owned(), file: Some(file), id, owner_pid, owner_thread };
-            // From here on, dropping `lock` unregisters it (and closes the descriptor
-            // without touching the path unless the lock was taken).
-            match lock.try_lock(deadline)? {
-                true => {}
-                false => {
-                    had_to_wait = true;
-                    let now = Instant::now();
-                    let remaining = deadline.map(|d| d.saturating_duration_since(now));
-                    if remaining == Some(Duration::ZERO) {
-                        lock.close_unlocked();
-                        TIMED_OUT.fetch_add(1, Ordering::Relaxed);
-                        return Err(LockError::Timeout { path: path.to_owned(), waited: now - started });
-                    }
-                    lock.close_unlocked();
-                    thread::sleep(backoff.next(remaining));
-                    continue;
+            let claim = Claim::new(id, thread, pid).ok_or_else(|| LockError::AlreadyHeld { path: path.to_owned() })?;
+            if !try_lock(&file, path, deadline.is_none())? {
+                had_to_wait = true;
+                let now = Instant::now();
+                let remaining = deadline.map(|d| d.saturating_duration_since(now));
+                if remaining == Some(Duration::ZERO) {
+                    TIMED_OUT.fetch_add(1, Ordering::Relaxed);
+                    return Err(LockError::Timeout { path: path.to_owned(), waited: now - started });
                 }
+                drop((file, claim));
+                thread::sleep(backoff.next(remaining));
+                continue;
             }
-            if lock.path_still_names_our_file()? {
+            if path_names(path, id)? {
                 ACQUIRED.fetch_add(1, Ordering::Relaxed);
                 if had_to_wait {
                     WAITED.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(lock);
+                return Ok(FileLock { path: path.to_owned(), held: Some((file, claim)) });
             }
             // We locked an inode that the previous holder already unlinked: start again.
             had_to_wait = true;
-            lock.close_unlocked();
         }
-    }
-
-    /// One attempt: blocking when there is no deadline, non-blocking otherwise.
-    /// `Ok(false)` when the lock is busy.
-    fn try_lock(&self, deadline: Option<Instant>) -> Result<bool, LockError> {
-        let file = self.file.as_ref().expect("an unreleased lock has its file");
-        loop {
-            let attempt = match deadline {
-                None => file.lock_exclusive(),
-                Some(_) => file.try_lock_exclusive(),
-            };
-            match attempt {
-                Ok(()) => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-                    return Ok(false)
-                }
-                Err(e) => return Err(io_error(&self.path, "lock", e)),
-            }
-        }
-    }
-
-    fn path_still_names_our_file(&self) -> Result<bool, LockError> {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) => Ok(file_id(&meta) == self.id),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error(&self.path, "inspect", e)),
-        }
-    }
-
-    /// Closes a descriptor whose lock was never confirmed, leaving the path alone.
-    fn close_unlocked(mut self) {
-        self.file = None;
-        unregister_holder(self.id, self.owner_thread, self.owner_pid);
     }
 
     pub fn path(&self) -> &Path {
@@ -282,21 +250,20 @@ impl FileLock {
     /// True while this process still holds the lock (false after release, and in a forked
     /// child, which shares the descriptor but not the ownership).
     pub fn is_held(&self) -> bool {
-        self.file.is_some() && self.owner_pid == std::process::id()
+        self.held.as_ref().is_some_and(|(_, claim)| claim.pid == std::process::id())
     }
 
     /// Unlinks the path (only if it still names our file), then unlocks and closes.
     /// Releasing twice, or from a forked child, only closes what is left.
     pub fn release(&mut self) -> Result<(), LockError> {
-        let Some(file) = self.file.take() else {
+        let Some((file, claim)) = self.held.take() else {
             return Ok(());
         };
-        if self.owner_pid != std::process::id() {
+        if claim.pid != std::process::id() {
             // A forked child: closing our copy of the descriptor leaves the parent's lock alone.
             return Ok(());
         }
-        unregister_holder(self.id, self.owner_thread, self.owner_pid);
-        let unlinked = match self.path_still_names_our_file() {
+        let unlinked = match path_names(&self.path, claim.id) {
             Ok(true) => std::fs::remove_file(&self.path)
                 .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                 .map_err(|e| io_error(&self.path, "remove", e)),
@@ -304,7 +271,6 @@ impl FileLock {
             Err(e) => Err(e),
         };
         let unlocked = FileExt::unlock(&file).map_err(|e| io_error(&self.path, "unlock", e));
-        drop(file);
         unlinked.and(unlocked)
     }
 }
@@ -312,6 +278,28 @@ impl FileLock {
 impl Drop for FileLock {
     fn drop(&mut self) {
         let _ = self.release();
+    }
+}
+
+/// One attempt at `flock(LOCK_EX)`, blocking or not; `Ok(false)` when the lock is busy.
+fn try_lock(file: &File, path: &Path, block: bool) -> Result<bool, LockError> {
+    loop {
+        let attempt = if block { file.lock_exclusive() } else { file.try_lock_exclusive() };
+        match attempt {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => return Ok(false),
+            Err(e) => return Err(io_error(path, "lock", e)),
+        }
+    }
+}
+
+/// Whether `path` (not following links) names the file `id`.
+fn path_names(path: &Path, id: FileId) -> Result<bool, LockError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(file_id(&meta) == id),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(path, "inspect", e)),
     }
 }
 
