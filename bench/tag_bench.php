@@ -27,10 +27,7 @@ function fail(string $message): never
 /** The server bench/tag_check started, behind $baseUrl. */
 function stand_in_server(string $baseUrl): StandInServer
 {
-    $port = parse_url($baseUrl, PHP_URL_PORT) ?? fail("no port in '$baseUrl'");
-    // StandInServer can only start servers; its private constructor also takes the process
-    // handle, which only stop() uses.
-    return (static fn () => new StandInServer(null, $port, 'http'))->bindTo(null, StandInServer::class)();
+    return StandInServer::attach(parse_url($baseUrl, PHP_URL_PORT) ?? fail("no port in '$baseUrl'"));
 }
 
 function int_arg(string $arg, int $min): int

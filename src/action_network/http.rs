@@ -34,8 +34,9 @@ pub fn requests_sent() -> u64 {
 /// makes its own on first use and leaks an inherited one rather than dropping it.
 static CLIENT: Mutex<Option<(u32, Client)>> = Mutex::new(None);
 
-/// When this process may send its next request (pacing to `max_rps`).
-static NEXT_SLOT: Mutex<Option<Instant>> = Mutex::new(None);
+/// When this process sent (or scheduled) its last request, for pacing. Each call spaces its
+/// requests by its own `max_rps` from this point, so one call's setting never binds the next.
+static LAST_REQUEST: Mutex<Option<Instant>> = Mutex::new(None);
 
 fn client() -> Result<Client, Error> {
     let pid = std::process::id();
@@ -137,15 +138,15 @@ impl Session<'_> {
     /// Waits for this process's next request slot; never past the deadline.
     fn pace(&self, what: &str) -> Result<(), Error> {
         let slot = {
-            let mut next = NEXT_SLOT.lock();
+            let mut last = LAST_REQUEST.lock();
             let now = Instant::now();
-            let slot = next.map_or(now, |at| at.max(now));
-            *next = Some(slot + self.min_interval);
+            let slot = last.map_or(now, |at| (at + self.min_interval).max(now));
+            if slot >= self.deadline {
+                return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") });
+            }
+            *last = Some(slot);
             slot
         };
-        if slot >= self.deadline {
-            return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") });
-        }
         thread::sleep(slot.saturating_duration_since(Instant::now()));
         Ok(())
     }

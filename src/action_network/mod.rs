@@ -169,39 +169,63 @@ fn check(
     let Some(taggings) = find_person(session, settings, email)? else {
         return Ok(None);
     };
-    let known_href = knowledge.href_of(target).map(str::to_owned);
-    // The person's tag hrefs whose names this process does not know yet, in order.
-    let mut unknown: Vec<String> = Vec::new();
+    let mut target_href = knowledge.href_of(target).map(str::to_owned);
+    let mut list = TagList::new(session)?;
+    // Every tag href of the person met so far, in order.
+    let mut seen: Vec<String> = Vec::new();
     let mut pages = Pages::new(taggings, "taggings page", Some(settings.max_pages));
     while let Some(page) = pages.next(session)? {
-        for href in tagging_hrefs(&page)? {
-            let matches = match (&known_href, knowledge.name_of(&href)) {
+        let hrefs = tagging_hrefs(&page)?;
+        if target_href.is_none() && seen.is_empty() {
+            // A person with many unknown tags will need the tag list anyway; reading its first
+            // page now may name the tag at once, and paging can then stop at the first match.
+            let unnamed = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).count();
+            // The pages after this one are guessed to be as unknown as this one.
+            let expected = unnamed + taggings_after(&page, hrefs.len()) * unnamed / hrefs.len().max(1);
+            if list.is_cheaper(knowledge, expected) {
+                list.read_next(session, knowledge)?;
+                target_href = knowledge.href_of(target).map(str::to_owned);
+            }
+        }
+        for href in hrefs {
+            let matches = match (&target_href, knowledge.name_of(&href)) {
                 (Some(known), _) => *known == href,
-                (None, Some(name)) => name == target,
-                (None, None) => {
-                    if !unknown.contains(&href) {
-                        unknown.push(href);
-                    }
-                    false
-                }
+                (None, name) => name == Some(target),
             };
             if matches {
                 return Ok(Some(true));
             }
+            if !seen.contains(&href) {
+                seen.push(href);
+            }
         }
     }
-    if known_href.is_some() || unknown.is_empty() {
+    if target_href.is_some() {
         return Ok(Some(false));
     }
-    resolve(session, target, &unknown, knowledge).map(Some)
+    resolve(session, target, &seen, knowledge, &mut list).map(Some)
 }
 
-/// Is one of `hrefs` (all unnamed so far) the href of `target`? Learns names by the cheaper
-/// of per-tag lookups and the group's tag list, re-deciding after every request.
-fn resolve(session: &Session, target: &str, hrefs: &[String], knowledge: &mut Knowledge) -> Result<bool, Error> {
-    let list_url = session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?;
-    let mut list = Pages::new(list_url, "tag list page", None);
-    let mut list_pages_read = 0u32;
+/// How many taggings a page says come after it: exact with `total_records`, else estimated.
+fn taggings_after(page: &Value, on_page: usize) -> usize {
+    let number = |key: &str| page.get(key).and_then(Value::as_u64).map(|n| n as usize);
+    match (number("total_records"), number("total_pages"), link(page, "next")) {
+        (Some(total), _, _) => total.saturating_sub(on_page),
+        (None, Some(pages), _) => pages.saturating_sub(1) * 25,
+        (None, None, Some(_)) => 25,
+        (None, None, None) => 0,
+    }
+}
+
+/// Is one of `hrefs` the href of `target`? Learns the names still unknown by the cheaper of
+/// per-tag lookups and the group's tag list, re-deciding after every request.
+fn resolve(
+    session: &Session,
+    target: &str,
+    hrefs: &[String],
+    knowledge: &mut Knowledge,
+    list: &mut TagList,
+) -> Result<bool, Error> {
     loop {
         if let Some(href) = knowledge.href_of(target) {
             return Ok(hrefs.iter().any(|h| h == href));
@@ -210,37 +234,62 @@ fn resolve(session: &Session, target: &str, hrefs: &[String], knowledge: &mut Kn
         let Some(first_unnamed) = unnamed.first() else {
             return Ok(false);
         };
-        let list_pages_left = knowledge.list_pages().map(|total| total.saturating_sub(list_pages_read) as usize);
-        let read_list = !list.finished()
-            && match list_pages_left {
-                Some(left) => left > 0 && left < unnamed.len(),
-                None => unnamed.len() > PROBE_LIST_ABOVE,
-            };
-        if read_list {
-            let Some(page) = list.next(session)? else { continue };
-            list_pages_read += 1;
-            if let Some(total) = page.get("total_pages").and_then(Value::as_u64) {
-                knowledge.learn_list_pages(total.try_into().unwrap_or(u32::MAX));
-            }
-            for (name, href) in list_tags(&page)? {
-                knowledge.learn(&name, &href);
-            }
-            if list.finished() && knowledge.href_of(target).is_none() {
+        if list.is_cheaper(knowledge, unnamed.len()) {
+            list.read_next(session, knowledge)?;
+            if list.pages.finished() && knowledge.href_of(target).is_none() {
                 // The whole list is read and no tag has that name: nobody has it.
                 return Ok(false);
             }
-        } else {
-            let url = parse_link(first_unnamed, "tag lookup")?;
-            match session.get_json(&url, "tag lookup") {
-                Ok(tag) => {
-                    let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
-                    knowledge.learn(name, first_unnamed);
-                }
-                // A tagging whose tag was deleted: it is not the tag asked about.
-                Err(Error::Status { status: 404, .. }) => knowledge.learn("", first_unnamed),
-                Err(e) => return Err(e),
-            }
+            continue;
         }
+        let url = parse_link(first_unnamed, "tag lookup")?;
+        match session.get_json(&url, "tag lookup") {
+            Ok(tag) => {
+                let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
+                knowledge.learn(name, first_unnamed);
+            }
+            // A tagging whose tag was deleted: it is not the tag asked about.
+            Err(Error::Status { status: 404, .. }) => knowledge.learn("", first_unnamed),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The group's tag list, 25 names a page, read one page at a time when that is worth it.
+struct TagList {
+    pages: Pages,
+    read: usize,
+}
+
+impl TagList {
+    fn new(session: &Session) -> Result<Self, Error> {
+        let first = session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?;
+        Ok(TagList { pages: Pages::new(first, "tag list page", None), read: 0 })
+    }
+
+    /// Whether reading on is cheaper than looking up `unnamed` tags one by one. Without the
+    /// list's length, only more than a page's worth of unknown tags justifies the first page,
+    /// which tells the length.
+    fn is_cheaper(&self, knowledge: &Knowledge, unnamed: usize) -> bool {
+        if self.pages.finished() {
+            return false;
+        }
+        match knowledge.list_pages() {
+            Some(total) => (total as usize).saturating_sub(self.read).max(1) < unnamed,
+            None => unnamed > PROBE_LIST_ABOVE,
+        }
+    }
+
+    fn read_next(&mut self, session: &Session, knowledge: &mut Knowledge) -> Result<(), Error> {
+        let Some(page) = self.pages.next(session)? else { return Ok(()) };
+        self.read += 1;
+        if let Some(total) = page.get("total_pages").and_then(Value::as_u64) {
+            knowledge.learn_list_pages(total.try_into().unwrap_or(u32::MAX));
+        }
+        for (name, href) in list_tags(&page)? {
+            knowledge.learn(&name, &href);
+        }
+        Ok(())
     }
 }
 

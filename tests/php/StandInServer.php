@@ -9,8 +9,14 @@ final class StandInServer
 {
     public const API_KEY = 'test-key-5f1c9a';
 
-    /** @param resource $process */
+    /** @param resource|null $process null when attached to a server someone else started */
     private function __construct(private $process, private int $port, private string $scheme) {}
+
+    /** Controls a server already running on 127.0.0.1:`$port` (as the benchmarks start it). */
+    public static function attach(int $port): self
+    {
+        return new self(null, $port, 'http');
+    }
 
     /** @param list<string> $extraArgs */
     public static function start(array $extraArgs = []): self
@@ -33,8 +39,10 @@ final class StandInServer
 
     public function stop(): void
     {
-        proc_terminate($this->process);
-        proc_close($this->process);
+        if ($this->process !== null) {
+            proc_terminate($this->process);
+            proc_close($this->process);
+        }
     }
 
     public function port(): int
