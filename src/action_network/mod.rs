@@ -2,9 +2,11 @@
 //!
 //! A tagging names its tag only by href, so the answer needs T's href. With it (cached from an
 //! earlier call of this process) the cost is the person lookup plus the person's taggings pages
-//! up to the first match: `1 + pages`. Without it, the hrefs met while paging are resolved by
-//! whichever is cheaper: one `GET` per unknown tag href (never more than the plugin's one per
-//! tagging), or a walk of the group's tag list, 25 names a page, stopping once T is named.
+//! up to the first match: `1 + pages`. Without it, a person with more than a page of unknown
+//! tags makes the call read the first page of the group's tag list early (25 names, and the
+//! list's length); the hrefs still unknown at the end are resolved by whichever is cheaper: one
+//! `GET` per unknown tag href (never more than the plugin's one per tagging), or more pages of
+//! the tag list, stopping once T is named or every href of the person is.
 
 mod cache;
 mod http;
