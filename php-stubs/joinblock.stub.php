@@ -14,16 +14,21 @@ namespace {
      * The lock file is `<dir>/join-lock-<sha1(strtolower(trim($key)))>`, the join-block
      * plugin's own name, so the extension and the plugin's code exclude each other.
      *
-     * @param array{dir?: string, timeout?: int|float|null} $options
-     *   - `dir`: lock directory; default INI `joinblock.lock_dir`, else `sys_get_temp_dir()`.
+     * @param array{dir?: string, timeout?: int|float|null, backend?: 'file'|'mysql'} $options
+     *   - `dir`: lock directory (file backend); default INI `joinblock.lock_dir`, else
+     *     `sys_get_temp_dir()`.
      *   - `timeout`: seconds to wait; absent or null waits as long as it takes, 0 tries once.
+     *   - `backend`: `file` (flock, one host) or `mysql` (`GET_LOCK` on the site's database,
+     *     every host); default from joinblock_configure(), else INI `joinblock.lock_backend`.
      *
      * @throws \TypeError wrong argument or option types
-     * @throws \ValueError empty key after trimming, unknown option, empty `dir`,
-     *   negative, NaN or infinite `timeout`
+     * @throws \ValueError empty key after trimming, unknown option, empty `dir` or `dir` with
+     *   the mysql backend, unknown `backend`, negative, NaN or infinite `timeout`
      * @throws \JoinBlock\LockTimeoutException the lock was not free in time
      * @throws \JoinBlock\LockException this thread already holds the lock, or the lock file
-     *   cannot be used (missing or unwritable directory, symlink, directory or FIFO planted)
+     *   cannot be used (missing or unwritable directory, symlink, directory or FIFO planted), or
+     *   the MySQL server cannot be used (not configured, unreachable, wrong credentials, a
+     *   Galera node or a read-only replica)
      */
     function joinblock_acquire_lock(string $key, array $options = []): \JoinBlock\Lock {}
 
@@ -33,6 +38,25 @@ namespace {
      * @throws \JoinBlock\LockException the lock file could not be removed or unlocked
      */
     function joinblock_release_lock(?\JoinBlock\Lock $lock = null): void {}
+
+    /**
+     * Settings for the rest of this request (they end with it): the lock backend, and the
+     * MySQL server for the mysql backend, either as a URL or as WordPress's wp-config.php
+     * constants. Replaces what an earlier call set; `[]` goes back to INI.
+     *
+     * @param array{lock_backend?: 'file'|'mysql', mysql_url?: string, db_host?: string,
+     *   db_user?: string, db_password?: string, db_name?: string} $settings
+     *   - `mysql_url`: `mysql://user:password@host:port/dbname`, parts percent-encoded,
+     *     `?socket=/path` for a Unix socket; default INI `joinblock.mysql_url`.
+     *   - `db_host`, `db_user`, `db_password`, `db_name`: `DB_HOST` (`host`, `host:port`,
+     *     `host:/path/to/socket`; `localhost` alone is the default socket), `DB_USER`,
+     *     `DB_PASSWORD`, `DB_NAME`. Not with `mysql_url`.
+     *
+     * @throws \TypeError a setting that is not a string
+     * @throws \ValueError unknown setting, bad URL or host, `mysql_url` with `db_*`, or `db_*`
+     *   without host, user and name
+     */
+    function joinblock_configure(array $settings): void {}
 
     /**
      * Whether the Action Network person with this email has the tag named `$tag` (names compare
@@ -71,16 +95,20 @@ namespace JoinBlock {
         /** Always throws: locks come from joinblock_acquire_lock(). */
         public function __construct() {}
 
-        /** The lock file's path. */
+        /** The lock file's path (file backend) or the `GET_LOCK` name (mysql backend). */
         public function path(): string {}
 
-        /** Whether this process still holds the lock (false after release and in a forked child). */
+        /**
+         * Whether this process still holds the lock: false after release, in a forked child,
+         * and (mysql backend) once the connection that took it is gone.
+         */
         public function isHeld(): bool {}
 
         /**
          * Releases the lock; releasing again does nothing.
          *
-         * @throws LockException
+         * @throws LockException the lock file could not be removed or unlocked, or (mysql
+         *   backend) the lock was lost with its connection and may belong to someone else now
          */
         public function release(): void {}
     }

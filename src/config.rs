@@ -1,6 +1,11 @@
-//! INI settings: their names, defaults, registration and how the running PHP reads them.
+//! Settings: the INI entries (names, defaults, registration, how the running PHP reads them)
+//! and what `joinblock_configure()` sets for the rest of one request.
 
 use std::ffi::{c_int, c_void, CStr};
+
+use parking_lot::Mutex;
+
+use crate::lock::{mysql::MysqlTarget, Backend};
 
 use ext_php_rs::{
     ffi::{zend_ini_entry, zend_string},
@@ -14,9 +19,17 @@ pub const LOCK_DIR: &str = "joinblock.lock_dir";
 /// Action Network API root; per-call `base_url` overrides it.
 pub const ACTION_NETWORK_URL: &str = "joinblock.action_network_url";
 
-static INI_ENTRIES: IniEntryDefs<3> = IniEntryDefs::new([
+/// `file` or `mysql`; per-call `backend` and `joinblock_configure()` override it.
+pub const LOCK_BACKEND: &str = "joinblock.lock_backend";
+
+/// `mysql://user:password@host:port/dbname` for the mysql backend.
+pub const MYSQL_URL: &str = "joinblock.mysql_url";
+
+static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
     entry(c"joinblock.lock_dir", c""),
     entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
+    entry(c"joinblock.lock_backend", c"file"),
+    entry(c"joinblock.mysql_url", c""),
     IniEntryDef::end(),
 ]);
 
@@ -56,4 +69,47 @@ pub fn ini_bytes(name: &str) -> Option<Vec<u8>> {
     let entry = unsafe { directives.get(name)?.ptr::<zend_ini_entry>()?.as_ref() }?;
     let value = unsafe { entry.value.as_ref() }?.as_bytes();
     (!value.is_empty()).then(|| value.to_vec())
+}
+
+/// What `joinblock_configure()` set; cleared at the end of each request.
+#[derive(Clone, Debug, Default)]
+pub struct RequestSettings {
+    pub lock_backend: Option<Backend>,
+    pub mysql: Option<MysqlTarget>,
+}
+
+static REQUEST: Mutex<Option<RequestSettings>> = Mutex::new(None);
+
+pub fn set_request_settings(settings: RequestSettings) {
+    *REQUEST.lock() = Some(settings);
+}
+
+pub fn request_settings() -> RequestSettings {
+    REQUEST.lock().clone().unwrap_or_default()
+}
+
+/// Called at the end of every request, so one request's settings never reach the next.
+pub fn clear_request_settings() {
+    *REQUEST.lock() = None;
+}
+
+/// The lock backend in effect when a call names none: `joinblock_configure()`, else INI.
+pub fn lock_backend() -> Result<Backend, String> {
+    if let Some(backend) = request_settings().lock_backend {
+        return Ok(backend);
+    }
+    let value = ini_bytes(LOCK_BACKEND).unwrap_or_else(|| b"file".to_vec());
+    Backend::parse(&String::from_utf8_lossy(&value)).map_err(|problem| format!("INI {LOCK_BACKEND} {problem}"))
+}
+
+/// The MySQL server for the mysql backend: `joinblock_configure()`, else INI.
+pub fn mysql_target() -> Result<MysqlTarget, String> {
+    if let Some(target) = request_settings().mysql {
+        return Ok(target);
+    }
+    let url = ini_bytes(MYSQL_URL).ok_or_else(|| {
+        format!("the mysql lock backend needs INI {MYSQL_URL} or joinblock_configure() with the database settings")
+    })?;
+    // Never quote the URL back: it holds the password.
+    MysqlTarget::from_url(&String::from_utf8_lossy(&url)).map_err(|problem| format!("INI {MYSQL_URL} {problem}"))
 }

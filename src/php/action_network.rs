@@ -32,7 +32,7 @@ pub fn joinblock_person_has_tag(email: &str, tag: &str, apiKey: &str, options: O
     }
     let settings = settings(Options::parse(
         FUNCTION,
-        4,
+        "#4 ($options)",
         options,
         &["base_url", "timeout", "deadline", "max_pages", "tag_cache_ttl", "max_rps"],
     )?)?;

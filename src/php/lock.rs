@@ -1,5 +1,5 @@
-//! `joinblock_acquire_lock`, `joinblock_release_lock` and `JoinBlock\Lock`: argument checks and
-//! exception mapping over `crate::lock`.
+//! `joinblock_acquire_lock`, `joinblock_release_lock`, `joinblock_configure` and
+//! `JoinBlock\Lock`: argument checks and exception mapping over `crate::lock`.
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::PathBuf};
 
@@ -17,9 +17,19 @@ use super::{
     options::{Options, OptionsArg},
 };
 use crate::{
-    config,
-    lock::{self, FileLock, LockError, Wait},
+    config::{self, RequestSettings},
+    lock::{
+        file::{lock_path, FileLock},
+        mysql::{DbLock, MysqlTarget},
+        Backend, LockError, Wait,
+    },
 };
+
+/// A held lock of either backend.
+enum Held {
+    File(FileLock),
+    Mysql(DbLock),
+}
 
 /// A held per-key lock. Freed by PHP (unset, end of scope or request, exit, fatal error), it
 /// releases the lock.
@@ -27,24 +37,35 @@ use crate::{
 #[php(name = "JoinBlock\\Lock")]
 #[php(flags = ext_php_rs::flags::ClassFlags::Final)]
 pub struct Lock {
-    inner: Mutex<FileLock>,
+    inner: Mutex<Held>,
 }
 
 #[php_impl]
 impl Lock {
-    /// The lock file: `<dir>/join-lock-<sha1 of the normalised key>`.
+    /// The lock file (file backend) or the `GET_LOCK` name (mysql backend).
     pub fn path(&self) -> Binary<u8> {
-        Binary::from(self.inner.lock().path().as_os_str().as_bytes().to_vec())
+        let bytes = match &*self.inner.lock() {
+            Held::File(lock) => lock.path().as_os_str().as_bytes().to_vec(),
+            Held::Mysql(lock) => lock.name().as_bytes().to_vec(),
+        };
+        Binary::from(bytes)
     }
 
     /// Whether this process still holds the lock.
     pub fn is_held(&self) -> bool {
-        self.inner.lock().is_held()
+        match &*self.inner.lock() {
+            Held::File(lock) => lock.is_held(),
+            Held::Mysql(lock) => lock.is_held(),
+        }
     }
 
     /// Releases the lock; releasing again does nothing.
     pub fn release(&self) -> PhpResult<()> {
-        self.inner.lock().release().map_err(to_exception)
+        match &mut *self.inner.lock() {
+            Held::File(lock) => lock.release(),
+            Held::Mysql(lock) => lock.release(),
+        }
+        .map_err(to_exception)
     }
 }
 
@@ -62,14 +83,30 @@ fn to_exception(err: LockError) -> PhpException {
 #[php_function]
 #[php(defaults(options = OptionsArg::default()))]
 pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpResult<Lock> {
-    let options = Options::parse("joinblock_acquire_lock", 2, options, &["dir", "timeout"])?;
-    let dir = match options.bytes("dir")? {
-        Some(dir) => dir,
-        None => lock_dir()?,
-    };
+    let options = Options::parse("joinblock_acquire_lock", "#2 ($options)", options, &["dir", "timeout", "backend"])?;
     let wait = options.seconds("timeout")?.map_or(Wait::Forever, Wait::AtMost);
-    let path = lock::lock_path(&PathBuf::from(OsStr::from_bytes(&dir)), &key).map_err(to_exception)?;
-    let held = FileLock::acquire(&path, wait).map_err(to_exception)?;
+    let dir = options.bytes("dir")?;
+    let backend = match options.bytes("backend")? {
+        Some(name) => Backend::parse(&String::from_utf8_lossy(&name)).map_err(|p| options.value_error("backend", &p))?,
+        None => config::lock_backend().map_err(|p| LOCK_EXCEPTION.with(p))?,
+    };
+    let held = match backend {
+        Backend::File => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => lock_dir()?,
+            };
+            let path = lock_path(&PathBuf::from(OsStr::from_bytes(&dir)), &key).map_err(to_exception)?;
+            Held::File(FileLock::acquire(&path, wait).map_err(to_exception)?)
+        }
+        Backend::Mysql => {
+            if dir.is_some() {
+                return Err(options.value_error("dir", "applies to the file backend only"));
+            }
+            let target = config::mysql_target().map_err(|p| LOCK_EXCEPTION.with(p))?;
+            Held::Mysql(DbLock::acquire(&target, &key, wait).map_err(to_exception)?)
+        }
+    };
     Ok(Lock { inner: Mutex::new(held) })
 }
 
@@ -77,6 +114,43 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
 #[php_function]
 pub fn joinblock_release_lock(lock: Option<&ZendClassObject<Lock>>) -> PhpResult<()> {
     lock.map_or(Ok(()), |lock| lock.release())
+}
+
+/// Settings for the rest of this request: the lock backend and the MySQL server, given as
+/// `mysql_url` or as WordPress's `DB_HOST` / `DB_USER` / `DB_PASSWORD` / `DB_NAME`.
+#[php_function]
+pub fn joinblock_configure(settings: OptionsArg) -> PhpResult<()> {
+    let given = Options::parse(
+        "joinblock_configure",
+        "#1 ($settings)",
+        settings,
+        &["lock_backend", "mysql_url", "db_host", "db_user", "db_password", "db_name"],
+    )?;
+    let lock_backend = match given.string("lock_backend")? {
+        Some(name) => Some(Backend::parse(&name).map_err(|p| given.value_error("lock_backend", &p))?),
+        None => None,
+    };
+    let url = given.string("mysql_url")?;
+    let [host, user, password, name] =
+        ["db_host", "db_user", "db_password", "db_name"].map(|key| given.string(key));
+    let (host, user, password, name) = (host?, user?, password?, name?);
+    let wordpress_given = host.is_some() || user.is_some() || password.is_some() || name.is_some();
+    let mysql = match (url, wordpress_given) {
+        (Some(_), true) => {
+            return Err(given.value_error("mysql_url", "and db_host/db_user/db_password/db_name exclude each other"))
+        }
+        (Some(url), false) => Some(MysqlTarget::from_url(&url).map_err(|p| given.value_error("mysql_url", &p))?),
+        (None, true) => {
+            let (Some(host), Some(user), Some(name)) = (host, user, name) else {
+                return Err(given.value_error("db_host", "needs db_user and db_name with it (db_password may be empty)"));
+            };
+            let password = password.unwrap_or_default();
+            Some(MysqlTarget::from_wordpress(&host, &user, &password, &name).map_err(|p| given.value_error("db_host", &p))?)
+        }
+        (None, false) => None,
+    };
+    config::set_request_settings(RequestSettings { lock_backend, mysql });
+    Ok(())
 }
 
 /// The lock directory when the call names none: INI `joinblock.lock_dir`, else PHP's
@@ -93,11 +167,11 @@ pub fn lock_dir() -> PhpResult<Vec<u8>> {
         .ok_or_else(|| LOCK_EXCEPTION.with("sys_get_temp_dir() did not return a string"))
 }
 
-
 /// Adds the lock API to the module.
 pub fn register(module: ModuleBuilder) -> ModuleBuilder {
     module
         .class::<Lock>()
         .function(wrap_function!(joinblock_acquire_lock))
         .function(wrap_function!(joinblock_release_lock))
+        .function(wrap_function!(joinblock_configure))
 }

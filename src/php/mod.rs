@@ -10,21 +10,31 @@ use ext_php_rs::{info_table_end, info_table_row, info_table_start, prelude::*, z
 
 use crate::{config, lock::counters};
 
-/// `php --ri joinblock` and `phpinfo()`.
+/// A value as `php --ri` can print it (the table's C strings stop at NUL).
+fn shown(text: impl AsRef<[u8]>) -> String {
+    String::from_utf8_lossy(text.as_ref()).replace('\0', "")
+}
+
+/// `php --ri joinblock` and `phpinfo()`. Never shows a password or an API key.
 extern "C" fn module_info(_module: *mut ModuleEntry) {
     let counters = counters();
-    let dir = match lock::lock_dir() {
-        Ok(dir) => String::from_utf8_lossy(&dir).replace('\0', ""),
-        Err(_) => "(unavailable)".into(),
+    let dir = lock::lock_dir().map_or_else(|_| "(unavailable)".into(), shown);
+    let backend = config::lock_backend().map_or_else(|problem| shown(problem), |b| b.name().into());
+    let mysql = match config::mysql_target() {
+        Ok(target) => shown(target.describe()),
+        Err(_) if config::ini_bytes(config::MYSQL_URL).is_none() => "(not set)".into(),
+        Err(problem) => shown(problem),
     };
     info_table_start!();
     info_table_row!("joinblock support", "enabled");
     info_table_row!("version", env!("CARGO_PKG_VERSION"));
+    info_table_row!("lock backend in effect", backend.as_str());
     info_table_row!("lock directory in effect", dir.as_str());
+    info_table_row!("MySQL server for locks", mysql.as_str());
     info_table_row!("locks acquired (this process)", counters.acquired.to_string());
     info_table_row!("locks that waited (this process)", counters.waited.to_string());
     info_table_row!("lock timeouts (this process)", counters.timed_out.to_string());
-    let url = config::ini_bytes(config::ACTION_NETWORK_URL).map_or_else(String::new, |u| String::from_utf8_lossy(&u).replace('\0', ""));
+    let url = config::ini_bytes(config::ACTION_NETWORK_URL).map_or_else(String::new, shown);
     info_table_row!("Action Network URL", url.as_str());
     info_table_row!("Action Network requests (this process)", crate::action_network::requests_sent().to_string());
     info_table_end!();
@@ -42,8 +52,15 @@ extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
     }
 }
 
+extern "C" fn request_shutdown(_type: i32, _module_number: i32) -> i32 {
+    config::clear_request_settings();
+    0
+}
+
 #[php_module]
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
-    action_network::register(lock::register(module)).info_function(module_info)
+    action_network::register(lock::register(module))
+        .info_function(module_info)
+        .request_shutdown_function(request_shutdown)
 }

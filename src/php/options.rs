@@ -32,16 +32,16 @@ impl StubLiteral for OptionsArg<'_> {
 
 pub struct Options<'a> {
     function: &'static str,
-    position: u8,
+    argument: &'static str,
     entries: Vec<(String, &'a Zval)>,
 }
 
 impl<'a> Options<'a> {
     /// Refuses keys not in `known`.
-    /// `position` is the argument's number, for messages.
+    /// `argument` names the parameter for messages, as PHP does: `#2 ($options)`.
     pub fn parse(
         function: &'static str,
-        position: u8,
+        argument: &'static str,
         arg: OptionsArg<'a>,
         known: &[&str],
     ) -> Result<Self, PhpException> {
@@ -53,15 +53,14 @@ impl<'a> Options<'a> {
             };
             if !known.contains(&name.as_str()) {
                 return Err(value_error(format!(
-                    "{function}(): Argument #{} ($options) has an unknown option \"{}\"; known options are: {}",
-                    position,
+                    "{function}(): Argument {argument} has an unknown option \"{}\"; known options are: {}",
                     name.escape_debug(),
                     known.join(", ")
                 )));
             }
             entries.push((name, value));
         }
-        Ok(Options { function, position, entries })
+        Ok(Options { function, argument, entries })
     }
 
     /// The value of `name`, unless absent or null.
@@ -71,17 +70,17 @@ impl<'a> Options<'a> {
 
     fn type_error(&self, name: &str, expected: &str, got: &Zval) -> PhpException {
         type_error(format!(
-            "{}(): Argument #{} ($options) option \"{name}\" must be {expected}, {} given",
+            "{}(): Argument {} option \"{name}\" must be {expected}, {} given",
             self.function,
-            self.position,
+            self.argument,
             type_name(got)
         ))
     }
 
     pub fn value_error(&self, name: &str, problem: &str) -> PhpException {
         value_error(format!(
-            "{}(): Argument #{} ($options) option \"{name}\" {problem}",
-            self.function, self.position
+            "{}(): Argument {} option \"{name}\" {problem}",
+            self.function, self.argument
         ))
     }
 
@@ -99,6 +98,17 @@ impl<'a> Options<'a> {
             return Err(self.value_error(name, "must not contain NUL bytes"));
         }
         Ok(Some(bytes))
+    }
+
+    /// A string, possibly empty, as UTF-8 text without NUL bytes.
+    pub fn string(&self, name: &str) -> Result<Option<String>, PhpException> {
+        let Some(value) = self.get(name) else { return Ok(None) };
+        let text = value.zend_str().ok_or_else(|| self.type_error(name, "of type string", value))?;
+        let text = std::str::from_utf8(text.as_bytes()).map_err(|_| self.value_error(name, "must be valid UTF-8"))?;
+        if text.contains('\0') {
+            return Err(self.value_error(name, "must not contain NUL bytes"));
+        }
+        Ok(Some(text.to_owned()))
     }
 
     /// An int or float, finite and not negative.

@@ -124,7 +124,7 @@ final class LockApiTest extends JoinBlockTestCase
             'array key' => [\TypeError::class, '~key~', fn () => $f([])],
             'null key' => [\TypeError::class, '~key~', fn () => $f(null)],
             'options not an array' => [\TypeError::class, '~options~', fn () => $f('k', 'dir')],
-            'unknown option' => [\ValueError::class, '~^joinblock_acquire_lock\(\): Argument #2 \(\$options\) has an unknown option "tiemout"; known options are: dir, timeout$~', fn () => $f('k', ['tiemout' => 1])],
+            'unknown option' => [\ValueError::class, '~^joinblock_acquire_lock\(\): Argument #2 \(\$options\) has an unknown option "tiemout"; known options are: dir, timeout, backend$~', fn () => $f('k', ['tiemout' => 1])],
             'list instead of options' => [\ValueError::class, '~unknown option "0"~', fn () => $f('k', ['/tmp'])],
             'dir not a string' => [\TypeError::class, '~option "dir" must be of type string, int given~', fn () => $f('k', ['dir' => 5])],
             'empty dir' => [\ValueError::class, '~option "dir" must not be empty~', fn () => $f('k', ['dir' => ''])],

@@ -16,3 +16,4 @@ if (!getenv('JOINBLOCK_SO') || !is_file(getenv('JOINBLOCK_SO'))) {
 require __DIR__ . '/JoinBlockTestCase.php';
 require __DIR__ . '/StandInServer.php';
 require __DIR__ . '/FpmServer.php';
+require __DIR__ . '/MariaDbServer.php';

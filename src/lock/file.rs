@@ -1,4 +1,4 @@
-//! Per-key exclusive locks on files, compatible with the join-block plugin's lock files.
+//! The `file` backend: flock on the join-block plugin's own lock files, `<dir>/join-lock-<sha1>`.
 //!
 //! # Invariant
 //!
@@ -28,170 +28,31 @@
 //! process just closes its copy of the descriptor.
 
 use std::{
-    fmt,
     fs::{File, OpenOptions},
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-    thread::{self, ThreadId},
+    thread,
     time::{Duration, Instant},
 };
 
 use fs2::FileExt;
 
+use super::{lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
 use crate::backoff::Backoff;
-use parking_lot::Mutex;
-
-/// File name prefix shared with the plugin: `<dir>/join-lock-<sha1 hex>`.
-const FILE_PREFIX: &str = "join-lock-";
-
-/// Bytes PHP 8's `trim()` strips by default.
-const PHP_TRIM_BYTES: &[u8] = b" \t\n\r\0\x0B";
 
 /// Backoff between polled tries when waiting with a deadline.
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How long to wait for a lock.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Wait {
-    /// Block until the lock is free (the plugin's behaviour).
-    Forever,
-    /// Give up once this much time has passed; zero tries exactly once.
-    AtMost(Duration),
-}
-
-/// Why a lock could not be taken or released.
-#[derive(Debug)]
-pub enum LockError {
-    /// The key is empty once trimmed.
-    EmptyKey,
-    /// The lock was not free before the deadline.
-    Timeout { path: PathBuf, waited: Duration },
-    /// This thread already holds the lock on this path.
-    AlreadyHeld { path: PathBuf },
-    /// Something is at the lock path that is not a regular file.
-    NotARegularFile { path: PathBuf, kind: &'static str },
-    /// The operating system refused an operation on the path.
-    Io { path: PathBuf, action: &'static str, source: io::Error },
-}
-
-impl fmt::Display for LockError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LockError::EmptyKey => f.write_str("lock key is empty after trimming white space"),
-            LockError::Timeout { path, waited } => write!(
-                f,
-                "timed out after {:.3} s waiting for lock file {}",
-                waited.as_secs_f64(),
-                path.display()
-            ),
-            LockError::AlreadyHeld { path } => write!(
-                f,
-                "lock file {} is already held by this thread; release it before acquiring it again",
-                path.display()
-            ),
-            LockError::NotARegularFile { path, kind } => write!(
-                f,
-                "refusing lock path {}: it is a {kind}, not a regular file",
-                path.display()
-            ),
-            LockError::Io { path, action, source } => {
-                write!(f, "cannot {action} lock file {}: {}", path.display(), describe_io(source))
-            }
-        }
-    }
-}
-
-impl std::error::Error for LockError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            LockError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-/// The OS reason, with a hint for the cases a site admin meets.
-fn describe_io(err: &io::Error) -> String {
-    let hint = match err.raw_os_error() {
-        Some(libc::ENOENT) => " (does the lock directory exist?)",
-        Some(libc::EACCES) | Some(libc::EPERM) => " (is the lock directory writable by PHP's user?)",
-        Some(libc::ELOOP) => " (a symbolic link is planted at the lock path; it is never followed)",
-        _ => "",
-    };
-    format!("{err}{hint}")
-}
-
-/// Per-process counters, shown by `php --ri joinblock`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub acquired: u64,
-    pub waited: u64,
-    pub timed_out: u64,
-}
-
-static ACQUIRED: AtomicU64 = AtomicU64::new(0);
-static WAITED: AtomicU64 = AtomicU64::new(0);
-static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
-
-pub fn counters() -> Counters {
-    Counters {
-        acquired: ACQUIRED.load(Ordering::Relaxed),
-        waited: WAITED.load(Ordering::Relaxed),
-        timed_out: TIMED_OUT.load(Ordering::Relaxed),
-    }
-}
-
-/// `strtolower(trim($key))` as PHP 8.2 computes it: the bytes PHP trims by default, and
-/// ASCII-only lowercasing. `None` when nothing is left.
-pub fn normalize_key(key: &[u8]) -> Option<Vec<u8>> {
-    let start = key.iter().position(|b| !PHP_TRIM_BYTES.contains(b))?;
-    let end = key.iter().rposition(|b| !PHP_TRIM_BYTES.contains(b))? + 1;
-    Some(key[start..end].to_ascii_lowercase())
+/// How messages name a file lock.
+fn describe(path: &Path) -> String {
+    format!("lock file {}", path.display())
 }
 
 /// The lock file the plugin uses for `key` in `dir`.
 pub fn lock_path(dir: &Path, key: &[u8]) -> Result<PathBuf, LockError> {
-    let normalized = normalize_key(key).ok_or(LockError::EmptyKey)?;
-    let digest = sha1_smol::Sha1::from(&normalized).digest().to_string();
-    Ok(dir.join(format!("{FILE_PREFIX}{digest}")))
-}
-
-/// (device, inode): what identifies a lock, whatever path spelling reached it.
-type FileId = (u64, u64);
-
-/// Lock files claimed in this process: (file, thread, process id).
-static HELD: Mutex<Vec<(FileId, ThreadId, u32)>> = Mutex::new(Vec::new());
-
-/// A thread's claim on a lock file, from its open until its release. A second claim by the
-/// same thread is refused, since that thread would wait for itself forever.
-#[derive(Debug)]
-struct Claim {
-    id: FileId,
-    thread: ThreadId,
-    pid: u32,
-}
-
-impl Claim {
-    fn new(id: FileId, thread: ThreadId, pid: u32) -> Option<Claim> {
-        let mut held = HELD.lock();
-        // Claims inherited across fork belong to the parent, not to us.
-        held.retain(|&(_, _, owner)| owner == pid);
-        if held.iter().any(|&(held_id, owner, _)| held_id == id && owner == thread) {
-            return None;
-        }
-        held.push((id, thread, pid));
-        Some(Claim { id, thread, pid })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let mine = (self.id, self.thread, self.pid);
-        HELD.lock().retain(|&entry| entry != mine);
-    }
+    Ok(dir.join(lock_name(key)?))
 }
 
 /// An acquired lock. Dropping it releases it.
@@ -218,24 +79,21 @@ impl FileLock {
             // Until both checks pass, leaving this loop body closes the descriptor (dropping
             // any lock on it) and never touches the path.
             let (file, id) = open_lock_file(path)?;
-            let claim = Claim::new(id, thread, pid).ok_or_else(|| LockError::AlreadyHeld { path: path.to_owned() })?;
+            let claim = Claim::new(id.clone(), thread, pid).ok_or_else(|| LockError::AlreadyHeld { lock: describe(path) })?;
             if !try_lock(&file, path, deadline.is_none())? {
                 had_to_wait = true;
                 let now = Instant::now();
                 let remaining = deadline.map(|d| d.saturating_duration_since(now));
                 if remaining == Some(Duration::ZERO) {
-                    TIMED_OUT.fetch_add(1, Ordering::Relaxed);
-                    return Err(LockError::Timeout { path: path.to_owned(), waited: now - started });
+                    record_timeout();
+                    return Err(LockError::Timeout { lock: describe(path), waited: now - started });
                 }
                 drop((file, claim));
                 thread::sleep(backoff.next(remaining));
                 continue;
             }
-            if path_names(path, id)? {
-                ACQUIRED.fetch_add(1, Ordering::Relaxed);
-                if had_to_wait {
-                    WAITED.fetch_add(1, Ordering::Relaxed);
-                }
+            if path_names(path, &id)? {
+                record_acquired(had_to_wait);
                 return Ok(FileLock { path: path.to_owned(), held: Some((file, claim)) });
             }
             // We locked an inode that the previous holder already unlinked: start again.
@@ -263,7 +121,7 @@ impl FileLock {
             // A forked child: closing our copy of the descriptor leaves the parent's lock alone.
             return Ok(());
         }
-        let unlinked = match path_names(&self.path, claim.id) {
+        let unlinked = match path_names(&self.path, &claim.id) {
             Ok(true) => std::fs::remove_file(&self.path)
                 .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                 .map_err(|e| io_error(&self.path, "remove", e)),
@@ -295,16 +153,16 @@ fn try_lock(file: &File, path: &Path, block: bool) -> Result<bool, LockError> {
 }
 
 /// Whether `path` (not following links) names the file `id`.
-fn path_names(path: &Path, id: FileId) -> Result<bool, LockError> {
+fn path_names(path: &Path, id: &LockId) -> Result<bool, LockError> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) => Ok(file_id(&meta) == id),
+        Ok(meta) => Ok(file_id(&meta) == *id),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_error(path, "inspect", e)),
     }
 }
 
 /// Opens (creating if needed) the lock file, refusing anything but a regular file.
-fn open_lock_file(path: &Path) -> Result<(File, FileId), LockError> {
+fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -348,13 +206,14 @@ fn io_error(path: &Path, action: &'static str, source: io::Error) -> LockError {
     LockError::Io { path: path.to_owned(), action, source }
 }
 
-fn file_id(meta: &std::fs::Metadata) -> FileId {
-    (meta.dev(), meta.ino())
+fn file_id(meta: &std::fs::Metadata) -> LockId {
+    LockId::File(meta.dev(), meta.ino())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::os::unix::ffi::OsStrExt;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -362,17 +221,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    #[test]
-    fn normalizes_like_php_trim_and_strtolower() {
-        assert_eq!(normalize_key(b"  A@B.org\t\n\r\0\x0B").unwrap(), b"a@b.org");
-        assert_eq!(normalize_key("\u{c9}A".as_bytes()).unwrap(), "\u{c9}a".as_bytes());
-        assert_eq!(normalize_key(b"\xffX\xfe").unwrap(), b"\xffx\xfe");
-        assert_eq!(normalize_key(b" \t\0 "), None);
-        assert_eq!(normalize_key(b""), None);
-        // \f is not in PHP's default trim list.
-        assert_eq!(normalize_key(b"\x0cA").unwrap(), b"\x0ca");
     }
 
     #[test]

@@ -1,0 +1,128 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/**
+ * A private MariaDB from Debian's mariadb-server: its own data directory, socket and port on
+ * 127.0.0.1, a user `joinblock` with a password and a database `wordpress`.
+ */
+final class MariaDbServer
+{
+    public const USER = 'joinblock';
+    public const PASSWORD = 'pa55:w/rd@x';
+    public const DATABASE = 'wordpress';
+
+    /** @var resource|null */
+    private $process = null;
+
+    private function __construct(private string $dir, private int $port) {}
+
+    public static function start(string $dir): self
+    {
+        $install = self::run(['mariadb-install-db', '--no-defaults', "--datadir=$dir/data", '--auth-root-authentication-method=socket', '--skip-test-db', ...self::asUser()]);
+        if ($install['exit'] !== 0) {
+            throw new \RuntimeException("mariadb-install-db failed: {$install['out']}");
+        }
+        $server = new self($dir, self::freePort());
+        $server->launch();
+        $server->sql(sprintf(
+            "DROP USER IF EXISTS ''@'localhost'; CREATE USER '%s'@'%%' IDENTIFIED BY '%s'; CREATE DATABASE %s; GRANT ALL ON %s.* TO '%s'@'%%';",
+            self::USER, self::PASSWORD, self::DATABASE, self::DATABASE, self::USER
+        ));
+        return $server;
+    }
+
+    /** Stops the server (the data directory stays, for restart()). */
+    public function stop(): void
+    {
+        if ($this->process === null) {
+            return;
+        }
+        proc_terminate($this->process, SIGTERM);
+        $deadline = microtime(true) + 30;
+        while (proc_get_status($this->process)['running'] && microtime(true) < $deadline) {
+            usleep(20000);
+        }
+        proc_terminate($this->process, SIGKILL);
+        proc_close($this->process);
+        $this->process = null;
+    }
+
+    public function restart(): void
+    {
+        $this->stop();
+        $this->launch();
+    }
+
+    public function port(): int
+    {
+        return $this->port;
+    }
+
+    public function url(string $password = self::PASSWORD): string
+    {
+        return sprintf('mysql://%s:%s@127.0.0.1:%d/%s', self::USER, rawurlencode($password), $this->port, self::DATABASE);
+    }
+
+    /** What WordPress's wp-config.php would say. */
+    public function wordpressSettings(): array
+    {
+        return ['db_host' => "127.0.0.1:{$this->port}", 'db_user' => self::USER, 'db_password' => self::PASSWORD, 'db_name' => self::DATABASE];
+    }
+
+    /** Runs SQL as root over the socket; returns the output (tab-separated, no headers). */
+    public function sql(string $sql): string
+    {
+        $result = self::run(['mariadb', '--no-defaults', "--socket={$this->dir}/sock", '-uroot', '-N', '-B', '-e', $sql]);
+        if ($result['exit'] !== 0) {
+            throw new \RuntimeException("SQL failed: $sql: {$result['out']}");
+        }
+        return $result['out'];
+    }
+
+    private function launch(): void
+    {
+        $command = ['mariadbd', '--no-defaults', "--datadir={$this->dir}/data", "--socket={$this->dir}/sock",
+            "--port={$this->port}", '--bind-address=127.0.0.1', "--pid-file={$this->dir}/pid", "--log-error={$this->dir}/error.log",
+            '--skip-name-resolve', '--innodb-buffer-pool-size=32M', ...self::asUser()];
+        $this->process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes);
+        $deadline = microtime(true) + 60;
+        while (true) {
+            $ping = @fsockopen('127.0.0.1', $this->port, $errno, $error, 1);
+            if ($ping !== false && file_exists("{$this->dir}/sock")) {
+                fclose($ping);
+                return;
+            }
+            if (microtime(true) > $deadline || !proc_get_status($this->process)['running']) {
+                throw new \RuntimeException('mariadbd did not start: ' . @file_get_contents("{$this->dir}/error.log"));
+            }
+            usleep(50000);
+        }
+    }
+
+    /** mariadbd refuses to run as root unless told to. */
+    private static function asUser(): array
+    {
+        return posix_geteuid() === 0 ? ['--user=root'] : [];
+    }
+
+    private static function freePort(): int
+    {
+        $probe = stream_socket_server('tcp://127.0.0.1:0');
+        $port = (int) substr(strrchr(stream_socket_get_name($probe, false), ':'), 1);
+        fclose($probe);
+        return $port;
+    }
+
+    /** @return array{exit: int, out: string} */
+    private static function run(array $command): array
+    {
+        $proc = proc_open($command, [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['redirect', 1]], $pipes);
+        fclose($pipes[0]);
+        $out = stream_get_contents($pipes[1]);
+        fclose($pipes[1]);
+        return ['exit' => proc_close($proc), 'out' => $out];
+    }
+}
