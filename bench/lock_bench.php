@@ -3,14 +3,15 @@
 //
 //   php -n [-d extension=.../libjoinblock.so] bench/lock_bench.php <mode> <dir> <iterations> [<processes>]
 //
-// <mode> is `ext` (joinblock, needs the extension loaded), `plugin` (join-block 1.4.24's PHP lock)
-// or `symfony` (Symfony Lock's FlockStore, Debian's php-symfony-lock). Starts <processes> workers
+// <mode> is `ext` (joinblock, needs the extension loaded), `ext-mysql` (joinblock's mysql backend
+// on the server in env JOINBLOCK_MYSQL_URL), `plugin` (join-block 1.4.24's PHP lock) or `symfony`
+// (Symfony Lock's FlockStore, Debian's php-symfony-lock). Starts <processes> workers
 // that each run <iterations> operations from a common start, and prints
 // `ns_per_op=<wall / all operations>`.
 
 declare(strict_types=1);
 
-const MODES = ['ext', 'plugin', 'symfony'];
+const MODES = ['ext', 'ext-mysql', 'plugin', 'symfony'];
 const KEY = 'member@example.org';
 const WARMUP = 50;
 const SYMFONY_AUTOLOAD = '/usr/share/php/Symfony/Component/Lock/autoload.php';
@@ -29,6 +30,7 @@ function operation(string $mode, string $dir): Closure
 {
     return match ($mode) {
         'ext' => fn () => joinblock_acquire_lock(KEY, ['dir' => $dir])->release(),
+        'ext-mysql' => mysql_operation(),
         'plugin' => plugin_operation($dir . '/join-lock-' . sha1(strtolower(trim(KEY)))),
         'symfony' => symfony_operation($dir),
     };
@@ -45,6 +47,12 @@ function plugin_operation(string $path): Closure
         // Under contention another worker may have unlinked it already.
         @unlink($path);
     };
+}
+
+function mysql_operation(): Closure
+{
+    joinblock_configure(['lock_backend' => 'mysql', 'mysql_url' => getenv('JOINBLOCK_MYSQL_URL') ?: fail('JOINBLOCK_MYSQL_URL is not set')]);
+    return fn () => joinblock_acquire_lock(KEY)->release();
 }
 
 function symfony_operation(string $dir): Closure
