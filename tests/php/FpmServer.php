@@ -15,8 +15,9 @@ final class FpmServer
     /**
      * @param int $workers static pool size
      * @param list<string> $phpArgs e.g. ['-n', '-d', 'extension=/path/libjoinblock.so']
+     * @param array<string, string>|null $env php-fpm's environment; null: this process's
      */
-    public static function start(string $dir, int $workers, array $phpArgs): self
+    public static function start(string $dir, int $workers, array $phpArgs, ?array $env = null): self
     {
         $socket = "$dir/fpm.sock";
         $config = "$dir/fpm.conf";
@@ -35,7 +36,7 @@ final class FpmServer
         ]));
         $root = posix_geteuid() === 0 ? ['-R'] : [];
         $command = ['/usr/sbin/php-fpm8.2', ...$phpArgs, '-y', $config, '-F', ...$root];
-        $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', "$dir/fpm.out", 'w'], 2 => ['file', "$dir/fpm.out", 'a']], $pipes);
+        $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', "$dir/fpm.out", 'w'], 2 => ['file', "$dir/fpm.out", 'a']], $pipes, null, $env);
         $deadline = microtime(true) + 15;
         while (!file_exists($socket)) {
             if (microtime(true) > $deadline || !proc_get_status($process)['running']) {
@@ -81,7 +82,8 @@ final class FpmServer
      * Sends the requests at once and waits for all.
      *
      * @param list<array{string, array}> $requests [script, query]
-     * @return list<array{status: int, body: string}>
+     * @return list<array{status: int, body: string, stderr: string}> stderr: the FastCGI
+     *   stderr stream (where PHP logs errors when its error_log is unset)
      */
     public function requestAll(array $requests, float $limit = 60): array
     {
@@ -95,17 +97,19 @@ final class FpmServer
         foreach ($running as $i => [$proc, $pipes]) {
             stream_set_timeout($pipes[1], max(1, (int) ($deadline - microtime(true))));
             $raw = stream_get_contents($pipes[1]);
+            stream_set_timeout($pipes[2], max(1, (int) ($deadline - microtime(true))));
+            $stderr = (string) stream_get_contents($pipes[2]);
             fclose($pipes[1]);
             fclose($pipes[2]);
             proc_close($proc);
             [$head, $body] = array_pad(explode("\r\n\r\n", (string) $raw, 2), 2, '');
             $status = preg_match('~^Status: (\d+)~mi', $head, $m) ? (int) $m[1] : 200;
-            $answers[$i] = ['status' => $status, 'body' => $body];
+            $answers[$i] = ['status' => $status, 'body' => $body, 'stderr' => $stderr];
         }
         return $answers;
     }
 
-    /** @return array{status: int, body: string} */
+    /** @return array{status: int, body: string, stderr: string} */
     public function request(string $script, array $query): array
     {
         return $this->requestAll([[$script, $query]])[0];

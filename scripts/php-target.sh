@@ -1,0 +1,157 @@
+# Shared by scripts/install, scripts/uninstall and scripts/package (source it after common.sh):
+# which PHP the extension is for, whether a built .so fits that PHP, and PHP-FPM reloads.
+
+# The template of /etc/php/<ver>/mods-available/joinblock.ini, every setting documented.
+JOINBLOCK_INI_TEMPLATE="$JOINBLOCK_ROOT/packaging/joinblock.ini"
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+require_root() {
+    [ "$(id -u)" -eq 0 ] || die "run this as root (it writes to the PHP extension dir and /etc/php)"
+}
+
+# Makes sure a php-config exists: installs the -dev package of the PHP on PATH when it is
+# missing (php8.2-dev and the other build packages on Debian 12).
+ensure_php_config() {
+    if [ -n "${PHP_CONFIG:-}" ] || command -v php-config >/dev/null; then
+        return
+    fi
+    local version
+    version=$(php -n -r 'echo PHP_MAJOR_VERSION, ".", PHP_MINOR_VERSION;' 2>/dev/null) ||
+        die "no PHP found (php not on PATH): install your PHP first (Debian 12: apt install php8.2-fpm php8.2-cli)"
+    if [ "$version" = 8.2 ]; then
+        ensure_packages "${BUILD_PACKAGES[@]}"
+    else
+        ensure_packages "php$version-dev"
+    fi
+}
+
+# Finds the target PHP through `php-config` ($PHP_CONFIG, else the one on PATH) and sets:
+# PHP_CONFIG_BIN, PHP_BIN (its CLI), PHP_FULL_VERSION (8.2.36), PHP_VERSION (8.2), PHP_API,
+# PHP_EXT_DIR, PHP_ZTS (0/1), PHP_DEBUG_BUILD (0/1) and PHP_BUILD_ID (API20220829,NTS): the
+# build ID an extension must carry for this PHP to load it.
+find_target_php() {
+    if [ -n "${PHP_CONFIG:-}" ]; then
+        [ -x "$PHP_CONFIG" ] || die "PHP_CONFIG=$PHP_CONFIG is not an executable php-config"
+        PHP_CONFIG_BIN=$PHP_CONFIG
+    elif ! PHP_CONFIG_BIN=$(command -v php-config); then
+        die "php-config not found: install the -dev package of the PHP to build for (Debian 12: php8.2-dev), or set PHP_CONFIG=/path/to/php-configX.Y"
+    fi
+    PHP_FULL_VERSION=$("$PHP_CONFIG_BIN" --version)
+    PHP_VERSION=$(echo "$PHP_FULL_VERSION" | cut -d. -f1,2)
+    PHP_API=$("$PHP_CONFIG_BIN" --phpapi)
+    PHP_EXT_DIR=$("$PHP_CONFIG_BIN" --extension-dir)
+    PHP_BIN=$("$PHP_CONFIG_BIN" --php-binary)
+    [ -x "$PHP_BIN" ] || die "$PHP_CONFIG_BIN names $PHP_BIN as its PHP, which is missing: install php$PHP_VERSION-cli"
+    local cli_version
+    cli_version=$("$PHP_BIN" -n -r 'echo PHP_VERSION;')
+    [ "$cli_version" = "$PHP_FULL_VERSION" ] ||
+        die "$PHP_CONFIG_BIN is PHP $PHP_FULL_VERSION but $PHP_BIN is PHP $cli_version: install matching phpX.Y-cli and phpX.Y-dev versions"
+    PHP_ZTS=$("$PHP_BIN" -n -r 'echo PHP_ZTS;')
+    PHP_DEBUG_BUILD=$("$PHP_BIN" -n -r 'echo PHP_DEBUG;')
+    PHP_BUILD_ID=$("$PHP_BIN" -n -i | sed -n 's/^PHP Extension Build => //p')
+    [ -n "$PHP_BUILD_ID" ] || die "cannot read the extension build ID of $PHP_BIN (php -i)"
+}
+
+# "NTS, non-debug" for 0 0.
+describe_build() {
+    local zts=$1 debug=$2
+    [ "$zts" = 1 ] && printf 'ZTS (thread-safe)' || printf 'NTS (non-thread-safe)'
+    [ "$debug" = 1 ] && printf ', debug' || printf ', non-debug'
+}
+
+report_target_php() {
+    echo "==> PHP $PHP_FULL_VERSION ($PHP_BIN, from $PHP_CONFIG_BIN): API $PHP_API, $(describe_build "$PHP_ZTS" "$PHP_DEBUG_BUILD"), extension dir $PHP_EXT_DIR"
+}
+
+# The build ID compiled into an extension .so (API20220829,NTS or API20220829,TS,debug).
+so_build_id() {
+    grep -aoE 'API[0-9]{8},N?TS(,debug)?' "$1" | head -n 1 || true
+}
+
+# PHP minor version of a module API number, for messages.
+php_version_of_api() {
+    case "$1" in
+        20200930) echo 8.0 ;; 20210902) echo 8.1 ;; 20220829) echo 8.2 ;;
+        20230831) echo 8.3 ;; 20240924) echo 8.4 ;; 20250925) echo 8.5 ;; *) echo "with module API $1" ;;
+    esac
+}
+
+# Refuses, with the reason, a .so that the target PHP would not load.
+check_so_fits() {
+    local so=$1 id api zts debug
+    [ -f "$so" ] || die "$so does not exist"
+    id=$(so_build_id "$so")
+    [ -n "$id" ] || die "$so carries no PHP extension build ID: not a PHP extension?"
+    if [ "$id" != "$PHP_BUILD_ID" ]; then
+        api=${id:3:8}
+        case "$id" in *,TS*) zts=1 ;; *) zts=0 ;; esac
+        case "$id" in *,debug) debug=1 ;; *) debug=0 ;; esac
+        die "$so does not fit this PHP and would not load:
+  the .so was built for PHP $(php_version_of_api "$api") (API $api), $(describe_build "$zts" "$debug") [$id]
+  this PHP is $PHP_FULL_VERSION (API $PHP_API), $(describe_build "$PHP_ZTS" "$PHP_DEBUG_BUILD") [$PHP_BUILD_ID]
+  Build for this PHP: install php$PHP_VERSION-dev, then run this again without JOINBLOCK_SO and with
+  PHP_CONFIG=$PHP_CONFIG_BIN (see README, Install)."
+    fi
+    local loaded
+    loaded=$("$PHP_BIN" -n -d "extension=$so" -r 'echo extension_loaded("joinblock") ? "yes" : "no";' 2>&1) || true
+    [ "$loaded" = yes ] || die "PHP $PHP_FULL_VERSION ($PHP_BIN) cannot load $so:
+$loaded"
+}
+
+# Sets JOINBLOCK_SO: the prebuilt .so named by $JOINBLOCK_SO, else a fresh build for the
+# target PHP (cargo only rebuilds what changed).
+obtain_extension() {
+    if [ -n "${JOINBLOCK_SO:-}" ]; then
+        echo "==> using the prebuilt $JOINBLOCK_SO (JOINBLOCK_SO)"
+        return
+    fi
+    ensure_packages libclang-dev pkg-config libssl-dev
+    # ext-php-rs's build script reads `php -i` ($PHP, else `php` on PATH) for the API version
+    # and thread safety, and `php-config --includes` ($PHP_CONFIG, else PATH) for headers:
+    # make both name the target PHP.
+    if [ -n "${PHP_CONFIG:-}" ]; then
+        export PHP_CONFIG
+    fi
+    if [ -z "${PHP:-}" ]; then
+        local path_php
+        path_php=$(command -v php || true)
+        if [ -z "$path_php" ] || [ "$(readlink -f "$path_php")" != "$(readlink -f "$PHP_BIN")" ]; then
+            export PHP=$PHP_BIN
+        fi
+    fi
+    build_extension
+}
+
+# Reloads php<ver>-fpm if it is running (systemd, else SysV `service`); fine if neither exists.
+reload_fpm() {
+    local service="php$1-fpm"
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        if systemctl is-active --quiet "$service"; then
+            systemctl reload "$service" || die "systemctl reload $service failed: restart it by hand"
+            echo "==> reloaded $service"
+        else
+            echo "==> $service is not running: nothing to reload"
+        fi
+    elif command -v service >/dev/null && [ -x "/etc/init.d/$service" ]; then
+        if service "$service" status >/dev/null 2>&1; then
+            service "$service" reload || die "service $service reload failed: restart it by hand"
+            echo "==> reloaded $service"
+        else
+            echo "==> $service is not running: nothing to reload"
+        fi
+    else
+        echo "==> no $service service here: restart your PHP-FPM yourself if you run one"
+    fi
+    if [ -d "/etc/php/$1/apache2" ]; then
+        echo "==> Apache's mod_php $1 is present too: reload apache2 for it to see the change"
+    fi
+}
+
+# Whether Debian's package of the extension is installed (then apt owns the files).
+package_installed() {
+    dpkg-query -W -f='${Status}' "php$1-joinblock" 2>/dev/null | grep -q "ok installed"
+}

@@ -1,0 +1,129 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/**
+ * The plugin's call sequences (tests/php/fixtures/plugin_flow.php, the README's integration
+ * guide): a join and two webhook deliveries for one member at once, each checking a tag and
+ * writing against the stand-in Action Network.
+ */
+final class PluginFlowTest extends JoinBlockTestCase
+{
+    private static StandInServer $server;
+
+    public static function setUpBeforeClass(): void
+    {
+        self::$server = StandInServer::start();
+    }
+
+    public static function tearDownAfterClass(): void
+    {
+        self::$server->stop();
+    }
+
+    /**
+     * Runs the parties at once; returns [role => decisions] and the log's events in order.
+     *
+     * @param array<string, list<array{string, string}>> $parties role => steps [add|remove, tag]
+     */
+    private function runParties(string $email, array $parties, bool $lock = true): array
+    {
+        $dir = $this->scratchDir();
+        $log = "$dir/flow.log";
+        touch($log);
+        $start = microtime(true) + 0.5;
+        $children = [];
+        foreach ($parties as $role => $steps) {
+            $children[$role] = self::startPhp(self::phpCommand(self::fixture('plugin_flow.php'), json_encode([
+                'role' => $role, 'email' => $email, 'steps' => $steps, 'base_url' => self::$server->baseUrl(),
+                'api_key' => StandInServer::API_KEY, 'lock_dir' => $dir, 'log' => $log, 'start' => $start, 'lock' => $lock,
+            ])));
+        }
+        $decisions = [];
+        foreach ($children as $role => $child) {
+            $result = self::finish($child);
+            $this->assertSame(0, $result['exit'], $result['err']);
+            $decisions[$role] = json_decode($result['out'], true)['decisions'];
+        }
+        $lines = file($log, FILE_IGNORE_NEW_LINES);
+        usort($lines, fn ($a, $b) => (int) explode(' ', $a)[0] <=> (int) explode(' ', $b)[0]);
+        $events = array_map(fn ($line) => explode(' ', $line, 3), $lines);
+        return [$decisions, array_map(fn ($e) => [$e[1], $e[2]], $events)];
+    }
+
+    /** The roles in the order they held the lock, from "Locked key" to "Unlocked". */
+    private function assertSectionsNeverInterleave(array $events): array
+    {
+        $holder = null;
+        $order = [];
+        foreach ($events as [$role, $event]) {
+            if (str_starts_with($event, 'Locked key')) {
+                $this->assertNull($holder, "$role got the lock while $holder held it");
+                $holder = $role;
+                $order[] = $role;
+            } elseif ($event === 'Unlocked') {
+                $this->assertSame($holder, $role);
+                $holder = null;
+            } elseif (!str_starts_with($event, 'Locking key')) {
+                $this->assertSame($holder, $role, "$role: '$event' outside its lock");
+            }
+        }
+        return $order;
+    }
+
+    public function testJoinAndTwoWebhooksForOneMember(): void
+    {
+        self::$server->load(['Member', 'Lapsed', 'Paid'], [['email' => 'sam@example.org', 'tags' => ['Lapsed']]], 20);
+        [$decisions, $events] = $this->runParties('sam@example.org', [
+            'join' => [['add', 'Member']],
+            'webhook-1' => [['add', 'Member'], ['add', 'Paid']],
+            'webhook-2' => [['remove', 'Lapsed']],
+        ]);
+        $this->assertSectionsNeverInterleave($events);
+        // Whoever came first wrote "Member"; the other found it there.
+        $memberDecisions = [$decisions['join'][0], $decisions['webhook-1'][0]];
+        sort($memberDecisions);
+        $this->assertSame(['skip: already present', 'wrote'], $memberDecisions);
+        $this->assertSame('wrote', $decisions['webhook-1'][1], 'Paid was missing');
+        $this->assertSame(['wrote'], $decisions['webhook-2']);
+
+        $writes = self::$server->control('GET', 'writes');
+        $this->assertCount(3, $writes, 'one write each for +Member, +Paid, -Lapsed');
+        $state = self::$server->control('GET', 'state')['people'][0];
+        $tags = $state['tags'];
+        sort($tags);
+        $this->assertSame(['Member', 'Paid'], $tags);
+        // The plugin's log lines are kept.
+        $this->assertContains(['join', 'Locking key ' . sha1('sam@example.org')], $events);
+        $this->assertContains(['join', 'Unlocked'], $events);
+    }
+
+    public function testWithoutTheLockBothPartiesWrite(): void
+    {
+        // The control: the same flow with the lock left out shows what the lock prevents.
+        // 100 ms a request: each check takes 300 ms, far longer than the parties' start-up jitter.
+        self::$server->load(['Member'], [['email' => 'race@example.org', 'tags' => []]], 100);
+        [$decisions] = $this->runParties('race@example.org', [
+            'join' => [['add', 'Member']],
+            'webhook-1' => [['add', 'Member']],
+        ], false);
+        $this->assertSame(['wrote'], $decisions['join']);
+        $this->assertSame(['wrote'], $decisions['webhook-1'], 'both checked before either wrote');
+    }
+
+    public function testNoPersonAndFailedChecks(): void
+    {
+        self::$server->load(['Member'], [['email' => 'known@example.org', 'tags' => []]]);
+        [$decisions, $events] = $this->runParties('stranger@example.org', ['webhook-1' => [['add', 'Member']]]);
+        $this->assertSame(['skip: no such person'], $decisions['webhook-1']);
+        $this->assertContains(['webhook-1', 'warning: no Action Network person for this email; not tagging'], $events);
+        $this->assertSame([], self::$server->control('GET', 'writes'));
+
+        self::$server->fault('500', '/api/v2/people/');
+        [$decisions, $events] = $this->runParties('known@example.org', ['join' => [['add', 'Member']]]);
+        $this->assertSame(['wrote'], $decisions['join'], 'a check that cannot finish writes anyway');
+        $this->assertContains(['join', 'warning: tag check failed, writing anyway: Action Network answered HTTP 500 to the person lookup: Server error'], $events);
+    }
+}
