@@ -11,13 +11,9 @@ namespace JoinBlock\Tests;
  */
 final class FpmTest extends JoinBlockTestCase
 {
-    private static function phpArgs(): array
-    {
-        return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
-    }
-
     public function testWorkersShareTheirClientAndTagCacheAcrossRequests(): void
     {
+        self::extensionOnly('PHP code keeps nothing from one request of a PHP-FPM worker to the next (no tag cache, no kept-alive connection)');
         $server = StandInServer::start();
         $fpm = FpmServer::start($this->scratchDir(), 2, self::phpArgs());
         try {

@@ -36,16 +36,59 @@ abstract class JoinBlockTestCase extends TestCase
         return $dir . '/join-lock-' . sha1(strtolower(trim($key)));
     }
 
-    /** A bare PHP command line with only the extension under test loaded. */
-    protected static function phpCommand(string $script, string ...$args): array
+    /** The implementation under test: `extension`, or `polyfill` (JOINBLOCK_IMPL, see scripts/test). */
+    protected static function implementation(): string
     {
-        return [PHP_BINARY, '-n', '-d', 'extension=' . getenv('JOINBLOCK_SO'), $script, ...$args];
+        return getenv('JOINBLOCK_IMPL') === 'polyfill' ? 'polyfill' : 'extension';
     }
 
-    /** The same, running `$code` given inline. */
-    protected static function phpCode(string $code): array
+    protected static function polyfillFile(): string
     {
-        return self::phpCommand('-r', $code);
+        return dirname(__DIR__, 2) . '/php/joinblock.php';
+    }
+
+    /** Skips a test of what only the extension can have (phpinfo, INI entries), in the polyfill run. */
+    protected static function extensionOnly(string $why): void
+    {
+        if (self::implementation() === 'polyfill') {
+            self::markTestSkipped("extension only: $why");
+        }
+    }
+
+    /**
+     * PHP's options for a bare PHP (no php.ini) with only one implementation: the one under
+     * test unless named. The polyfill's lock needs mysqli for its mysql backend, its tag check curl.
+     *
+     * @return list<string>
+     */
+    protected static function phpArgs(?string $implementation = null): array
+    {
+        if (($implementation ?? self::implementation()) === 'polyfill') {
+            return ['-n', '-d', 'extension=curl', '-d', 'extension=mysqlnd', '-d', 'extension=mysqli', '-d', 'auto_prepend_file=' . self::polyfillFile()];
+        }
+        return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
+    }
+
+    /** A bare PHP command line with only the implementation under test. */
+    protected static function phpCommand(string $script, string ...$args): array
+    {
+        return [PHP_BINARY, ...self::phpArgs(), $script, ...$args];
+    }
+
+    /**
+     * The same, running `$code` given inline, with INI `$settings` given as `-d`.
+     *
+     * @param array<string, string> $settings
+     */
+    protected static function phpCode(string $code, array $settings = []): array
+    {
+        $ini = [];
+        foreach ($settings as $name => $value) {
+            array_push($ini, '-d', "$name=$value");
+        }
+        // auto_prepend_file does not apply to -r code.
+        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillFile(), true) . ';' : '';
+        return [PHP_BINARY, ...self::phpArgs(), ...$ini, '-r', $require . $code];
     }
 
     protected static function fixture(string $name): string

@@ -37,13 +37,22 @@ final class LockApiTest extends JoinBlockTestCase
         $lock->release();
     }
 
-    public function testDefaultDirectoryIsIniThenSysTempDir(): void
+    public function testDefaultDirectoryIsSysTempDirUnlessPhpIniNamesOne(): void
     {
-        $this->assertSame('', ini_get('joinblock.lock_dir'));
         $lock = joinblock_acquire_lock('default-dir@example.org');
         $this->assertSame(self::pluginLockPath(sys_get_temp_dir(), 'default-dir@example.org'), $lock->path());
         $lock->release();
 
+        // As a site admin sets it in php.ini (here with -d).
+        $dir = $this->scratchDir();
+        $code = 'echo joinblock_acquire_lock("ini-dir@example.org")->path();';
+        $this->assertSame(self::pluginLockPath($dir, 'ini-dir@example.org'), self::runPhpOk(self::phpCode($code, ['joinblock.lock_dir' => $dir])));
+    }
+
+    public function testIniSetChangesTheDefaultDirectory(): void
+    {
+        self::extensionOnly('ini_set() of joinblock.lock_dir (a PHP script cannot register INI entries)');
+        $this->assertSame('', ini_get('joinblock.lock_dir'));
         $dir = $this->scratchDir();
         ini_set('joinblock.lock_dir', $dir);
         try {
@@ -179,6 +188,7 @@ final class LockApiTest extends JoinBlockTestCase
 
     public function testPhpinfoShowsVersionDirectoryAndCounters(): void
     {
+        self::extensionOnly('its phpinfo() section');
         $dir = $this->scratchDir();
         $before = $this->infoCounters();
         joinblock_acquire_lock('g@example.org', ['dir' => $dir])->release();

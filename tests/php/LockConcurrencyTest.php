@@ -7,9 +7,10 @@ namespace JoinBlock\Tests;
 /** Several real PHP processes on one key: mutual exclusion under contention and in bursts. */
 final class LockConcurrencyTest extends JoinBlockTestCase
 {
-    private function worker(string $mode, array $args): array
+    /** A worker process with the implementation under test, or the one named. */
+    private function worker(string $mode, array $args, ?string $implementation = null): array
     {
-        return self::phpCommand(self::fixture('lock_worker.php'), $mode, json_encode($args));
+        return [PHP_BINARY, ...self::phpArgs($implementation), self::fixture('lock_worker.php'), $mode, json_encode($args)];
     }
 
     /** @return list<array{string, string, int}> [event, name, hrtime] in log order */
@@ -64,8 +65,37 @@ final class LockConcurrencyTest extends JoinBlockTestCase
 
     public function testStressEightProcessesNoOverlapNoLostUpdate(): void
     {
-        $processes = 8;
-        $iterations = 2000;
+        $this->stress(array_fill(0, 8, null), 2000);
+    }
+
+    /**
+     * A site rolls the extension out worker by worker: half the processes lock with the
+     * extension, half with the polyfill, on one key, and they still exclude each other.
+     */
+    public function testExtensionAndPolyfillProcessesNeverOverlap(): void
+    {
+        self::bothImplementations();
+        $this->stress(['extension', 'polyfill', 'extension', 'polyfill', 'extension', 'polyfill', 'extension', 'polyfill'], 1000);
+        $this->assertSame([], $this->runBursts('ext', 5, 120, ['extension', 'polyfill']), 'bursts in which two requests were inside at once');
+    }
+
+    /** Tests that mix both implementations run once, in the extension run. */
+    private static function bothImplementations(): void
+    {
+        if (self::implementation() === 'polyfill') {
+            self::markTestSkipped('mixes the extension and the polyfill: runs in the extension run');
+        }
+    }
+
+    /**
+     * One worker per entry of $implementations (null: the one under test), each acquiring
+     * $iterations times: no critical sections may overlap, no counter update may be lost.
+     *
+     * @param list<?string> $implementations
+     */
+    private function stress(array $implementations, int $iterations): void
+    {
+        $processes = count($implementations);
         $dir = $this->scratchDir();
         $counter = "$dir/counter";
         file_put_contents($counter, '0');
@@ -74,8 +104,8 @@ final class LockConcurrencyTest extends JoinBlockTestCase
             'counter' => $counter, 'marker' => "$dir/inside", 'start' => microtime(true) + 0.5,
         ];
         $children = [];
-        for ($i = 0; $i < $processes; $i++) {
-            $children[] = self::startPhp($this->worker('stress', $args));
+        foreach ($implementations as $implementation) {
+            $children[] = self::startPhp($this->worker('stress', $args, $implementation));
         }
         $overlaps = 0;
         foreach ($children as $child) {
@@ -108,8 +138,13 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         $this->assertNotEmpty($overlapped, 'the plugin pattern overlapped in none of 60 bursts of 5');
     }
 
-    /** @return list<int> bursts in which any party found another inside */
-    private function runBursts(string $impl, int $parties, int $bursts): array
+    /**
+     * Party i runs with $implementations[i mod count] (null: the one under test).
+     *
+     * @param list<?string> $implementations
+     * @return list<int> bursts in which any party found another inside
+     */
+    private function runBursts(string $impl, int $parties, int $bursts, array $implementations = [null]): array
     {
         $dir = $this->scratchDir();
         $args = [
@@ -118,7 +153,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         ];
         $children = [];
         for ($i = 0; $i < $parties; $i++) {
-            $children[] = self::startPhp($this->worker('burst', $args));
+            $children[] = self::startPhp($this->worker('burst', $args, $implementations[$i % count($implementations)]));
         }
         $overlapped = [];
         foreach ($children as $child) {

@@ -31,7 +31,8 @@ final class LockEnvironmentTest extends JoinBlockTestCase
         $dir = $this->scratchDir();
         $holder = self::startHolding(self::scenario('plain-flock-hold', $dir, 'busy@example.org', '1.5'));
         $path = self::pluginLockPath($dir, 'busy@example.org');
-        $before = $this->infoCounters();
+        // The extension also counts them in phpinfo(); the polyfill has no phpinfo() section.
+        $before = self::implementation() === 'extension' ? $this->infoCounters() : null;
 
         $started = microtime(true);
         self::assertThrows(
@@ -48,10 +49,12 @@ final class LockEnvironmentTest extends JoinBlockTestCase
         $lock->release();
         self::finish($holder);
 
-        $after = $this->infoCounters();
-        $this->assertSame($before['timed out'] + 2, $after['timed out']);
-        $this->assertSame($before['waited'] + 1, $after['waited']);
-        $this->assertSame($before['acquired'] + 1, $after['acquired']);
+        if ($before !== null) {
+            $after = $this->infoCounters();
+            $this->assertSame($before['timed out'] + 2, $after['timed out']);
+            $this->assertSame($before['waited'] + 1, $after['waited']);
+            $this->assertSame($before['acquired'] + 1, $after['acquired']);
+        }
     }
 
     public function testPlainFlockCannotTakeALockTheExtensionHolds(): void

@@ -85,9 +85,9 @@ final class MysqlLockTest extends JoinBlockTestCase
         $file->release();
         self::assertThrows(\ValueError::class, '~option "backend" is "redis"; expected "file" or "mysql"~', fn () => joinblock_acquire_lock('k', ['backend' => 'redis']));
 
-        // INI only, as a site admin would set it in joinblock.ini.
-        $script = sprintf('ini_set("joinblock.lock_backend", "mysql"); ini_set("joinblock.mysql_url", %s); echo joinblock_acquire_lock("ini@example.org")->path();', var_export(self::$db->url(), true));
-        $this->assertSame(self::lockName('ini@example.org'), self::runPhpOk(self::phpCode($script)));
+        // INI only, as a site admin would set it in joinblock.ini (here with -d).
+        $ini = ['joinblock.lock_backend' => 'mysql', 'joinblock.mysql_url' => self::$db->url()];
+        $this->assertSame(self::lockName('ini@example.org'), self::runPhpOk(self::phpCode('echo joinblock_acquire_lock("ini@example.org")->path();', $ini)));
     }
 
     public function testTimeoutsBehaveAsInTheFileBackend(): void
@@ -138,6 +138,7 @@ final class MysqlLockTest extends JoinBlockTestCase
 
     public function testForkedChildDoesNotReleaseTheParentsLock(): void
     {
+        self::extensionOnly('mysqli ends its connection when a process holding it ends, so a forked child\'s exit ends the parent\'s MySQL session');
         $script = sprintf(<<<'PHP'
             joinblock_configure(%s);
             $lock = joinblock_acquire_lock('fork@example.org');
@@ -217,6 +218,7 @@ final class MysqlLockTest extends JoinBlockTestCase
 
     public function testSettingsLastOneRequestAndPhpinfoHidesThePassword(): void
     {
+        self::extensionOnly('its phpinfo() section and INI entries');
         ob_start();
         phpinfo(INFO_MODULES);
         $info = ob_get_clean();
@@ -227,10 +229,14 @@ final class MysqlLockTest extends JoinBlockTestCase
         $this->assertSame('file', trim(self::runPhpOk(self::phpCode('echo ini_get("joinblock.lock_backend");'))));
     }
 
-    /** @return array<string, array{string, string}> */
+    /** @return array<string, array{string, string, 2?: list<string>}> */
     public static function backends(): array
     {
-        return ['mysql: excludes across hosts' => ['mysql', 'none'], 'file: does not (control)' => ['file', 'some']];
+        return [
+            'mysql: excludes across hosts' => ['mysql', 'none'],
+            'file: does not (control)' => ['file', 'some'],
+            'mysql: a host on the extension, one on the polyfill' => ['mysql', 'none', ['extension', 'polyfill']],
+        ];
     }
 
     /**
@@ -238,23 +244,28 @@ final class MysqlLockTest extends JoinBlockTestCase
      * mysql backend they exclude each other; with the file backend (the control) they cannot.
      *
      * @dataProvider backends
+     * @param list<string>|null $implementations of host a and host b; null: the one under test
      */
-    public function testTwoHostsOneDatabase(string $backend, string $expectedOverlaps): void
+    public function testTwoHostsOneDatabase(string $backend, string $expectedOverlaps, ?array $implementations = null): void
     {
+        if ($implementations !== null && self::implementation() === 'polyfill') {
+            self::markTestSkipped('mixes the extension and the polyfill: runs in the extension run');
+        }
         $shared = $this->scratchDir();
         $counter = "$shared/counter";
         file_put_contents($counter, '0');
         $iterations = $backend === 'mysql' ? 1000 : 300;
         $children = [];
-        foreach (['host-a', 'host-b'] as $host) {
+        foreach (['host-a', 'host-b'] as $h => $host) {
             $dir = $this->scratchDir();
             for ($i = 0; $i < 2; $i++) {
-                $children[] = self::startPhp(self::phpCommand(self::fixture('lock_worker.php'), 'stress', json_encode([
+                $php = [PHP_BINARY, ...self::phpArgs($implementations[$h] ?? null)];
+                $children[] = self::startPhp([...$php, self::fixture('lock_worker.php'), 'stress', json_encode([
                     'key' => 'two-hosts@example.org', 'iterations' => $iterations, 'counter' => $counter,
                     'marker' => "$shared/inside", 'start' => microtime(true) + 0.5,
                     'configure' => ['lock_backend' => $backend] + self::$db->wordpressSettings(),
                     'options' => $backend === 'file' ? ['dir' => $dir] : [],
-                ])));
+                ])]);
             }
         }
         $overlaps = 0;

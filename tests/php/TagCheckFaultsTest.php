@@ -210,8 +210,15 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
         $this->assertSame(0, self::$server->counts()['total'], 'nothing was sent');
     }
 
+    public function testPhpIniSetsTheDefaultUrl(): void
+    {
+        $code = sprintf('var_export(joinblock_person_has_tag("m@example.org", "Tag 001", %s, ["max_rps" => 1000]));', var_export(self::KEY, true));
+        $this->assertSame('true', self::runPhpOk(self::phpCode($code, ['joinblock.action_network_url' => self::$server->baseUrl()])));
+    }
+
     public function testIniSetsTheDefaultUrlAndPhpinfoShowsNoKey(): void
     {
+        self::extensionOnly('ini_set() of joinblock.action_network_url (a PHP script cannot register INI entries) and its phpinfo() section');
         ini_set('joinblock.action_network_url', self::$server->baseUrl());
         try {
             $this->assertTrue(joinblock_person_has_tag('m@example.org', 'Tag 001', self::KEY, ['max_rps' => 1000]));

@@ -1,13 +1,25 @@
 <?php
-// PHPUnit runs inside a PHP that has the extension loaded (see scripts/test); child processes
-// get a bare PHP (`-n`) with only the extension under test, so no php.ini can interfere.
+// PHPUnit runs inside a PHP that has the implementation under test (see scripts/test): the
+// extension, or with JOINBLOCK_IMPL=polyfill php/joinblock.php instead. Child processes get a
+// bare PHP (`-n`) with only that implementation, so no php.ini can interfere.
 
 declare(strict_types=1);
 
-if (!extension_loaded('joinblock')) {
+$implementation = getenv('JOINBLOCK_IMPL') ?: 'extension';
+if ($implementation === 'polyfill') {
+    if (extension_loaded('joinblock')) {
+        fwrite(STDERR, "JOINBLOCK_IMPL=polyfill: run PHPUnit without the extension loaded\n");
+        exit(1);
+    }
+    require dirname(__DIR__, 2) . '/php/joinblock.php';
+} elseif ($implementation !== 'extension') {
+    fwrite(STDERR, "JOINBLOCK_IMPL must be extension (the default) or polyfill\n");
+    exit(1);
+} elseif (!extension_loaded('joinblock')) {
     fwrite(STDERR, "joinblock is not loaded: run the tests through scripts/test\n");
     exit(1);
 }
+// The extension run needs it; the polyfill run too, for the tests that mix both.
 if (!getenv('JOINBLOCK_SO') || !is_file(getenv('JOINBLOCK_SO'))) {
     fwrite(STDERR, "JOINBLOCK_SO must name the built extension (scripts/test sets it)\n");
     exit(1);
