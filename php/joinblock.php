@@ -192,18 +192,9 @@ namespace JoinBlock\Polyfill {
             /** A non-empty string without NUL bytes. */
             public function bytes(string $name): ?string
             {
-                $value = $this->values[$name] ?? null;
-                if ($value === null) {
-                    return null;
-                }
-                if (!\is_string($value)) {
-                    throw $this->typeError($name, 'of type string', $value);
-                }
+                $value = $this->text($name);
                 if ($value === '') {
                     throw $this->valueError($name, 'must not be empty');
-                }
-                if (str_contains($value, "\0")) {
-                    throw $this->valueError($name, 'must not contain NUL bytes');
                 }
                 return $value;
             }
@@ -211,15 +202,22 @@ namespace JoinBlock\Polyfill {
             /** A string, possibly empty, of UTF-8 text without NUL bytes. */
             public function string(string $name): ?string
             {
+                $value = $this->text($name);
+                if ($value !== null && !preg_match('//u', $value)) {
+                    throw $this->valueError($name, 'must be valid UTF-8');
+                }
+                return $value;
+            }
+
+            /** A string without NUL bytes; null when absent or null. */
+            private function text(string $name): ?string
+            {
                 $value = $this->values[$name] ?? null;
                 if ($value === null) {
                     return null;
                 }
                 if (!\is_string($value)) {
                     throw $this->typeError($name, 'of type string', $value);
-                }
-                if (!preg_match('//u', $value)) {
-                    throw $this->valueError($name, 'must be valid UTF-8');
                 }
                 if (str_contains($value, "\0")) {
                     throw $this->valueError($name, 'must not contain NUL bytes');

@@ -22,20 +22,31 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         );
     }
 
-    public function testTwoProcessesOnOneEmailNeverInterleave(): void
+    /**
+     * Starts one holder per name (each holding its key for 1 s) and waits for all.
+     *
+     * @param array<string, string> $keys name => key
+     * @return list<array{string, string, int}> the log's events
+     */
+    private function runHolders(string $dir, array $keys): array
     {
-        $dir = $this->scratchDir();
         $log = "$dir/work.log";
         $children = [];
-        foreach (['first', 'second'] as $name) {
+        foreach ($keys as $name => $key) {
             $children[] = self::startPhp($this->worker('hold', [
-                'dir' => $dir, 'key' => 'Member@Example.org', 'seconds' => 1.0, 'log' => $log, 'name' => $name,
+                'dir' => $dir, 'key' => $key, 'seconds' => 1.0, 'log' => $log, 'name' => $name,
             ]));
         }
         foreach ($children as $child) {
             $this->assertSame(0, self::finish($child)['exit']);
         }
-        $events = self::readLog($log);
+        return self::readLog($log);
+    }
+
+    public function testTwoProcessesOnOneEmailNeverInterleave(): void
+    {
+        $dir = $this->scratchDir();
+        $events = $this->runHolders($dir, ['first' => 'Member@Example.org', 'second' => 'Member@Example.org']);
         $this->assertCount(4, $events);
         [$a, $b, $c, $d] = $events;
         $this->assertSame(['WORKING', 'DONE', 'WORKING', 'DONE'], [$a[0], $b[0], $c[0], $d[0]]);
@@ -48,18 +59,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
 
     public function testDifferentKeysRunInParallel(): void
     {
-        $dir = $this->scratchDir();
-        $log = "$dir/work.log";
-        $children = [];
-        foreach (['a@example.org', 'b@example.org'] as $key) {
-            $children[] = self::startPhp($this->worker('hold', [
-                'dir' => $dir, 'key' => $key, 'seconds' => 1.0, 'log' => $log, 'name' => $key,
-            ]));
-        }
-        foreach ($children as $child) {
-            $this->assertSame(0, self::finish($child)['exit']);
-        }
-        $events = self::readLog($log);
+        $events = $this->runHolders($this->scratchDir(), ['a' => 'a@example.org', 'b' => 'b@example.org']);
         $this->assertSame(['WORKING', 'WORKING', 'DONE', 'DONE'], array_column($events, 0), 'both work at once');
     }
 
