@@ -216,11 +216,27 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::os::unix::ffi::OsStrExt;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    /// A directory of one test's own, removed when the test ends.
+    struct ScratchDir(PathBuf);
+
+    impl std::ops::Deref for ScratchDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> ScratchDir {
         let dir = std::env::temp_dir().join(format!("joinblock-unit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        ScratchDir(dir)
     }
 
     #[test]
