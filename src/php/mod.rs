@@ -19,7 +19,7 @@ fn shown(text: impl AsRef<[u8]>) -> String {
 extern "C" fn module_info(_module: *mut ModuleEntry) {
     let counters = counters();
     let dir = lock::lock_dir().map_or_else(|_| "(unavailable)".into(), shown);
-    let backend = config::lock_backend().map_or_else(|problem| shown(problem), |b| b.name().into());
+    let backend = config::lock_backend().map_or_else(shown, |b| b.name().into());
     let mysql = match config::mysql_target() {
         Ok(target) => shown(target.describe()),
         Err(_) if config::ini_bytes(config::MYSQL_URL).is_none() => "(not set)".into(),
