@@ -30,7 +30,8 @@ Control API (no token; JSON in and out):
                                  Kinds: 429, 429-retry-after ("retry_after", default 1), 503, 500,
                                  502-html, invalid-json, wrong-shape ("body", default {"foo":1}),
                                  repeat-next, foreign-next, hang ("seconds", default 30),
-                                 oversized ("bytes", default 8 MiB), redirect-foreign.
+                                 oversized ("bytes", default 8 MiB), trickle (a body of at
+                                 most 4 KiB, one byte every 0.1 s), redirect-foreign.
                                  foreign-next / redirect-foreign take "origin"
                                  (default http://127.0.0.2:PORT).
                                  Only requests with a valid token consume a fault; the first
@@ -68,7 +69,7 @@ FILTER_RE = re.compile(r"\s*email_address\s+eq\s+'((?:[^']|'')*)'\s*")
 
 # Faults that replace the normal answer, and faults that alter it.
 REPLACING_FAULTS = {"429", "429-retry-after", "503", "500", "502-html", "wrong-shape",
-                    "oversized", "redirect-foreign", "hang"}
+                    "oversized", "trickle", "redirect-foreign", "hang"}
 ALTERING_FAULTS = {"invalid-json", "repeat-next", "foreign-next"}
 
 
@@ -87,6 +88,7 @@ class Reply:
     content_type: str = "application/json"
     headers: dict = field(default_factory=dict)
     pad_bytes: int = 0              # oversized: stream a JSON body of exactly this many bytes
+    trickle: bool = False           # trickle: send that body a byte at a time, 0.1 s apart
 
 
 @dataclass
@@ -375,6 +377,8 @@ def replacing_reply(fault, target):
             return Reply(200, p["body"])
         case "oversized":
             return Reply(200, pad_bytes=p["bytes"])
+        case "trickle":
+            return Reply(200, pad_bytes=min(p["bytes"], 4096), trickle=True)
         case "redirect-foreign":
             return Reply(302, {"error": "Moved"}, headers={"Location": p["origin"] + target})
         case "hang":
@@ -468,18 +472,22 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if reply.pad_bytes:
-            self.stream_padding(reply.pad_bytes)
+            self.stream_padding(reply.pad_bytes, reply.trickle)
         else:
             self.wfile.write(body)
 
-    def stream_padding(self, size):
+    def stream_padding(self, size, trickle=False):
         head, tail = b'{"pad":"', b'"}'
         self.wfile.write(head)
         left = size - len(head) - len(tail)
-        chunk = b"x" * 65536
+        # A trickle keeps every read of the client short while the whole body takes minutes.
+        chunk = b"x" if trickle else b"x" * 65536
         while left > 0:
             self.wfile.write(chunk[:left])
             left -= min(left, len(chunk))
+            if trickle:
+                self.wfile.flush()
+                time.sleep(0.1)
         self.wfile.write(tail)
 
     def log_message(self, format, *args):

@@ -157,6 +157,15 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
         $this->assertTrue(self::ask());
     }
 
+    public function testATricklingBodyCannotHoldTheCallPastItsTimeout(): void
+    {
+        // Every read gets a byte within 0.1 s; only a timeout on the whole request stops it.
+        self::$server->fault('trickle', '/api/v2/people/', 1, ['bytes' => 4096]);
+        $started = microtime(true);
+        self::assertFails('~^Action Network person lookup timed out \(the request timeout\)$~', fn () => self::ask(['timeout' => 1, 'deadline' => 5]));
+        $this->assertLessThan(2, microtime(true) - $started);
+    }
+
     public function testUnreachableServer(): void
     {
         self::assertFails('~^Action Network person lookup failed: cannot connect: .*Connection refused~', fn () => self::ask(['base_url' => 'http://127.0.0.1:1/api/v2/']));
