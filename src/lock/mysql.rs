@@ -134,12 +134,13 @@ impl MysqlTarget {
         }
     }
 
-    fn options(&self) -> OptsBuilder {
+    /// Connection options; connecting gives up after `connect_within`.
+    fn options(&self, connect_within: Duration) -> OptsBuilder {
         let builder = OptsBuilder::new()
             .user(Some(&self.user))
             .pass(Some(&self.password))
             .db_name(Some(&self.database))
-            .tcp_connect_timeout(Some(IO_TIMEOUT))
+            .tcp_connect_timeout(Some(connect_within))
             .read_timeout(Some(WAIT_SLICE + IO_TIMEOUT))
             .write_timeout(Some(IO_TIMEOUT))
             // Otherwise the client asks a TCP server for its socket path and moves to it.
@@ -163,9 +164,11 @@ struct Connection {
 static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `work` on this process's live connection to `target`, opening one if needed.
+/// Runs `work` on this process's live connection to `target`, opening one if needed (giving
+/// up on connecting at `deadline`, when there is one).
 fn with_connection<T>(
     target: &MysqlTarget,
+    deadline: Option<Instant>,
     work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
     let mut slot = CONNECTION.lock();
@@ -179,7 +182,8 @@ fn with_connection<T>(
         *slot = None;
     }
     if slot.is_none() {
-        *slot = Some(open(target, pid)?);
+        let connect_within = deadline.map_or(IO_TIMEOUT, |d| d.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), IO_TIMEOUT));
+        *slot = Some(open(target, pid, connect_within)?);
     }
     let connection = slot.as_mut().expect("just opened");
     let generation = connection.generation;
@@ -192,10 +196,10 @@ fn with_connection<T>(
     })
 }
 
-fn open(target: &MysqlTarget, pid: u32) -> Result<Connection, LockError> {
+fn open(target: &MysqlTarget, pid: u32, connect_within: Duration) -> Result<Connection, LockError> {
     let server = target.describe();
     let fail = |e: mysql::Error| LockError::Database { action: format!("connect to MySQL server {server}"), detail: describe_error(&e) };
-    let mut conn = Conn::new(target.options()).map_err(fail)?;
+    let mut conn = Conn::new(target.options(connect_within)).map_err(fail)?;
     let (wsrep_on, read_only): (Option<String>, Option<String>) = conn
         .query_first("SELECT @@global.wsrep_on, @@global.read_only")
         .or_else(|_| conn.query_first::<Option<String>, _>("SELECT @@global.read_only").map(|r| r.map(|r| (None, r))))
@@ -258,7 +262,7 @@ impl DbLock {
         let mut waited = false;
         loop {
             let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
-            let (granted, generation) = with_connection(target, |conn, generation| {
+            let (granted, generation) = with_connection(target, deadline, |conn, generation| {
                 let granted: Option<Option<i64>> = conn.exec_first("SELECT GET_LOCK(?, ?)", (&name, slice.as_secs_f64()))?;
                 Ok((granted.flatten(), generation))
             })?;
@@ -292,7 +296,7 @@ impl DbLock {
         if claim.pid != std::process::id() {
             return false;
         }
-        with_connection(&self.target, |conn, generation| {
+        with_connection(&self.target, None, |conn, generation| {
             if generation != self.generation {
                 return Ok(false);
             }
@@ -310,7 +314,7 @@ impl DbLock {
             return Ok(());
         }
         let lost = || LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) };
-        let released = with_connection(&self.target, |conn, generation| {
+        let released = with_connection(&self.target, None, |conn, generation| {
             if generation != self.generation {
                 return Ok(false);
             }
