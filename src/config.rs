@@ -72,30 +72,26 @@ pub fn ini_bytes(name: &str) -> Option<Vec<u8>> {
 }
 
 /// What `joinblock_configure()` set; cleared at the end of each request.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct RequestSettings {
     pub lock_backend: Option<Backend>,
     pub mysql: Option<MysqlTarget>,
 }
 
-static REQUEST: Mutex<Option<RequestSettings>> = Mutex::new(None);
+static REQUEST: Mutex<RequestSettings> = Mutex::new(RequestSettings { lock_backend: None, mysql: None });
 
 pub fn set_request_settings(settings: RequestSettings) {
-    *REQUEST.lock() = Some(settings);
-}
-
-pub fn request_settings() -> RequestSettings {
-    REQUEST.lock().clone().unwrap_or_default()
+    *REQUEST.lock() = settings;
 }
 
 /// Called at the end of every request, so one request's settings never reach the next.
 pub fn clear_request_settings() {
-    *REQUEST.lock() = None;
+    set_request_settings(RequestSettings::default());
 }
 
 /// The lock backend in effect when a call names none: `joinblock_configure()`, else INI.
 pub fn lock_backend() -> Result<Backend, String> {
-    if let Some(backend) = request_settings().lock_backend {
+    if let Some(backend) = REQUEST.lock().lock_backend {
         return Ok(backend);
     }
     let value = ini_bytes(LOCK_BACKEND).unwrap_or_else(|| b"file".to_vec());
@@ -104,8 +100,8 @@ pub fn lock_backend() -> Result<Backend, String> {
 
 /// The MySQL server for the mysql backend: `joinblock_configure()`, else INI.
 pub fn mysql_target() -> Result<MysqlTarget, String> {
-    if let Some(target) = request_settings().mysql {
-        return Ok(target);
+    if let Some(target) = &REQUEST.lock().mysql {
+        return Ok(target.clone());
     }
     let url = ini_bytes(MYSQL_URL).ok_or_else(|| {
         format!("the mysql lock backend needs INI {MYSQL_URL} or joinblock_configure() with the database settings")

@@ -123,7 +123,6 @@ fn describe_io(err: &io::Error) -> String {
     let hint = match err.raw_os_error() {
         Some(libc::ENOENT) => " (does the lock directory exist?)",
         Some(libc::EACCES) | Some(libc::EPERM) => " (is the lock directory writable by PHP's user?)",
-        Some(libc::ELOOP) => " (a symbolic link is planted at the lock path; it is never followed)",
         _ => "",
     };
     format!("{err}{hint}")

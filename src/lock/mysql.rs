@@ -171,23 +171,50 @@ fn with_connection<T>(
     deadline: Option<Instant>,
     work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
-    let mut slot = CONNECTION.lock();
-    let pid = std::process::id();
-    if slot.as_ref().is_some_and(|c| c.pid != pid) {
-        // Inherited across fork: closing it would end the parent's session and free its locks.
-        std::mem::forget(slot.take());
-    }
+    let mut slot = own_connection();
     if slot.as_ref().is_some_and(|c| c.target != *target) {
         // Locks held on the old connection end with it; they report themselves lost.
         *slot = None;
     }
     if slot.is_none() {
         let connect_within = deadline.map_or(IO_TIMEOUT, |d| d.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), IO_TIMEOUT));
-        *slot = Some(open(target, pid, connect_within)?);
+        *slot = Some(open(target, std::process::id(), connect_within)?);
     }
-    let connection = slot.as_mut().expect("just opened");
-    let generation = connection.generation;
-    work(&mut connection.conn, generation).map_err(|e| {
+    run(&mut slot, target, work)
+}
+
+/// Runs `work` on the connection of `generation` if it is still this process's live one;
+/// `Ok(None)` when it is gone. Never opens a connection: a lock's connection cannot come back.
+fn with_lock_connection<T>(
+    target: &MysqlTarget,
+    generation: u64,
+    work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
+) -> Result<Option<T>, LockError> {
+    let mut slot = own_connection();
+    if slot.as_ref().is_none_or(|c| c.generation != generation) {
+        return Ok(None);
+    }
+    run(&mut slot, target, work).map(Some)
+}
+
+/// The connection slot, minus one inherited across fork: closing that would end the parent's
+/// session and free its locks, so it is forgotten instead.
+fn own_connection() -> parking_lot::MutexGuard<'static, Option<Connection>> {
+    let mut slot = CONNECTION.lock();
+    if slot.as_ref().is_some_and(|c| c.pid != std::process::id()) {
+        std::mem::forget(slot.take());
+    }
+    slot
+}
+
+/// Runs `work` on the open connection in `slot`, dropping it when it turns out to be dead.
+fn run<T>(
+    slot: &mut Option<Connection>,
+    target: &MysqlTarget,
+    work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
+) -> Result<T, LockError> {
+    let connection = slot.as_mut().expect("an open connection");
+    work(&mut connection.conn, connection.generation).map_err(|e| {
         if is_connection_error(&e) {
             // Re-opened on next use; the locks it held are gone with it.
             *slot = None;
@@ -296,14 +323,11 @@ impl DbLock {
         if claim.pid != std::process::id() {
             return false;
         }
-        with_connection(&self.target, None, |conn, generation| {
-            if generation != self.generation {
-                return Ok(false);
-            }
+        with_lock_connection(&self.target, self.generation, |conn, _| {
             let owner: Option<Option<u64>> = conn.exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (&self.name,))?;
             Ok(owner.flatten() == Some(1))
         })
-        .unwrap_or(false)
+        .is_ok_and(|held| held == Some(true))
     }
 
     /// `RELEASE_LOCK`; releasing again, or from a forked child, does nothing. A lock whose
@@ -314,16 +338,13 @@ impl DbLock {
             return Ok(());
         }
         let lost = || LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) };
-        let released = with_connection(&self.target, None, |conn, generation| {
-            if generation != self.generation {
-                return Ok(false);
-            }
+        let released = with_lock_connection(&self.target, self.generation, |conn, _| {
             let released: Option<Option<i64>> = conn.exec_first("SELECT RELEASE_LOCK(?)", (&self.name,))?;
             Ok(released.flatten() == Some(1))
         });
         match released {
-            Ok(true) => Ok(()),
-            Ok(false) | Err(_) => Err(lost()),
+            Ok(Some(true)) => Ok(()),
+            _ => Err(lost()),
         }
     }
 }
