@@ -21,10 +21,16 @@
  *   ends with its request.
  * - mysqli ends its connection when the process that holds the object ends: a child made with
  *   pcntl_fork that exits ends its parent's MySQL session, and with it the parent's MySQL locks
- *   (isHeld() then says false, and release() says the lock was lost).
+ *   (isHeld() then says false, and release() says the lock was lost). Its socket is not
+ *   close-on-exec and PHP cannot close it alone: a child that lives on (forked, or started with
+ *   proc_open) keeps a dead holder's MySQL lock until it exits.
+ * - mysqli counts connect and read timeouts in whole seconds: joinblock.mysql_connect_timeout is
+ *   rounded up while connecting.
  * - INI settings (`joinblock.lock_dir`, `joinblock.lock_backend`, `joinblock.mysql_url`,
- *   `joinblock.action_network_url`) are read from php.ini or `-d` (get_cfg_var()): a PHP script
- *   cannot register INI entries, so ini_set() cannot change them. phpinfo() shows no section.
+ *   `joinblock.mysql_connect_timeout`, `joinblock.action_network_url`) are read from php.ini,
+ *   conf.d or `-d` (get_cfg_var()): a PHP script cannot register INI entries, so neither
+ *   ini_set() nor a PHP-FPM pool's php_admin_value reaches them (joinblock_configure() does).
+ *   phpinfo() shows no section.
  */
 
 declare(strict_types=1);
@@ -709,22 +715,31 @@ namespace JoinBlock\Polyfill {
 
         /**
          * This process's connection to the lock server (in PHP-FPM: this request's), opened on
-         * first use and re-opened when lost. A lock remembers the generation of the connection
-         * that took it, so it can tell when that connection was replaced.
+         * first use. A lock remembers the generation of the connection that took it, so it can
+         * tell when that connection was replaced. A reused connection found dead (the server or
+         * a proxy dropped it while idle) is replaced and the work run once more: the work only
+         * ever asks for a lock, and the server freed whatever the dead connection held.
          */
         final class MysqlConnection
         {
-            /** Connecting; any reply, a GET_LOCK wait of WAIT_SLICE included. */
-            private const CONNECT_TIMEOUT = 5;
-            private const READ_TIMEOUT = 10;
-
             /** mysqli reports HY000 for a refused connection; the server's SQLSTATEs for these. */
             private const CONNECT_SQLSTATES = [1040 => '08004', 1044 => '42000', 1045 => '28000', 1049 => '42000'];
+
+            /**
+             * Server errors that end the connection: shutdown, aborted, killed (MariaDB), idle too
+             * long (MySQL 8). Client errors (2000-2999: gone away, lost, ...) end it too.
+             */
+            private const CONNECTION_ENDED = [1053, 1152, 1927, 4031];
+
+            /** What a reply that never came is reported as: "Lost connection to server". */
+            private const NO_ANSWER = 2013;
 
             private static ?\mysqli $db = null;
             private static ?MysqlTarget $target = null;
             private static int $pid = 0;
             private static int $generation = 0;
+            /** Locks taken on the current connection and not released yet. */
+            private static int $locks = 0;
 
             /** @var list<\mysqli> connections inherited across fork, kept out of use */
             private static array $inherited = [];
@@ -734,7 +749,7 @@ namespace JoinBlock\Polyfill {
              *
              * @throws LockException
              */
-            public static function with(MysqlTarget $target, callable $work): mixed
+            public static function with(MysqlTarget $target, float $bound, callable $work): mixed
             {
                 if (self::$db !== null && self::$pid !== getmypid()) {
                     // Closing it would end the parent's session (and free its locks) at once.
@@ -742,50 +757,108 @@ namespace JoinBlock\Polyfill {
                     self::$db = null;
                 }
                 if (self::$db !== null && self::$target != $target) {
-                    // Locks held on the old connection end with it; they report themselves lost.
+                    if (self::$locks > 0) {
+                        throw new LockException(sprintf(
+                            'cannot take a MySQL lock on %s while this process holds %d %s on %s: moving to another'
+                            . ' server (or another spelling of the same one) would silently free them; release them first',
+                            $target->describe(), self::$locks, self::$locks === 1 ? 'lock' : 'locks', self::$target->describe()
+                        ));
+                    }
                     self::$db = null;
                 }
-                self::$db ??= self::open($target);
-                try {
-                    return self::strictly(static fn () => $work(self::$db, self::$generation));
-                } catch (\mysqli_sql_exception $e) {
-                    if (self::isClientError($e)) {
-                        // The connection is gone, and the locks with it; re-opened on next use.
-                        self::$db = null;
+                $reused = self::$db !== null;
+                while (true) {
+                    self::$db ??= self::open($target, $bound);
+                    try {
+                        return self::quietly(static fn () => $work(self::$db, self::$generation));
+                    } catch (\mysqli_sql_exception $e) {
+                        $ended = self::endsConnection($e);
+                        if ($ended) {
+                            self::$db = null;
+                        }
+                        if (!($ended && $reused)) {
+                            throw new LockException("cannot use MySQL server {$target->describe()}: " . self::describe($e));
+                        }
+                        // Stale: dropped while idle. Once more, on a new connection.
+                        $reused = false;
                     }
-                    throw new LockException("cannot use MySQL server {$target->describe()}: " . self::describe($e));
                 }
             }
 
-            /** The first column of the first row. */
-            public static function value(\mysqli $db, string $sql): ?string
+            /** Runs $work(connection) on the connection of $generation; null once it is gone. */
+            public static function withLockConnection(int $generation, float $bound, callable $work): mixed
             {
-                return $db->query($sql)->fetch_row()[0];
+                if (self::$db === null || self::$pid !== getmypid() || self::$generation !== $generation) {
+                    return null;
+                }
+                try {
+                    return self::quietly(static fn () => $work(self::$db));
+                } catch (\mysqli_sql_exception $e) {
+                    if (self::endsConnection($e)) {
+                        self::$db = null;
+                    }
+                    return null;
+                }
             }
 
-            private static function open(MysqlTarget $target): \mysqli
+            public static function counted(int $generation, int $change): void
+            {
+                if ($generation === self::$generation) {
+                    self::$locks = max(0, self::$locks + $change);
+                }
+            }
+
+            /**
+             * The first column of the first row of $sql, waiting for the reply at most $wait (what
+             * the server was asked to wait) plus $bound.
+             */
+            public static function value(\mysqli $db, string $sql, float $wait, float $bound): ?string
+            {
+                $db->query($sql, MYSQLI_ASYNC);
+                $limit = $wait + $bound;
+                [$ready, $errors, $rejected] = [[$db], [$db], [$db]];
+                if (!mysqli_poll($ready, $errors, $rejected, (int) $limit, (int) (fmod($limit, 1.0) * 1e6))) {
+                    throw new \mysqli_sql_exception(sprintf(
+                        'the server did not answer within %.3f s (the lock wait asked for, plus joinblock.mysql_connect_timeout)',
+                        $limit
+                    ), self::NO_ANSWER);
+                }
+                return $db->reap_async_query()->fetch_row()[0];
+            }
+
+            private static function open(MysqlTarget $target, float $bound): \mysqli
             {
                 $server = $target->describe();
                 if (!class_exists(\mysqli::class)) {
                     throw new LockException("cannot connect to MySQL server $server: PHP's mysqli extension is not loaded");
                 }
+                // mysqli counts both in whole seconds.
+                $seconds = (int) ceil($bound);
+                $started = Clock::now();
                 try {
-                    [$db, $wsrepOn, $readOnly] = self::strictly(static function () use ($target): array {
+                    [$db, $wsrepOn, $readOnly] = self::quietly(static function () use ($target, $seconds): array {
                         $db = mysqli_init();
-                        $db->options(MYSQLI_OPT_CONNECT_TIMEOUT, self::CONNECT_TIMEOUT);
-                        $db->options(MYSQLI_OPT_READ_TIMEOUT, self::READ_TIMEOUT);
+                        $db->options(MYSQLI_OPT_CONNECT_TIMEOUT, $seconds);
+                        $db->options(MYSQLI_OPT_READ_TIMEOUT, $seconds);
                         // mysqli takes a socket only with host localhost.
                         $host = $target->socket === null ? $target->host : 'localhost';
                         $db->real_connect($host, $target->user, $target->password, $target->database, $target->port, $target->socket);
                         try {
                             return [$db, ...$db->query('SELECT @@global.wsrep_on, @@global.read_only')->fetch_row()];
-                        } catch (\mysqli_sql_exception) {
+                        } catch (\mysqli_sql_exception $e) {
+                            if (self::endsConnection($e)) {
+                                throw $e;
+                            }
                             // MySQL has no wsrep_on.
-                            return [$db, null, self::value($db, 'SELECT @@global.read_only')];
+                            return [$db, null, $db->query('SELECT @@global.read_only')->fetch_row()[0]];
                         }
                     });
                 } catch (\mysqli_sql_exception $e) {
-                    throw new LockException("cannot connect to MySQL server $server: " . self::describe($e));
+                    // mysqlnd reports a read that timed out as "gone away": the clock tells them apart.
+                    $late = self::isClientError($e) && Clock::now() - $started >= $seconds - 0.05;
+                    throw new LockException("cannot connect to MySQL server $server: " . ($late
+                        ? sprintf('the server did not answer within %.3f s (joinblock.mysql_connect_timeout)', $seconds)
+                        : self::describe($e)));
                 }
                 $on = static fn (?string $v): bool => $v === '1' || strcasecmp((string) $v, 'ON') === 0;
                 if ($on($wsrepOn)) {
@@ -799,23 +872,34 @@ namespace JoinBlock\Polyfill {
                 self::$target = $target;
                 self::$pid = getmypid();
                 self::$generation++;
+                self::$locks = 0;
                 return $db;
             }
 
-            /** Runs $call with mysqli throwing its errors, whatever report mode the site chose. */
-            private static function strictly(callable $call): mixed
+            /**
+             * Runs $call with mysqli throwing its errors, whatever report mode the site chose, and
+             * without the warnings mysqlnd adds on a dead connection: the exception says it all.
+             */
+            private static function quietly(callable $call): mixed
             {
                 $driver = new \mysqli_driver();
                 $mode = $driver->report_mode;
                 $driver->report_mode = MYSQLI_REPORT_ERROR | MYSQLI_REPORT_STRICT;
+                set_error_handler(static fn (): bool => true, E_WARNING | E_NOTICE);
                 try {
                     return $call();
                 } finally {
+                    restore_error_handler();
                     $driver->report_mode = $mode;
                 }
             }
 
-            /** Client-side errors (2000-2999) mean the connection failed or is gone. */
+            private static function endsConnection(\mysqli_sql_exception $e): bool
+            {
+                return self::isClientError($e) || \in_array($e->getCode(), self::CONNECTION_ENDED, true);
+            }
+
+            /** Client-side errors (2000-2999): the connection failed or is gone. */
             private static function isClientError(\mysqli_sql_exception $e): bool
             {
                 return $e->getCode() >= 2000 && $e->getCode() < 3000;
@@ -846,12 +930,14 @@ namespace JoinBlock\Polyfill {
             private function __construct(
                 private string $name,
                 private MysqlTarget $target,
+                private float $bound,
                 private int $generation,
                 private string $id,
                 private int $pid,
             ) {}
 
-            public static function acquire(MysqlTarget $target, string $name, ?float $timeout): self
+            /** $bound: seconds that connecting may take, and any reply be late. */
+            public static function acquire(MysqlTarget $target, string $name, ?float $timeout, float $bound): self
             {
                 $lock = "MySQL lock $name on {$target->describe()}";
                 $id = "mysql {$target->describe()} $name";
@@ -860,13 +946,19 @@ namespace JoinBlock\Polyfill {
                     $started = Clock::now();
                     $deadline = $timeout === null ? null : $started + $timeout;
                     while (true) {
-                        $slice = $deadline === null ? self::WAIT_SLICE : min(max(0.0, $deadline - Clock::now()), self::WAIT_SLICE);
-                        [$granted, $generation] = MysqlConnection::with($target, static fn (\mysqli $db, int $generation): array => [
-                            MysqlConnection::value($db, sprintf("SELECT GET_LOCK('%s', %.6F)", $name, $slice)),
-                            $generation,
-                        ]);
+                        [$granted, $generation] = MysqlConnection::with($target, $bound, static function (\mysqli $db, int $generation) use ($name, $deadline, $bound): array {
+                            // Measured again on a retry: a stale connection's attempt took time too.
+                            $slice = $deadline === null ? self::WAIT_SLICE : min(max(0.0, $deadline - Clock::now()), self::WAIT_SLICE);
+                            // The name is hex after a fixed prefix: nothing in it needs quoting.
+                            $sql = sprintf("SELECT GET_LOCK('%s', %.6F)", $name, $slice);
+                            $granted = MysqlConnection::value($db, $sql, $slice, $bound);
+                            if ($granted === '1') {
+                                MysqlConnection::counted($generation, +1);
+                            }
+                            return [$granted, $generation];
+                        });
                         if ($granted === '1') {
-                            $held = new self($name, $target, $generation, $id, getmypid());
+                            $held = new self($name, $target, $bound, $generation, $id, getmypid());
                             Claims::taken($id, $held);
                             return $held;
                         }
@@ -891,14 +983,8 @@ namespace JoinBlock\Polyfill {
             /** True while this process's connection still holds the lock (asks the server). */
             public function isHeld(): bool
             {
-                if ($this->released || $this->pid !== getmypid()) {
-                    return false;
-                }
-                try {
-                    return $this->onItsConnection("SELECT IS_USED_LOCK('{$this->name}') = CONNECTION_ID()");
-                } catch (LockException) {
-                    return false;
-                }
+                return !$this->released && $this->pid === getmypid()
+                    && $this->onItsConnection("SELECT IS_USED_LOCK('{$this->name}') = CONNECTION_ID()");
             }
 
             /** RELEASE_LOCK; a lock whose connection was lost is reported: someone else may hold it. */
@@ -912,12 +998,8 @@ namespace JoinBlock\Polyfill {
                 if ($this->pid !== getmypid()) {
                     return;
                 }
-                try {
-                    $released = $this->onItsConnection("SELECT RELEASE_LOCK('{$this->name}')");
-                } catch (LockException) {
-                    $released = false;
-                }
-                if (!$released) {
+                MysqlConnection::counted($this->generation, -1);
+                if (!$this->onItsConnection("SELECT RELEASE_LOCK('{$this->name}')")) {
                     throw new LockException("MySQL lock {$this->name} on {$this->target->describe()} was lost with its"
                         . ' database connection; another request may hold it now');
                 }
@@ -926,8 +1008,8 @@ namespace JoinBlock\Polyfill {
             /** Whether $sql answers 1 on the connection that took the lock (false once it is gone). */
             private function onItsConnection(string $sql): bool
             {
-                return MysqlConnection::with($this->target, fn (\mysqli $db, int $generation): bool =>
-                    $generation === $this->generation && MysqlConnection::value($db, $sql) === '1');
+                return MysqlConnection::withLockConnection($this->generation, $this->bound, fn (\mysqli $db): bool =>
+                    MysqlConnection::value($db, $sql, 0.0, $this->bound) === '1') ?? false;
             }
         }
 
@@ -946,19 +1028,21 @@ namespace JoinBlock\Polyfill {
                 $timeout = $options->seconds('timeout');
                 $dir = $options->bytes('dir');
                 $backend = $options->bytes('backend');
-                $backend = $backend === null
-                    ? self::backend()
-                    : self::backendNamed($backend, static fn (string $problem) => $options->valueError('backend', $problem));
+                if ($backend !== null) {
+                    $backend = self::backendNamed($backend, static fn (string $problem) => $options->valueError('backend', $problem));
+                    if ($backend === 'mysql' && $dir !== null) {
+                        throw $options->valueError('dir', 'applies to the file backend only, and this call asks for mysql');
+                    }
+                }
+                $backend ??= self::backend();
                 if ($backend === 'file') {
                     $dir ??= Options::ini('joinblock.lock_dir') ?? sys_get_temp_dir();
                     // PathBuf::join, as the extension builds the path: one "/" between.
                     $path = (str_ends_with($dir, '/') ? $dir : "$dir/") . self::name($key);
                     return self::wrap(FileLock::acquire($path, $timeout));
                 }
-                if ($dir !== null) {
-                    throw $options->valueError('dir', 'applies to the file backend only');
-                }
-                return self::wrap(DbLock::acquire(self::mysqlTarget(), self::name($key), $timeout));
+                // A `dir` from a caller written for files is ignored: the site chose mysql.
+                return self::wrap(DbLock::acquire(self::mysqlTarget(), self::name($key), $timeout, self::connectTimeout()));
             }
 
             public static function configure(array $settings): void
@@ -1028,6 +1112,20 @@ namespace JoinBlock\Polyfill {
                     Options::ini('joinblock.lock_backend') ?? 'file',
                     static fn (string $problem) => new LockException("INI joinblock.lock_backend $problem")
                 );
+            }
+
+            /** INI joinblock.mysql_connect_timeout: seconds, greater than 0. */
+            private static function connectTimeout(): float
+            {
+                $text = Options::ini('joinblock.mysql_connect_timeout') ?? '3';
+                $seconds = is_numeric(trim($text)) ? (float) trim($text) : NAN;
+                if (!($seconds > 0.0) || !is_finite($seconds)) {
+                    throw new LockException(sprintf(
+                        'INI joinblock.mysql_connect_timeout is "%s"; expected seconds greater than 0, such as 3 or 0.5',
+                        Options::escape($text)
+                    ));
+                }
+                return $seconds;
             }
 
             /** joinblock_configure()'s server, else INI. */

@@ -1,7 +1,10 @@
 //! Settings: the INI entries (names, defaults, registration, how the running PHP reads them)
 //! and what `joinblock_configure()` sets for the rest of one request.
 
-use std::ffi::{c_int, c_void, CStr};
+use std::{
+    ffi::{c_int, c_void, CStr},
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 
@@ -25,11 +28,17 @@ pub const LOCK_BACKEND: &str = "joinblock.lock_backend";
 /// `mysql://user:password@host:port/dbname` for the mysql backend.
 pub const MYSQL_URL: &str = "joinblock.mysql_url";
 
-static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
+/// Seconds that connecting to the mysql backend's server may take, and that any reply may be
+/// late beyond the lock wait it was asked for.
+pub const MYSQL_CONNECT_TIMEOUT: &str = "joinblock.mysql_connect_timeout";
+const MYSQL_CONNECT_TIMEOUT_DEFAULT: &CStr = c"3";
+
+static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
     entry(c"joinblock.lock_dir", c""),
     entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
     entry(c"joinblock.lock_backend", c"file"),
     entry(c"joinblock.mysql_url", c""),
+    entry(c"joinblock.mysql_connect_timeout", MYSQL_CONNECT_TIMEOUT_DEFAULT),
     IniEntryDef::end(),
 ]);
 
@@ -108,4 +117,16 @@ pub fn mysql_target() -> Result<MysqlTarget, String> {
     })?;
     // Never quote the URL back: it holds the password.
     MysqlTarget::from_url(&String::from_utf8_lossy(&url)).map_err(|problem| format!("INI {MYSQL_URL} {problem}"))
+}
+
+/// `joinblock.mysql_connect_timeout`: seconds, a finite number greater than 0.
+pub fn mysql_connect_timeout() -> Result<Duration, String> {
+    let value = ini_bytes(MYSQL_CONNECT_TIMEOUT).unwrap_or_else(|| MYSQL_CONNECT_TIMEOUT_DEFAULT.to_bytes().to_vec());
+    let text = String::from_utf8_lossy(&value);
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds > 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("INI {MYSQL_CONNECT_TIMEOUT} is \"{}\"; expected seconds greater than 0, such as 3 or 0.5", text.escape_debug()))
 }

@@ -77,6 +77,8 @@ pub enum LockError {
     UnsafeServer { server: String, reason: &'static str },
     /// The connection that held the lock is gone, and the lock with it.
     Lost { lock: String },
+    /// The MySQL server in effect changed while this process holds locks on the previous one.
+    ServerChanged { from: String, to: String, held: usize },
 }
 
 impl fmt::Display for LockError {
@@ -104,6 +106,12 @@ impl fmt::Display for LockError {
             LockError::Lost { lock } => write!(
                 f,
                 "{lock} was lost with its database connection; another request may hold it now"
+            ),
+            LockError::ServerChanged { from, to, held } => write!(
+                f,
+                "cannot take a MySQL lock on {to} while this process holds {held} {} on {from}: moving to another \
+                 server (or another spelling of the same one) would silently free them; release them first",
+                if *held == 1 { "lock" } else { "locks" }
             ),
         }
     }

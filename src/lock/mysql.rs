@@ -10,36 +10,51 @@
 //! # How the steps keep it
 //!
 //! - One connection per process (per PHP-FPM worker), opened on first use, reused across
-//!   requests, and re-opened when it was lost. A lock remembers which connection took it: once
-//!   that connection is gone, `is_held()` is false and release says the lock was lost.
+//!   requests. A lock remembers which connection took it: once that connection is gone,
+//!   `is_held()` is false and release says the lock was lost. A lost connection never comes
+//!   back, so a lost lock can never be mistaken for a held one.
+//! - Servers and proxies drop idle connections (`wait_timeout`, restarts, `KILL`). A reused
+//!   connection that turns out dead on an acquire is replaced and the `GET_LOCK` sent once
+//!   more: whatever the dead connection held, the server has already freed, and the new
+//!   `GET_LOCK` only asks again. No check is sent before use, so a live connection costs one
+//!   round trip per lock, as before.
 //! - `GET_LOCK` is re-entrant per connection, so a second acquisition by the thread that holds a
 //!   name would be let in twice: it is refused, as in the file backend.
-//! - Waits run as `GET_LOCK` calls of at most `WAIT_SLICE`, so no socket read outlives its
-//!   timeout and a dead server is noticed.
-//! - After `fork`, a child must neither use nor close the parent's connection (closing it would
-//!   end the parent's session and free its locks): it forgets it and opens its own.
+//! - Moving to another server (or another spelling of it) while this process holds locks on
+//!   the current one is refused: replacing the connection would free them silently.
+//! - Every wait on the server is bounded: connecting by the connect bound, and each reply by
+//!   the `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
+//! - After `fork`, the child closes its copy of the connection's socket (without telling the
+//!   server: that would end the parent's session and free its locks) and opens its own on
+//!   first use. Closing it at once means a parent killed while holding a lock frees it at once
+//!   too, even while the child lives on.
 //! - A Galera cluster (`wsrep_on`) does not replicate `GET_LOCK`, and a read-only server is a
 //!   replica that other hosts may not share: both are refused.
 
 use std::{
-    fmt,
-    sync::atomic::{AtomicU64, Ordering},
+    fmt, io,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicI32, AtomicU64, Ordering},
+        Once,
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use mysql::{prelude::Queryable, Conn, OptsBuilder};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
 
 /// Longest single `GET_LOCK` wait; longer waits repeat it.
 const WAIT_SLICE: Duration = Duration::from_secs(5);
-/// Connecting, and any reply other than a `GET_LOCK` wait.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Debian's socket for a `localhost` server, as mysqli uses it.
 const DEFAULT_SOCKET: &str = "/run/mysqld/mysqld.sock";
-
+/// Server errors that mean the connection itself is finished: 1053 shutdown in progress,
+/// 1152 connection aborted, 1927 connection killed (MariaDB), 4031 idle too long (MySQL 8);
+/// 2006 and 2013, "gone away" and "lost connection", as other clients report them.
+const CONNECTION_ENDED_CODES: [u16; 6] = [1053, 1152, 1927, 4031, 2006, 2013];
 /// Where the locks live. The password never appears in `Debug` or in messages.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MysqlTarget {
@@ -134,15 +149,15 @@ impl MysqlTarget {
         }
     }
 
-    /// Connection options; connecting gives up after `connect_within`.
-    fn options(&self, connect_within: Duration) -> OptsBuilder {
+    /// Connection options: connecting, and every reply while connecting, within `bound`.
+    fn options(&self, bound: Duration) -> OptsBuilder {
         let builder = OptsBuilder::new()
             .user(Some(&self.user))
             .pass(Some(&self.password))
             .db_name(Some(&self.database))
-            .tcp_connect_timeout(Some(connect_within))
-            .read_timeout(Some(WAIT_SLICE + IO_TIMEOUT))
-            .write_timeout(Some(IO_TIMEOUT))
+            .tcp_connect_timeout(Some(bound))
+            .read_timeout(Some(bound))
+            .write_timeout(Some(bound))
             // Otherwise the client asks a TCP server for its socket path and moves to it.
             .prefer_socket(false);
         match &self.socket {
@@ -152,6 +167,7 @@ impl MysqlTarget {
     }
 }
 
+
 /// This process's connection, and which one it is: a lock remembers the generation that took
 /// it, so it can tell when the connection it lived on was replaced.
 struct Connection {
@@ -159,28 +175,111 @@ struct Connection {
     target: MysqlTarget,
     pid: u32,
     generation: u64,
+    /// Locks taken on this connection and not released yet.
+    locks: usize,
+    /// How long the reply now awaited may take, for the message when it does not come.
+    reply_limit: Duration,
 }
 
 static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The connection's socket, for the fork handler, which may take no lock.
+static CONNECTION_FD: AtomicI32 = AtomicI32::new(-1);
+static FORK_HANDLER: Once = Once::new();
 
-/// Runs `work` on this process's live connection to `target`, opening one if needed (giving
-/// up on connecting at `deadline`, when there is one).
+/// In a forked child: the inherited socket is closed before the child runs any code of its
+/// own, without a word to the server (see `detach_socket`).
+extern "C" fn close_inherited_socket() {
+    let fd = CONNECTION_FD.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        detach_socket(fd);
+    }
+}
+
+/// Closes the socket behind `fd` by pointing `fd` at `/dev/null`: the client that owns `fd`
+/// can still be dropped normally, and its goodbye (`COM_QUIT`) goes nowhere instead of ending
+/// a session someone else holds locks on, or raising SIGPIPE on a dead Unix socket. Uses only
+/// calls that are safe in a fork handler.
+fn detach_socket(fd: i32) {
+    // SAFETY: plain syscalls on descriptors; `fd` is the connection's own socket.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup3(null, fd, libc::O_CLOEXEC);
+            libc::close(null);
+        }
+    }
+}
+
+/// The locked connection slot of this process.
+struct Slot(MutexGuard<'static, Option<Connection>>);
+
+impl Slot {
+    /// The slot, minus a connection inherited across fork (its socket is already detached).
+    fn lock() -> Slot {
+        let mut slot = Slot(CONNECTION.lock());
+        if slot.0.as_ref().is_some_and(|c| c.pid != std::process::id()) {
+            *slot.0 = None;
+        }
+        slot
+    }
+
+    fn open(&mut self, target: &MysqlTarget, bound: Duration) -> Result<&mut Connection, LockError> {
+        let connection = open(target, bound)?;
+        FORK_HANDLER.call_once(|| {
+            // SAFETY: registers a handler that only touches an atomic and descriptors.
+            unsafe { libc::pthread_atfork(None, None, Some(close_inherited_socket)) };
+        });
+        CONNECTION_FD.store(connection.conn.as_raw_fd(), Ordering::SeqCst);
+        Ok(self.0.insert(connection))
+    }
+
+    /// Drops the connection; one that died is detached first, so nothing is sent on it.
+    fn close(&mut self, dead: bool) {
+        let fd = CONNECTION_FD.swap(-1, Ordering::SeqCst);
+        if dead && fd >= 0 {
+            detach_socket(fd);
+        }
+        *self.0 = None;
+    }
+}
+
+/// Runs `work` on this process's live connection to `target`, opening one if needed. A reused
+/// connection found dead is replaced and `work` run once more: it only ever asks for a lock,
+/// and whatever the dead connection held, the server freed with it.
 fn with_connection<T>(
     target: &MysqlTarget,
-    deadline: Option<Instant>,
-    work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
+    connect_timeout: Duration,
+    mut work: impl FnMut(&mut Connection) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
-    let mut slot = own_connection();
-    if slot.as_ref().is_some_and(|c| c.target != *target) {
-        // Locks held on the old connection end with it; they report themselves lost.
-        *slot = None;
+    let mut slot = Slot::lock();
+    if let Some(current) = slot.0.as_ref().filter(|c| c.target != *target) {
+        if current.locks > 0 {
+            return Err(LockError::ServerChanged { from: current.target.describe(), to: target.describe(), held: current.locks });
+        }
+        slot.close(false);
     }
-    if slot.is_none() {
-        let connect_within = deadline.map_or(IO_TIMEOUT, |d| d.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), IO_TIMEOUT));
-        *slot = Some(open(target, std::process::id(), connect_within)?);
+    let mut reused = slot.0.is_some();
+    loop {
+        let connection = match slot.0.as_mut() {
+            Some(connection) => connection,
+            None => slot.open(target, connect_timeout)?,
+        };
+        let failure = match work(connection) {
+            Ok(value) => return Ok(value),
+            Err(failure) => failure,
+        };
+        let error = use_error(target, &failure, connection.reply_limit);
+        let ended = connection_ended(&failure);
+        if ended {
+            slot.close(true);
+        }
+        if !(ended && reused) {
+            return Err(error);
+        }
+        // Stale: the server or a proxy dropped it while it sat idle. Once more, on a new one.
+        reused = false;
     }
-    run(&mut slot, target, work)
 }
 
 /// Runs `work` on the connection of `generation` if it is still this process's live one;
@@ -188,54 +287,83 @@ fn with_connection<T>(
 fn with_lock_connection<T>(
     target: &MysqlTarget,
     generation: u64,
-    work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
+    work: impl FnOnce(&mut Connection) -> Result<T, mysql::Error>,
 ) -> Result<Option<T>, LockError> {
-    let mut slot = own_connection();
-    if slot.as_ref().is_none_or(|c| c.generation != generation) {
-        return Ok(None);
+    let mut slot = Slot::lock();
+    let Some(connection) = slot.0.as_mut().filter(|c| c.generation == generation) else { return Ok(None) };
+    let failure = match work(connection) {
+        Ok(value) => return Ok(Some(value)),
+        Err(failure) => failure,
+    };
+    let error = use_error(target, &failure, connection.reply_limit);
+    if connection_ended(&failure) {
+        slot.close(true);
     }
-    run(&mut slot, target, work).map(Some)
+    Err(error)
 }
 
-/// The connection slot, minus one inherited across fork: closing that would end the parent's
-/// session and free its locks, so it is forgotten instead.
-fn own_connection() -> parking_lot::MutexGuard<'static, Option<Connection>> {
-    let mut slot = CONNECTION.lock();
-    if slot.as_ref().is_some_and(|c| c.pid != std::process::id()) {
-        std::mem::forget(slot.take());
+fn use_error(target: &MysqlTarget, err: &mysql::Error, reply_limit: Duration) -> LockError {
+    let late = format!(
+        "the server did not answer within {:.3} s (the lock wait asked for, plus joinblock.mysql_connect_timeout)",
+        reply_limit.as_secs_f64()
+    );
+    LockError::Database { action: format!("use MySQL server {}", target.describe()), detail: describe_error(err, &late) }
+}
+
+impl Connection {
+    /// Waits for the next replies at most `wait` (what the server was asked to wait) plus
+    /// the connect bound.
+    fn expect_reply_within(&mut self, wait: Duration, connect_timeout: Duration) -> Result<(), mysql::Error> {
+        self.reply_limit = wait.saturating_add(connect_timeout);
+        set_read_timeout(&self.conn, self.reply_limit)
     }
-    slot
 }
 
-/// Runs `work` on the open connection in `slot`, dropping it when it turns out to be dead.
-fn run<T>(
-    slot: &mut Option<Connection>,
-    target: &MysqlTarget,
-    work: impl FnOnce(&mut Conn, u64) -> Result<T, mysql::Error>,
-) -> Result<T, LockError> {
-    let connection = slot.as_mut().expect("an open connection");
-    work(&mut connection.conn, connection.generation).map_err(|e| {
-        if is_connection_error(&e) {
-            // Re-opened on next use; the locks it held are gone with it.
-            *slot = None;
-        }
-        LockError::Database { action: format!("use MySQL server {}", target.describe()), detail: describe_error(&e) }
-    })
+fn set_read_timeout(conn: &Conn, limit: Duration) -> Result<(), mysql::Error> {
+    let timeout = libc::timeval {
+        tv_sec: limit.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: limit.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt on the connection's own socket, with a timeval it reads.
+    let set = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error().into())
+    }
 }
 
-fn open(target: &MysqlTarget, pid: u32, connect_within: Duration) -> Result<Connection, LockError> {
+fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> {
     let server = target.describe();
-    let fail = |e: mysql::Error| LockError::Database { action: format!("connect to MySQL server {server}"), detail: describe_error(&e) };
-    let mut conn = Conn::new(target.options(connect_within)).map_err(fail)?;
+    let late = format!("the server did not answer within {:.3} s (joinblock.mysql_connect_timeout)", bound.as_secs_f64());
+    let fail = |e: mysql::Error| LockError::Database { action: format!("connect to MySQL server {server}"), detail: describe_error(&e, &late) };
+    let started = Instant::now();
+    let mut conn = Conn::new(target.options(bound)).map_err(fail)?;
+    // The server check's reply, within what is left of the bound.
+    let left = bound.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+    set_read_timeout(&conn, left).map_err(fail)?;
     let (wsrep_on, read_only): (Option<String>, Option<String>) = conn
         .query_first("SELECT @@global.wsrep_on, @@global.read_only")
-        .or_else(|_| conn.query_first::<Option<String>, _>("SELECT @@global.read_only").map(|r| r.map(|r| (None, r))))
+        .or_else(|e| match e {
+            // MySQL has no wsrep_on.
+            mysql::Error::MySqlError(_) => conn.query_first::<Option<String>, _>("SELECT @@global.read_only").map(|r| r.map(|r| (None, r))),
+            other => Err(other),
+        })
         .map_err(fail)?
         .unwrap_or((None, None));
     if let Some(reason) = unsafe_server(wsrep_on.as_deref(), read_only.as_deref()) {
         return Err(LockError::UnsafeServer { server, reason });
     }
-    Ok(Connection { conn, target: target.clone(), pid, generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1 })
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+    Ok(Connection { conn, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound })
 }
 
 /// Why `GET_LOCK` on a server with these settings would not exclude other hosts, if it would not.
@@ -250,19 +378,39 @@ fn unsafe_server(wsrep_on: Option<&str>, read_only: Option<&str>) -> Option<&'st
     }
 }
 
-/// The server's own words for its errors ("ERROR 1045 (28000): Access denied …"); the OS's
-/// for I/O errors.
-fn describe_error(err: &mysql::Error) -> String {
+/// A sentence: the server's own words for its errors ("ERROR 1045 (28000): Access denied …"),
+/// the OS's for I/O errors, and `late` for a reply that did not come in time.
+fn describe_error(err: &mysql::Error, late: &str) -> String {
+    use mysql::DriverError;
+    let io = |e: &io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => late.to_owned(),
+        io::ErrorKind::UnexpectedEof => "the server closed the connection".to_owned(),
+        _ => e.to_string(),
+    };
     match err {
         mysql::Error::MySqlError(server) => server.to_string(),
-        mysql::Error::IoError(io) => io.to_string(),
-        mysql::Error::DriverError(driver) => driver.to_string(),
-        other => other.to_string(),
+        mysql::Error::IoError(e) => io(e),
+        mysql::Error::CodecError(codec) => match std::error::Error::source(codec).and_then(|s| s.downcast_ref::<io::Error>()) {
+            Some(e) => io(e),
+            None => format!("the server's reply could not be read ({codec})"),
+        },
+        mysql::Error::DriverError(DriverError::ConnectTimeout) => late.to_owned(),
+        mysql::Error::DriverError(DriverError::CouldNotConnect(Some((address, reason, _)))) => {
+            format!("connecting to {address} failed: {reason}")
+        }
+        mysql::Error::DriverError(other) => format!("{other}"),
+        mysql::Error::UrlError(other) => format!("{other}"),
+        other => format!("unexpected reply ({})", other.to_string().split(" {").next().unwrap_or("error")),
     }
 }
 
-fn is_connection_error(err: &mysql::Error) -> bool {
-    matches!(err, mysql::Error::IoError(_) | mysql::Error::DriverError(_) | mysql::Error::CodecError(_))
+/// Whether the connection is finished after `err`, rather than one statement having failed.
+fn connection_ended(err: &mysql::Error) -> bool {
+    match err {
+        mysql::Error::MySqlError(server) => CONNECTION_ENDED_CODES.contains(&server.code),
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) | mysql::Error::DriverError(_) => true,
+        _ => false,
+    }
 }
 
 /// A lock held through `GET_LOCK`. Dropping it releases it.
@@ -271,12 +419,13 @@ pub struct DbLock {
     name: String,
     target: MysqlTarget,
     generation: u64,
+    connect_timeout: Duration,
     /// `None` once released.
     claim: Option<Claim>,
 }
 
 impl DbLock {
-    pub fn acquire(target: &MysqlTarget, key: &[u8], wait: Wait) -> Result<DbLock, LockError> {
+    pub fn acquire(target: &MysqlTarget, key: &[u8], wait: Wait, connect_timeout: Duration) -> Result<DbLock, LockError> {
         let name = lock_name(key)?;
         let describe = || format!("MySQL lock {name} on {}", target.describe());
         let claim = Claim::new(LockId::Mysql(format!("{} {name}", target.describe())), thread::current().id(), std::process::id())
@@ -288,15 +437,22 @@ impl DbLock {
         };
         let mut waited = false;
         loop {
-            let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
-            let (granted, generation) = with_connection(target, deadline, |conn, generation| {
-                let granted: Option<Option<i64>> = conn.exec_first("SELECT GET_LOCK(?, ?)", (&name, slice.as_secs_f64()))?;
-                Ok((granted.flatten(), generation))
+            let (granted, generation) = with_connection(target, connect_timeout, |connection| {
+                // Measured again on a retry: a stale connection's attempt took time too.
+                let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
+                connection.expect_reply_within(slice, connect_timeout)?;
+                // The name is hex after a fixed prefix: nothing in it needs quoting.
+                let query = format!("SELECT GET_LOCK('{name}', {:.6})", slice.as_secs_f64());
+                let granted = connection.conn.query_first::<Option<i64>, _>(&query)?.flatten();
+                if granted == Some(1) {
+                    connection.locks += 1;
+                }
+                Ok((granted, connection.generation))
             })?;
             match granted {
                 Some(1) => {
                     record_acquired(waited || started.elapsed() > Duration::from_millis(1));
-                    return Ok(DbLock { name, target: target.clone(), generation, claim: Some(claim) });
+                    return Ok(DbLock { name, target: target.clone(), generation, connect_timeout, claim: Some(claim) });
                 }
                 Some(_) if deadline.is_none_or(|d| Instant::now() < d) => waited = true,
                 Some(_) => {
@@ -323,11 +479,12 @@ impl DbLock {
         if claim.pid != std::process::id() {
             return false;
         }
-        with_lock_connection(&self.target, self.generation, |conn, _| {
-            let owner: Option<Option<u64>> = conn.exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (&self.name,))?;
-            Ok(owner.flatten() == Some(1))
+        let query = format!("SELECT IS_USED_LOCK('{}') = CONNECTION_ID()", self.name);
+        with_lock_connection(&self.target, self.generation, |connection| {
+            connection.expect_reply_within(Duration::ZERO, self.connect_timeout)?;
+            connection.conn.query_first::<Option<i64>, _>(&query)
         })
-        .is_ok_and(|held| held == Some(true))
+        .is_ok_and(|held| held.flatten().flatten() == Some(1))
     }
 
     /// `RELEASE_LOCK`; releasing again, or from a forked child, does nothing. A lock whose
@@ -337,14 +494,15 @@ impl DbLock {
         if claim.pid != std::process::id() {
             return Ok(());
         }
-        let lost = || LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) };
-        let released = with_lock_connection(&self.target, self.generation, |conn, _| {
-            let released: Option<Option<i64>> = conn.exec_first("SELECT RELEASE_LOCK(?)", (&self.name,))?;
-            Ok(released.flatten() == Some(1))
+        let query = format!("SELECT RELEASE_LOCK('{}')", self.name);
+        let released = with_lock_connection(&self.target, self.generation, |connection| {
+            connection.locks = connection.locks.saturating_sub(1);
+            connection.expect_reply_within(Duration::ZERO, self.connect_timeout)?;
+            connection.conn.query_first::<Option<i64>, _>(&query)
         });
         match released {
-            Ok(Some(true)) => Ok(()),
-            _ => Err(lost()),
+            Ok(Some(Some(Some(1)))) => Ok(()),
+            _ => Err(LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) }),
         }
     }
 }

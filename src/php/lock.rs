@@ -87,7 +87,13 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
     let wait = options.seconds("timeout")?.map_or(Wait::Forever, Wait::AtMost);
     let dir = options.bytes("dir")?;
     let backend = match options.bytes("backend")? {
-        Some(name) => Backend::parse(&String::from_utf8_lossy(&name)).map_err(|p| options.value_error("backend", &p))?,
+        Some(name) => {
+            let backend = Backend::parse(&String::from_utf8_lossy(&name)).map_err(|p| options.value_error("backend", &p))?;
+            if backend == Backend::Mysql && dir.is_some() {
+                return Err(options.value_error("dir", "applies to the file backend only, and this call asks for mysql"));
+            }
+            backend
+        }
         None => config::lock_backend().map_err(|p| LOCK_EXCEPTION.with(p))?,
     };
     let held = match backend {
@@ -99,12 +105,18 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
             let path = lock_path(&PathBuf::from(OsStr::from_bytes(&dir)), &key).map_err(to_exception)?;
             Held::File(FileLock::acquire(&path, wait).map_err(to_exception)?)
         }
+        // A `dir` from a caller written for files is ignored: the site chose mysql.
         Backend::Mysql => {
-            if dir.is_some() {
-                return Err(options.value_error("dir", "applies to the file backend only"));
+            if ext_php_rs::PHP_ZTS {
+                // One connection per process would let two threads "hold" one name together.
+                return Err(LOCK_EXCEPTION.with(
+                    "the mysql lock backend is not available in a thread-safe (ZTS) PHP build yet: its one \
+                     connection per process would let two threads hold the same lock; use the file backend",
+                ));
             }
             let target = config::mysql_target().map_err(|p| LOCK_EXCEPTION.with(p))?;
-            Held::Mysql(DbLock::acquire(&target, &key, wait).map_err(to_exception)?)
+            let connect_timeout = config::mysql_connect_timeout().map_err(|p| LOCK_EXCEPTION.with(p))?;
+            Held::Mysql(DbLock::acquire(&target, &key, wait, connect_timeout).map_err(to_exception)?)
         }
     };
     Ok(Lock { inner: Mutex::new(held) })

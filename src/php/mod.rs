@@ -31,6 +31,8 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("lock backend in effect", backend.as_str());
     info_table_row!("lock directory in effect", dir.as_str());
     info_table_row!("MySQL server for locks", mysql.as_str());
+    let connect = config::mysql_connect_timeout().map_or_else(shown, |bound| format!("{} s", bound.as_secs_f64()));
+    info_table_row!("MySQL connect timeout", connect.as_str());
     info_table_row!("locks acquired (this process)", counters.acquired.to_string());
     info_table_row!("locks that waited (this process)", counters.waited.to_string());
     info_table_row!("lock timeouts (this process)", counters.timed_out.to_string());

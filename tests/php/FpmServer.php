@@ -16,8 +16,9 @@ final class FpmServer
      * @param int $workers static pool size
      * @param list<string> $phpArgs e.g. ['-n', '-d', 'extension=/path/libjoinblock.so']
      * @param array<string, string>|null $env php-fpm's environment; null: this process's
+     * @param list<string> $pool more lines for the pool's section, e.g. php_admin_value[...]
      */
-    public static function start(string $dir, int $workers, array $phpArgs, ?array $env = null): self
+    public static function start(string $dir, int $workers, array $phpArgs, ?array $env = null, array $pool = []): self
     {
         $socket = "$dir/fpm.sock";
         $config = "$dir/fpm.conf";
@@ -32,6 +33,7 @@ final class FpmServer
             "pm.max_children = $workers",
             'catch_workers_output = yes',
             'clear_env = no',
+            ...$pool,
             '',
         ]));
         $root = posix_geteuid() === 0 ? ['-R'] : [];

@@ -167,9 +167,21 @@ abstract class JoinBlockTestCase extends TestCase
         } catch (\Throwable $e) {
             self::assertSame($class, get_class($e), 'exception class; message: ' . $e->getMessage());
             self::assertMatchesRegularExpression($pattern, $e->getMessage());
+            self::assertReadsAsASentence($e->getMessage());
             return $e;
         }
         self::fail("expected $class matching $pattern, nothing was thrown");
+    }
+
+    /**
+     * Every message the suite sees: no Rust `Debug` shapes (`CodecError { … }`), and never the
+     * test database's password, plain or percent-encoded.
+     */
+    protected static function assertReadsAsASentence(string $message): void
+    {
+        self::assertDoesNotMatchRegularExpression('~\b[A-Z][A-Za-z]+ \{ ~', $message, 'a Debug shape in the message');
+        self::assertStringNotContainsString(MariaDbServer::PASSWORD, $message);
+        self::assertStringNotContainsString(rawurlencode(MariaDbServer::PASSWORD), $message);
     }
 
     /** @return array{acquired: int, waited: int, 'timed out': int} */

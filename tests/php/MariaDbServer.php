@@ -34,6 +34,22 @@ final class MariaDbServer
         return $server;
     }
 
+    /** A server in a fresh directory of its own, for one test class; destroy() removes it. */
+    public static function startPrivate(): self
+    {
+        $dir = sys_get_temp_dir() . '/joinblock-mariadb-' . bin2hex(random_bytes(4));
+        mkdir($dir, 0700);
+        // Its socket, there, is for php-fpm's workers too (www-data); the data stay private.
+        chmod($dir, 0711);
+        return self::start($dir);
+    }
+
+    public function destroy(): void
+    {
+        $this->stop();
+        exec('rm -rf ' . escapeshellarg($this->dir));
+    }
+
     /** Stops the server (the data directory stays, for restart()). */
     public function stop(): void
     {
@@ -61,15 +77,29 @@ final class MariaDbServer
         return $this->port;
     }
 
+    public function socket(): string
+    {
+        return "{$this->dir}/sock";
+    }
+
     public function url(string $password = self::PASSWORD): string
     {
         return sprintf('mysql://%s:%s@127.0.0.1:%d/%s', self::USER, rawurlencode($password), $this->port, self::DATABASE);
     }
 
-    /** What WordPress's wp-config.php would say. */
-    public function wordpressSettings(): array
+    /** What WordPress's wp-config.php would say; `$dbHost` defaults to this server's TCP port. */
+    public function wordpressSettings(?string $dbHost = null): array
     {
-        return ['db_host' => "127.0.0.1:{$this->port}", 'db_user' => self::USER, 'db_password' => self::PASSWORD, 'db_name' => self::DATABASE];
+        return ['db_host' => $dbHost ?? "127.0.0.1:{$this->port}", 'db_user' => self::USER, 'db_password' => self::PASSWORD, 'db_name' => self::DATABASE];
+    }
+
+    /** `KILL CONNECTION` for every connection of the test user, as an admin (or a failover) would. */
+    public function killConnections(): void
+    {
+        $ids = array_filter(explode("\n", $this->sql(sprintf("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '%s'", self::USER))));
+        if ($ids !== []) {
+            $this->sql(implode('', array_map(fn (string $id) => "KILL CONNECTION $id;", $ids)));
+        }
     }
 
     /** Runs SQL as root over the socket; returns the output (tab-separated, no headers). */

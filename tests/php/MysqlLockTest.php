@@ -15,19 +15,15 @@ use JoinBlock\LockTimeoutException;
 final class MysqlLockTest extends JoinBlockTestCase
 {
     private static MariaDbServer $db;
-    private static string $dbDir;
 
     public static function setUpBeforeClass(): void
     {
-        self::$dbDir = sys_get_temp_dir() . '/joinblock-mariadb-' . bin2hex(random_bytes(4));
-        mkdir(self::$dbDir, 0700);
-        self::$db = MariaDbServer::start(self::$dbDir);
+        self::$db = MariaDbServer::startPrivate();
     }
 
     public static function tearDownAfterClass(): void
     {
-        self::$db->stop();
-        exec('rm -rf ' . escapeshellarg(self::$dbDir));
+        self::$db->destroy();
     }
 
     protected function setUp(): void
@@ -75,7 +71,23 @@ final class MysqlLockTest extends JoinBlockTestCase
         $this->assertFalse($lock->isHeld());
         $lock->release();
         $this->assertSame("0\n", self::$db->sql("SELECT IS_USED_LOCK('" . $lock->path() . "') IS NOT NULL"));
-        self::assertThrows(\ValueError::class, '~option "dir" applies to the file backend only~', fn () => joinblock_acquire_lock('k', ['dir' => '/tmp']));
+    }
+
+    /** The integration guide passes `dir` whatever the backend: configuration decides, `dir` waits for files. */
+    public function testDirIsIgnoredUnlessTheCallItselfAsksForMysql(): void
+    {
+        $dir = $this->scratchDir();
+        $lock = joinblock_acquire_lock('dir@example.org', ['dir' => $dir, 'timeout' => 30]);
+        $this->assertSame(self::lockName('dir@example.org'), $lock->path(), 'a GET_LOCK name, not a file in dir');
+        $this->assertSame([], array_values(array_diff(scandir($dir), ['.', '..'])), 'no lock file');
+        $lock->release();
+        self::assertThrows(
+            \ValueError::class,
+            '~^joinblock_acquire_lock\(\): Argument #2 \(\$options\) option "dir" applies to the file backend only, and this call asks for mysql$~',
+            fn () => joinblock_acquire_lock('k', ['dir' => $dir, 'backend' => 'mysql'])
+        );
+        // Still checked as a path, whatever the backend.
+        self::assertThrows(\ValueError::class, '~option "dir" must not be empty~', fn () => joinblock_acquire_lock('k', ['dir' => '']));
     }
 
     public function testBackendOptionAndIniChooseTheBackend(): void
