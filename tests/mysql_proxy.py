@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A TCP relay between PHP and MariaDB on 127.0.0.1, for what networks do to idle connections.
 
-    mysql_proxy.py UPSTREAM_PORT [DELAY_SECONDS]
+    mysql_proxy.py UPSTREAM_PORT [DELAY_SECONDS [hold]]
 
 Prints the port it listens on, then relays each connection to 127.0.0.1:UPSTREAM_PORT, holding
 every chunk DELAY_SECONDS (0 by default) before passing it on, as a distant server would.
+With "hold", it listens with the smallest backlog and accepts nothing until SIGHUP, as a busy
+server: once one connection waits, the kernel drops new SYNs and clients retry a second later.
 Signals:
 - SIGUSR1 closes every connection it relays, both ends, as a proxy or a NAT that forgot an idle
   connection does; new connections are relayed as before;
@@ -82,14 +84,19 @@ def drop_all(_signum, _frame):
 def main():
     upstream_port = int(sys.argv[1])
     delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    hold = sys.argv[3:4] == ["hold"]
+    accepting = threading.Event()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    listener.listen(0 if hold else 64)
     signal.signal(signal.SIGUSR1, drop_all)
     signal.signal(signal.SIGUSR2, lambda *_: frozen.set())
+    signal.signal(signal.SIGHUP, lambda *_: accepting.set())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(listener.getsockname()[1], flush=True)
+    if hold:
+        accepting.wait()
     while True:
         client, _ = listener.accept()
         threading.Thread(target=relay, args=(client, upstream_port, delay), daemon=True).start()

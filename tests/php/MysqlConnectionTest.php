@@ -32,10 +32,15 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         parent::tearDown();
     }
 
-    /** @return array{proc: resource, port: int} a relay to the server, holding each chunk $delay s */
-    private static function startProxy(float $delay = 0.0): array
+    /**
+     * A relay to the server (tests/mysql_proxy.py), holding each chunk $delay s; with $hold, it
+     * accepts nothing until SIGHUP.
+     *
+     * @return array{proc: resource, port: int}
+     */
+    private static function startProxy(float $delay = 0.0, bool $hold = false): array
     {
-        $proc = proc_open(['python3', dirname(__DIR__) . '/mysql_proxy.py', (string) self::$db->port(), (string) $delay], [1 => ['pipe', 'w']], $pipes);
+        $proc = proc_open(['python3', dirname(__DIR__) . '/mysql_proxy.py', (string) self::$db->port(), (string) $delay, ...($hold ? ['hold'] : [])], [1 => ['pipe', 'w']], $pipes);
         $port = (int) fgets($pipes[1]);
         self::assertGreaterThan(0, $port, 'the relay started');
         return ['proc' => $proc, 'port' => $port];
@@ -163,20 +168,31 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         }
     }
 
-    /** timeout 0 means "try the lock once", not "connect in no time". */
-    public function testTryOnceOnAFreshConnectionOverASlowNetwork(): void
+    /**
+     * timeout 0 means "try the lock once", not "connect in no time": through a relay that adds
+     * 20 ms to every exchange and whose accept queue is full at first (so the first SYN is
+     * dropped and the client's retry, a second later, gets in), the lock is still taken.
+     */
+    public function testTryOnceOnAFreshConnectionToABusyDistantServer(): void
     {
-        $proxy = self::startProxy(0.02);
+        $proxy = self::startProxy(0.02, hold: true);
+        $queued = stream_socket_client("tcp://127.0.0.1:{$proxy['port']}", $errno, $error, 1);
         try {
-            $answer = self::runJson(sprintf(
+            $child = self::startPhp(self::phpCode(sprintf(
                 'joinblock_configure(%s); $t = microtime(true); $l = joinblock_acquire_lock("once@example.org", ["timeout" => 0]); echo json_encode(["held" => $l->isHeld(), "took" => microtime(true) - $t]);',
                 var_export(self::settings("127.0.0.1:{$proxy['port']}"), true)
-            ));
+            )));
+            usleep(300000);
+            posix_kill(proc_get_status($proxy['proc'])['pid'], SIGHUP);
+            $result = self::finish($child, 30);
         } finally {
+            fclose($queued);
             self::stopProxy($proxy);
         }
+        $this->assertSame('', $result['err']);
+        $answer = json_decode(trim($result['out']), true) ?? self::fail($result['out']);
         $this->assertTrue($answer['held']);
-        $this->assertGreaterThan(0.04, $answer['took'], 'the relay\'s latency was there to be borne');
+        $this->assertGreaterThan(0.5, $answer['took'], 'connecting waited for the busy server');
     }
 
     /** @return array<string, array{string}> */
