@@ -1553,21 +1553,26 @@ namespace JoinBlock\Polyfill {
 
         /**
          * What this process knows of each group's tags (name <-> href), learned while answering
-         * calls and trusted for tag_cache_ttl. One call works on a copy and saves what it learned.
+         * calls, and how far it has read the group's tag list, trusted for tag_cache_ttl. One call
+         * works on a copy and saves what it learned. The reading position expires with the names
+         * of the first page it covers, so the pages a call skips are pages whose names are known.
          */
         final class Knowledge
         {
-            /** @var array<string, array{names: array<string, array{string, float}>, listPages: ?array{int, float}}> */
+            /** @var array<string, array{names: array<string, array{string, float}>, list: ?array{array{read: int, total: ?int, next: ?string}, float}}> */
             private static array $groups = [];
 
             /** @var array<string, string> name => href */
             private array $byName = [];
             /** @var array<string, string> href => name */
             private array $byHref = [];
-            private ?int $listPages = null;
+            /** @var ?array{read: int, total: ?int, next: ?string} pages read, the list's length, the page to read next */
+            private ?array $list = null;
+            /** When the loaded reading position was first saved; null for a reading begun by this call. */
+            private ?float $listSince = null;
             /** @var list<array{string, string}> [href, name] */
             private array $learned = [];
-            private ?int $learnedListPages = null;
+            private bool $listAdvanced = false;
 
             /** The entries of $group learned less than $ttl seconds ago. */
             public static function load(string $group, float $ttl): self
@@ -1585,8 +1590,9 @@ namespace JoinBlock\Polyfill {
                     $knowledge->byName[$name] = (string) $href;
                     $knowledge->byHref[$href] = $name;
                 }
-                $pages = $cached['listPages'];
-                $knowledge->listPages = $pages !== null && $now - $pages[1] < $ttl ? $pages[0] : null;
+                if ($cached['list'] !== null && $now - $cached['list'][1] < $ttl) {
+                    [$knowledge->list, $knowledge->listSince] = $cached['list'];
+                }
                 return $knowledge;
             }
 
@@ -1594,12 +1600,13 @@ namespace JoinBlock\Polyfill {
             public function save(string $group): void
             {
                 $now = Clock::now();
-                self::$groups[$group] ??= ['names' => [], 'listPages' => null];
+                self::$groups[$group] ??= ['names' => [], 'list' => null];
                 foreach ($this->learned as [$href, $name]) {
                     self::$groups[$group]['names'][$href] = [$name, $now];
                 }
-                if ($this->learnedListPages !== null) {
-                    self::$groups[$group]['listPages'] = [$this->learnedListPages, $now];
+                if ($this->listAdvanced) {
+                    // A resumed reading keeps its first page's age, so it never outlives those names.
+                    self::$groups[$group]['list'] = [$this->list, $this->listSince ?? $now];
                 }
             }
 
@@ -1621,9 +1628,14 @@ namespace JoinBlock\Polyfill {
                 $this->learned[] = [$href, $name];
             }
 
-            public function learnListPages(int $pages): void
+            /**
+             * One more page of the tag list was read (its names learned): $total is the length it
+             * states, if any, and $next the page after it.
+             */
+            public function learnListPage(?int $total, ?string $next): void
             {
-                $this->listPages = $this->learnedListPages = $pages;
+                $this->list = ['read' => ($this->list['read'] ?? 0) + 1, 'total' => $total ?? $this->list['total'] ?? null, 'next' => $next];
+                $this->listAdvanced = true;
             }
 
             public function hrefOf(string $name): ?string
@@ -1636,9 +1648,10 @@ namespace JoinBlock\Polyfill {
                 return $this->byHref[$href] ?? null;
             }
 
-            public function listPages(): ?int
+            /** @return ?array{read: int, total: ?int, next: ?string} */
+            public function listProgress(): ?array
             {
-                return $this->listPages;
+                return $this->list;
             }
         }
 
@@ -1649,7 +1662,8 @@ namespace JoinBlock\Polyfill {
             /** @var array<string, true> */
             private array $visited = [];
 
-            public function __construct(string $first, private string $what, private ?int $cap)
+            /** $readBefore: pages read by earlier calls, for numbering pages in messages. */
+            public function __construct(?string $first, private string $what, private ?int $cap, private int $readBefore = 0)
             {
                 $this->next = $first;
             }
@@ -1659,6 +1673,12 @@ namespace JoinBlock\Polyfill {
                 return $this->next === null;
             }
 
+            /** The page next() reads; null once the last one is read. */
+            public function upcoming(): ?string
+            {
+                return $this->next;
+            }
+
             /** The next page; call only while not finished(). */
             public function next(Session $session): mixed
             {
@@ -1666,7 +1686,7 @@ namespace JoinBlock\Polyfill {
                     throw Failure::pageCap($this->cap);
                 }
                 [$url, $this->next] = [$this->next, null];
-                $what = "{$this->what} " . (\count($this->visited) + 1);
+                $what = "{$this->what} " . ($this->readBefore + \count($this->visited) + 1);
                 $this->visited[$url] = true;
                 $page = $session->getJson($url, $what);
                 $next = Json::link($page, 'next');
@@ -1682,43 +1702,38 @@ namespace JoinBlock\Polyfill {
             }
         }
 
-        /** The group's tag list, 25 names a page, read one page at a time when that is worth it. */
+        /**
+         * The group's tag list, 25 names a page, read one page at a time when that is worth it,
+         * from where this process stopped reading it.
+         */
         final class TagList
         {
-            /** Without the list's length, only more unknown tags than a page names justify its first page. */
+            /** Without the list's length, only more unknown tags than a page names justify a page. */
             private const PROBE_ABOVE = 25;
 
             private Pages $pages;
-            private int $read = 0;
 
-            public function __construct(string $baseUrl)
+            public function __construct(string $baseUrl, Knowledge $knowledge)
             {
-                $this->pages = new Pages("{$baseUrl}tags", 'tag list page', null);
-            }
-
-            public function finished(): bool
-            {
-                return $this->pages->finished();
+                $progress = $knowledge->listProgress();
+                $first = $progress === null ? "{$baseUrl}tags" : $progress['next'];
+                $this->pages = new Pages($first, 'tag list page', null, $progress['read'] ?? 0);
             }
 
             /** Whether reading on is cheaper than looking up $unnamed tags one by one. */
             public function isCheaper(Knowledge $knowledge, float $unnamed): bool
             {
-                if ($this->finished()) {
+                if ($this->pages->finished()) {
                     return false;
                 }
-                $total = $knowledge->listPages();
-                return $total === null ? $unnamed > self::PROBE_ABOVE : max(1, $total - $this->read) < $unnamed;
+                $progress = $knowledge->listProgress();
+                $total = $progress['total'] ?? null;
+                return $total === null ? $unnamed > self::PROBE_ABOVE : max(1, $total - $progress['read']) < $unnamed;
             }
 
             public function readNext(Session $session, Knowledge $knowledge): void
             {
                 $page = $this->pages->next($session);
-                $this->read++;
-                $total = Json::count($page, 'total_pages');
-                if ($total !== null) {
-                    $knowledge->learnListPages(min($total, 4294967295));
-                }
                 foreach (TagCheck::embedded($page, 'osdi:tags', 'tag list page') as $tag) {
                     $name = Json::get($tag, 'name');
                     if (!\is_string($name)) {
@@ -1727,16 +1742,21 @@ namespace JoinBlock\Polyfill {
                     $href = Json::link($tag, 'self') ?? throw Failure::badShape('tag list page', 'a tag has no self link');
                     $knowledge->learn($name, Url::link($href, 'tag list page'));
                 }
+                $total = Json::count($page, 'total_pages');
+                $knowledge->learnListPage($total === null ? null : min($total, 4294967295), $this->pages->upcoming());
             }
         }
 
         /**
          * "Does this person have tag T?" in as few requests as the API allows, as the extension
-         * answers it (src/action_network/mod.rs). A tagging names its tag only by href, so the
-         * answer needs T's href: with it, the person lookup plus the taggings pages up to the first
-         * match. Without it, a person with more than a page of unknown tags makes the call read the
-         * tag list's first page early; hrefs still unknown at the end are resolved the cheaper way:
-         * one GET per unknown tag, or more pages of the tag list.
+         * answers it (src/action_network/mod.rs, which says why). A tagging names its tag only by
+         * href, so the answer needs T's href: with it, the person lookup plus the taggings pages up
+         * to the first match; without it but with every tag of the person named, false for as
+         * many. Otherwise a person with more than a page of unknown tags makes the call read the
+         * tag list's next unread page early; hrefs still unknown at the end are resolved the
+         * cheaper way: one GET per unknown tag, or more unread pages of the tag list. Reaching the
+         * list's end proves nothing (pages read earlier may have shifted): a tag still unnamed
+         * then is looked up.
          */
         final class TagCheck
         {
@@ -1748,7 +1768,7 @@ namespace JoinBlock\Polyfill {
 
             private function __construct(private Session $session, private Knowledge $knowledge, private int $maxPages)
             {
-                $this->list = new TagList($session->baseUrl);
+                $this->list = new TagList($session->baseUrl, $knowledge);
             }
 
             public static function run(string $email, string $tag, string $apiKey, array $options): ?bool
@@ -1886,14 +1906,10 @@ namespace JoinBlock\Polyfill {
                     if ($unnamed === []) {
                         return false;
                     }
-                    if (!$this->list->isCheaper($this->knowledge, \count($unnamed))) {
+                    if ($this->list->isCheaper($this->knowledge, \count($unnamed))) {
+                        $this->list->readNext($this->session, $this->knowledge);
+                    } else {
                         $this->lookUp($unnamed[0]);
-                        continue;
-                    }
-                    $this->list->readNext($this->session, $this->knowledge);
-                    if ($this->list->finished() && $this->knowledge->hrefOf($target) === null) {
-                        // The whole list is read and no tag has that name: nobody has it.
-                        return false;
                     }
                 }
             }

@@ -1,6 +1,11 @@
 //! What this process knows of each Action Network group's tags: name <-> href, learned while
-//! answering calls and kept for `tag_cache_ttl`, so that every request a PHP-FPM worker serves
-//! shares it. Tags are renamed rarely; a rename is picked up once the old entry expires.
+//! answering calls, and how far it has read the group's tag list, all kept for `tag_cache_ttl`
+//! so that every request a PHP-FPM worker serves shares it. Tags are renamed rarely; a rename is
+//! picked up once the old entry expires.
+//!
+//! The reading position lets a call go on where an earlier one stopped instead of reading the
+//! list's first pages again: it expires with the names of the first page it covers, so the
+//! pages it skips are always pages whose names are still known.
 
 use std::{
     collections::HashMap,
@@ -8,6 +13,7 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use reqwest::Url;
 
 /// A group, as its API key and base URL identify it (the key is kept only as a digest).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -23,8 +29,19 @@ impl GroupKey {
 struct Group {
     /// href -> (lower-cased name, when learned)
     names: HashMap<String, (String, Instant)>,
-    /// How many pages `GET /tags` had, and when.
-    list_pages: Option<(u32, Instant)>,
+    /// How far `GET /tags` has been read, and when its first page read was learned.
+    list: Option<(ListProgress, Instant)>,
+}
+
+/// How far this process has read a group's tag list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListProgress {
+    /// Pages read.
+    pub read: u32,
+    /// The list's length in pages, as the last page read that said so said.
+    pub total: Option<u32>,
+    /// The page to read next; `None` once the last page is read.
+    pub next: Option<Url>,
 }
 
 static GROUPS: Mutex<Option<HashMap<GroupKey, Group>>> = Mutex::new(None);
@@ -34,9 +51,11 @@ static GROUPS: Mutex<Option<HashMap<GroupKey, Group>>> = Mutex::new(None);
 pub struct Knowledge {
     by_name: HashMap<String, String>,
     by_href: HashMap<String, String>,
-    list_pages: Option<u32>,
+    list: Option<ListProgress>,
+    /// When the loaded reading position was first saved; `None` for a reading begun by this call.
+    list_since: Option<Instant>,
     learned: Vec<(String, String)>,
-    learned_list_pages: Option<u32>,
+    list_advanced: bool,
 }
 
 impl Knowledge {
@@ -55,13 +74,16 @@ impl Knowledge {
             knowledge.by_name.insert(name.clone(), href.clone());
             knowledge.by_href.insert(href.clone(), name.clone());
         }
-        knowledge.list_pages = cached.list_pages.filter(|(_, at)| fresh(at)).map(|(pages, _)| pages);
+        if let Some((progress, since)) = cached.list.as_ref().filter(|(_, since)| fresh(since)) {
+            knowledge.list = Some(progress.clone());
+            knowledge.list_since = Some(*since);
+        }
         knowledge
     }
 
     /// Keeps what this call learned for the calls after it.
     pub fn save(&self, group: &GroupKey) {
-        if self.learned.is_empty() && self.learned_list_pages.is_none() {
+        if self.learned.is_empty() && !self.list_advanced {
             return;
         }
         let now = Instant::now();
@@ -70,8 +92,9 @@ impl Knowledge {
         for (href, name) in &self.learned {
             cached.names.insert(href.clone(), (name.clone(), now));
         }
-        if let Some(pages) = self.learned_list_pages {
-            cached.list_pages = Some((pages, now));
+        if self.list_advanced {
+            // A resumed reading keeps its first page's age, so it never outlives those names.
+            cached.list = self.list.clone().map(|progress| (progress, self.list_since.unwrap_or(now)));
         }
     }
 
@@ -86,9 +109,16 @@ impl Knowledge {
         self.learned.push((href.to_owned(), name));
     }
 
-    pub fn learn_list_pages(&mut self, pages: u32) {
-        self.list_pages = Some(pages);
-        self.learned_list_pages = Some(pages);
+    /// One more page of the tag list was read (its names learned): `total` is the length it
+    /// states, if any, and `next` the page after it.
+    pub fn learn_list_page(&mut self, total: Option<u32>, next: Option<Url>) {
+        let before = self.list.take();
+        self.list = Some(ListProgress {
+            read: before.as_ref().map_or(0, |p| p.read) + 1,
+            total: total.or(before.and_then(|p| p.total)),
+            next,
+        });
+        self.list_advanced = true;
     }
 
     pub fn href_of(&self, name: &str) -> Option<&str> {
@@ -99,8 +129,8 @@ impl Knowledge {
         self.by_href.get(href).map(String::as_str)
     }
 
-    pub fn list_pages(&self) -> Option<u32> {
-        self.list_pages
+    pub fn list_progress(&self) -> Option<&ListProgress> {
+        self.list.as_ref()
     }
 }
 
@@ -119,20 +149,46 @@ mod tests {
         let mut first = Knowledge::load(&group, Duration::from_secs(600));
         assert_eq!(first.href_of("member"), None);
         first.learn("Member", "http://x/tags/1");
-        first.learn_list_pages(3);
+        let page_2 = Url::parse("http://x/tags?page=2").unwrap();
+        first.learn_list_page(Some(3), Some(page_2.clone()));
         first.save(&group);
 
         let second = Knowledge::load(&group, Duration::from_secs(600));
         assert_eq!(second.href_of("member"), Some("http://x/tags/1"));
         assert_eq!(second.name_of("http://x/tags/1"), Some("member"));
-        assert_eq!(second.list_pages(), Some(3));
+        let progress = ListProgress { read: 1, total: Some(3), next: Some(page_2) };
+        assert_eq!(second.list_progress(), Some(&progress));
 
         let expired = Knowledge::load(&group, Duration::ZERO);
         assert_eq!(expired.href_of("member"), None);
-        assert_eq!(expired.list_pages(), None);
+        assert_eq!(expired.list_progress(), None);
 
         let other_key = Knowledge::load(&GroupKey::new("http://127.0.0.1:1/api/v2/", "another-key"), Duration::from_secs(600));
         assert_eq!(other_key.href_of("member"), None);
+    }
+
+    #[test]
+    fn a_resumed_list_reading_expires_with_its_first_page() {
+        let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-2");
+        let ttl = Duration::from_millis(300);
+        let mut first = Knowledge::load(&group, ttl);
+        first.learn("Tag 1", "http://x/tags/1");
+        first.learn_list_page(Some(2), Some(Url::parse("http://x/tags?page=2").unwrap()));
+        first.save(&group);
+        std::thread::sleep(Duration::from_millis(200));
+
+        let mut second = Knowledge::load(&group, ttl);
+        second.learn("Tag 2", "http://x/tags/2");
+        second.learn_list_page(None, None);
+        second.save(&group);
+        assert_eq!(second.list_progress(), Some(&ListProgress { read: 2, total: Some(2), next: None }));
+        std::thread::sleep(Duration::from_millis(200));
+
+        // Page 1's names have expired: a position past page 1 must not be believed any longer.
+        let third = Knowledge::load(&group, ttl);
+        assert_eq!(third.href_of("tag 1"), None);
+        assert_eq!(third.href_of("tag 2"), Some("http://x/tags/2"));
+        assert_eq!(third.list_progress(), None);
     }
 
     #[test]

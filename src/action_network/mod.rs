@@ -2,11 +2,18 @@
 //!
 //! A tagging names its tag only by href, so the answer needs T's href. With it (cached from an
 //! earlier call of this process) the cost is the person lookup plus the person's taggings pages
-//! up to the first match: `1 + pages`. Without it, a person with more than a page of unknown
-//! tags makes the call read the first page of the group's tag list early (25 names, and the
-//! list's length); the hrefs still unknown at the end are resolved by whichever is cheaper: one
-//! `GET` per unknown tag href (never more than the plugin's one per tagging), or more pages of
-//! the tag list, stopping once T is named or every href of the person is.
+//! up to the first match: `1 + pages`. Without it, but with the name of every tag the person
+//! has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
+//! of unknown tags makes the call read the next unread page of the group's tag list early (25
+//! names, and the list's length); the hrefs still unknown at the end are resolved by whichever
+//! is cheaper: one `GET` per unknown tag href (never more than the plugin's one per tagging), or
+//! more pages of the tag list, stopping once T is named or every href of the person is.
+//!
+//! Every name a page of the list gives is kept, and so is the reading position: a process reads
+//! each page of the list at most once per `tag_cache_ttl`, and never looks up a tag it can
+//! name. Pages read by earlier calls may have shifted since (a deleted tag moves the names after
+//! it forward a page), so reaching the list's end proves nothing: a tag of the person still
+//! unnamed then is looked up by its href.
 
 mod cache;
 mod http;
@@ -20,7 +27,7 @@ use std::{
 use reqwest::Url;
 use serde_json::Value;
 
-use cache::{normalize_name, GroupKey, Knowledge};
+use cache::{normalize_name, GroupKey, Knowledge, ListProgress};
 use http::Session;
 
 pub use http::requests_sent;
@@ -172,7 +179,7 @@ fn check(
         return Ok(None);
     };
     let mut target_href = knowledge.href_of(target).map(str::to_owned);
-    let mut list = TagList::new(session)?;
+    let mut list = TagList::new(session, knowledge)?;
     // Every tag href of the person met so far, in order.
     let mut seen: Vec<String> = Vec::new();
     let mut pages = Pages::new(taggings, "taggings page", Some(settings.max_pages));
@@ -238,10 +245,6 @@ fn resolve(
         };
         if list.is_cheaper(knowledge, unnamed.len()) {
             list.read_next(session, knowledge)?;
-            if list.pages.finished() && knowledge.href_of(target).is_none() {
-                // The whole list is read and no tag has that name: nobody has it.
-                return Ok(false);
-            }
             continue;
         }
         let url = parse_link(first_unnamed, "tag lookup")?;
@@ -257,40 +260,41 @@ fn resolve(
     }
 }
 
-/// The group's tag list, 25 names a page, read one page at a time when that is worth it.
+/// The group's tag list, 25 names a page, read one page at a time when that is worth it, from
+/// where this process stopped reading it.
 struct TagList {
     pages: Pages,
-    read: usize,
 }
 
 impl TagList {
-    fn new(session: &Session) -> Result<Self, Error> {
-        let first = session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?;
-        Ok(TagList { pages: Pages::new(first, "tag list page", None), read: 0 })
+    fn new(session: &Session, knowledge: &Knowledge) -> Result<Self, Error> {
+        let pages = match knowledge.list_progress() {
+            Some(progress) => Pages::resume(progress.next.clone(), "tag list page", progress.read),
+            None => Pages::new(session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?, "tag list page", None),
+        };
+        Ok(TagList { pages })
     }
 
     /// Whether reading on is cheaper than looking up `unnamed` tags one by one. Without the
-    /// list's length, only more than a page's worth of unknown tags justifies the first page,
-    /// which tells the length.
+    /// list's length, only more than a page's worth of unknown tags justifies a page, which
+    /// tells the length.
     fn is_cheaper(&self, knowledge: &Knowledge, unnamed: usize) -> bool {
         if self.pages.finished() {
             return false;
         }
-        match knowledge.list_pages() {
-            Some(total) => (total as usize).saturating_sub(self.read).max(1) < unnamed,
-            None => unnamed > PROBE_LIST_ABOVE,
+        match knowledge.list_progress() {
+            Some(ListProgress { read, total: Some(total), .. }) => (total.saturating_sub(*read).max(1) as usize) < unnamed,
+            _ => unnamed > PROBE_LIST_ABOVE,
         }
     }
 
     fn read_next(&mut self, session: &Session, knowledge: &mut Knowledge) -> Result<(), Error> {
         let Some(page) = self.pages.next(session)? else { return Ok(()) };
-        self.read += 1;
-        if let Some(total) = page.get("total_pages").and_then(Value::as_u64) {
-            knowledge.learn_list_pages(total.try_into().unwrap_or(u32::MAX));
-        }
         for (name, href) in list_tags(&page)? {
             knowledge.learn(&name, &href);
         }
+        let total = page.get("total_pages").and_then(Value::as_u64).map(|n| n.try_into().unwrap_or(u32::MAX));
+        knowledge.learn_list_page(total, self.pages.next.clone());
         Ok(())
     }
 }
@@ -321,11 +325,18 @@ struct Pages {
     visited: HashSet<Url>,
     what: &'static str,
     cap: Option<u32>,
+    /// Pages read by earlier calls, for numbering pages in messages.
+    read_before: u32,
 }
 
 impl Pages {
     fn new(first: Url, what: &'static str, cap: Option<u32>) -> Self {
-        Pages { next: Some(first), visited: HashSet::new(), what, cap }
+        Pages { cap, ..Pages::resume(Some(first), what, 0) }
+    }
+
+    /// Goes on after `read_before` pages read earlier; `next: None` once they were all.
+    fn resume(next: Option<Url>, what: &'static str, read_before: u32) -> Self {
+        Pages { next, visited: HashSet::new(), what, cap: None, read_before }
     }
 
     fn finished(&self) -> bool {
@@ -339,7 +350,7 @@ impl Pages {
                 return Err(Error::PageCap { max_pages: cap });
             }
         }
-        let what = format!("{} {}", self.what, self.visited.len() + 1);
+        let what = format!("{} {}", self.what, self.read_before as usize + self.visited.len() + 1);
         if !self.visited.insert(url.clone()) {
             return Err(Error::RepeatedNext { what });
         }

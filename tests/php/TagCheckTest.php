@@ -32,7 +32,7 @@ final class TagCheckTest extends JoinBlockTestCase
      * Runs the calls in one fresh PHP process (a cold cache at the first call).
      *
      * @param list<array{string, string}|array{string, string, array}> $calls [email, tag, options]
-     * @return list<array{result?: ?bool, exception?: string, message?: string, requests: int, by_path: array, seconds: float}>
+     * @return list<array{result?: ?bool, exception?: string, message?: string, requests: int, by_path: array, urls: list<string>, seconds: float}>
      */
     private static function inOneProcess(array $calls): array
     {
@@ -117,6 +117,68 @@ final class TagCheckTest extends JoinBlockTestCase
         $this->assertLessThanOrEqual(25, $absent['requests'], 'cold, absent: the plugin would send 209');
         $this->assertTrue($present['result']);
         $this->assertSame(1 + 7, $present['requests'], 'the first call learned the whole group');
+    }
+
+    /**
+     * README's request table ("### joinblock_person_has_tag"), one case per row and example: a
+     * member with Tag 001..Tag 200 (8 taggings pages) in a group of Tag 001..Tag 300 (12 tag list
+     * pages, in the same order), and a newcomer with Tag 250 and Tag 251. Each case is one fresh
+     * process, a PHP-FPM worker's life, asking different tags one after another.
+     *
+     * @return array<string, array{list<array{string, string, bool, int}>}> calls in order: who, tag, answer, requests
+     */
+    public static function readmeRows(): array
+    {
+        [$member, $newcomer] = ['member@example.org', 'newcomer@example.org'];
+        return [
+            "href known, the member has it (Tag 020 after Tag 010, Tag 150 after Tag 200)" => [[
+                [$member, 'Tag 010', true, 1 + 1 + 1],
+                [$member, 'Tag 020', true, 1 + 1],
+                [$member, 'Tag 200', true, 1 + 8 + 7],
+                [$member, 'Tag 150', true, 1 + 6],
+            ]],
+            "href known, the member lacks it (Tag 250 after another person's check looked it up)" => [[
+                [$newcomer, 'Tag 251', true, 1 + 1 + 2],
+                [$member, 'Tag 250', false, 1 + 8],
+            ]],
+            "every tag of the member named, not the asked one (after Tag 200)" => [[
+                [$member, 'Tag 200', true, 1 + 8 + 8],
+                [$member, 'Tag 300', false, 1 + 8],
+                [$member, 'Not In Group', false, 1 + 8],
+            ]],
+            'neither, cold: Tag 010' => [[[$member, 'Tag 010', true, 1 + 1 + 1]]],
+            'neither, cold: Tag 200' => [[[$member, 'Tag 200', true, 1 + 8 + 8]]],
+            'neither, cold: a tag the group lacks' => [[[$member, 'Not In Group', false, 1 + 8 + 8]]],
+            'neither, after other tags: Tag 010, Tag 200, Tag 300' => [[
+                [$member, 'Tag 010', true, 1 + 1 + 1],
+                [$member, 'Tag 200', true, 1 + 8 + 7],
+                [$member, 'Tag 300', false, 1 + 8],
+            ]],
+        ];
+    }
+
+    /**
+     * Each call costs what README's table says for what the worker knows by then, and a worker
+     * never reads a page of the tag list, or looks up a tag, twice.
+     *
+     * @dataProvider readmeRows
+     */
+    public function testReadmeRequestTable(array $sequence): void
+    {
+        $tags = StandInServer::tagNames(300);
+        self::$server->load($tags, [
+            ['email' => 'member@example.org', 'tags' => array_slice($tags, 0, 200)],
+            ['email' => 'newcomer@example.org', 'tags' => ['Tag 250', 'Tag 251']],
+        ]);
+
+        $calls = self::inOneProcess(array_map(fn (array $call) => [$call[0], $call[1]], $sequence));
+        foreach ($sequence as $i => [$who, $tag, $answer, $requests]) {
+            $this->assertArrayHasKey('result', $calls[$i], "call $i, $tag for $who: " . json_encode($calls[$i]));
+            $this->assertSame($answer, $calls[$i]['result'], "call $i, $tag for $who");
+            $this->assertSame($requests, $calls[$i]['requests'], "call $i, $tag for $who: " . implode(' ', $calls[$i]['urls']));
+        }
+        $namingRequests = array_filter(array_merge(...array_column($calls, 'urls')), fn (string $url): bool => str_starts_with($url, '/api/v2/tags'));
+        $this->assertSame(array_values(array_unique($namingRequests)), array_values($namingRequests), 'no tag list page or tag read twice');
     }
 
     public function testTagNamesAreSharedBetweenCallsAndRenamesExpire(): void
