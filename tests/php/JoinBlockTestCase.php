@@ -55,18 +55,36 @@ abstract class JoinBlockTestCase extends TestCase
         }
     }
 
+    /** What the polyfill needs: curl and mbstring for its tag check, mysqli for its mysql backend. */
+    protected const POLYFILL_EXTENSIONS = ['curl', 'mbstring', 'mysqlnd', 'mysqli'];
+
     /**
      * PHP's options for a bare PHP (no php.ini) with only one implementation: the one under
-     * test unless named. The polyfill's lock needs mysqli for its mysql backend, its tag check curl.
+     * test unless named.
      *
      * @return list<string>
      */
     protected static function phpArgs(?string $implementation = null): array
     {
         if (($implementation ?? self::implementation()) === 'polyfill') {
-            return ['-n', '-d', 'extension=curl', '-d', 'extension=mysqlnd', '-d', 'extension=mysqli', '-d', 'auto_prepend_file=' . self::polyfillFile()];
+            return self::polyfillArgs(self::POLYFILL_EXTENSIONS);
         }
         return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
+    }
+
+    /**
+     * A bare PHP with the polyfill and only the PHP extensions named.
+     *
+     * @param list<string> $extensions
+     * @return list<string>
+     */
+    protected static function polyfillArgs(array $extensions): array
+    {
+        $args = ['-n'];
+        foreach ($extensions as $extension) {
+            array_push($args, '-d', "extension=$extension");
+        }
+        return [...$args, '-d', 'auto_prepend_file=' . self::polyfillFile()];
     }
 
     /** A bare PHP command line with only the implementation under test. */
