@@ -42,7 +42,7 @@ namespace JoinBlock {
         class ActionNetworkException extends \RuntimeException {}
 
         /** A held lock. Freeing it (unset, end of scope or request, exit, fatal error) releases it. */
-        final class Lock
+        final class Lock implements \Serializable
         {
             /** Always throws: locks come from joinblock_acquire_lock(). */
             public function __construct()
@@ -94,6 +94,20 @@ namespace JoinBlock {
             public function __unserialize(array $data): void
             {
                 throw new \Exception("Unserialization of 'JoinBlock\\Lock' is not allowed");
+            }
+
+            // \Serializable only so that the old `C:` form reaches a method that refuses it:
+            // without one, unserialize() makes a Lock that fails on every call. __serialize()
+            // takes precedence over serialize() in every PHP this file runs on.
+
+            public function serialize(): never
+            {
+                $this->__serialize();
+            }
+
+            public function unserialize(string $data): never
+            {
+                $this->__unserialize([]);
             }
         }
     }
