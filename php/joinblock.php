@@ -7,7 +7,8 @@
  * php-stubs/joinblock.stub.php only when they are not defined yet, so a process with the
  * extension keeps the extension. PHP 8.1+, no Composer. The lock's file backend needs nothing
  * more; its mysql backend needs the mysqli extension (which WordPress needs too); the tag check
- * needs curl, and compares non-ASCII tag names without regard to case only with mbstring.
+ * needs curl and mbstring (tag names compare without regard to case, non-ASCII ones too), and
+ * throws an ActionNetworkException saying which is missing rather than answer without it.
  *
  * Same contract as the extension, and the same protocols, so that a site can mix both:
  * the same lock files (`<dir>/join-lock-<sha1(strtolower(trim($key)))>`) and flock protocol,
@@ -47,7 +48,7 @@ namespace JoinBlock {
         class ActionNetworkException extends \RuntimeException {}
 
         /** A held lock. Freeing it (unset, end of scope or request, exit, fatal error) releases it. */
-        final class Lock
+        final class Lock implements \Serializable
         {
             /** Always throws: locks come from joinblock_acquire_lock(). */
             public function __construct()
@@ -99,6 +100,20 @@ namespace JoinBlock {
             public function __unserialize(array $data): void
             {
                 throw new \Exception("Unserialization of 'JoinBlock\\Lock' is not allowed");
+            }
+
+            // \Serializable only so that the old `C:` form reaches a method that refuses it:
+            // without one, unserialize() makes a Lock that fails on every call. __serialize()
+            // takes precedence over serialize() in every PHP this file runs on.
+
+            public function serialize(): never
+            {
+                $this->__serialize();
+            }
+
+            public function unserialize(string $data): never
+            {
+                $this->__unserialize([]);
             }
         }
     }
@@ -1613,7 +1628,7 @@ namespace JoinBlock\Polyfill {
             /** Action Network compares tag names without regard to case. */
             public static function normalize(string $name): string
             {
-                return \function_exists('mb_strtolower') ? mb_strtolower($name, 'UTF-8') : strtolower($name);
+                return mb_strtolower($name, 'UTF-8');
             }
 
             public function learn(string $name, string $href): void
@@ -1780,6 +1795,10 @@ namespace JoinBlock\Polyfill {
                     throw new \ValueError(self::FUNCTION . '(): Argument #3 ($apiKey) must not contain control characters');
                 }
                 $settings = Settings::from($options);
+                if (!\function_exists('mb_strtolower')) {
+                    // strtolower() folds ASCII only: "Élan" would not match "élan", a wrong answer.
+                    throw new ActionNetworkException("PHP's mbstring extension is not loaded: the tag check needs it to compare tag names without regard to case");
+                }
                 $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps);
                 $group = "{$settings->baseUrl} " . sha1($apiKey);
                 $knowledge = Knowledge::load($group, $settings->tagCacheTtl);

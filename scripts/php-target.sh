@@ -137,11 +137,20 @@ reload_fpm() {
             echo "==> $service is not running: nothing to reload"
         fi
     elif command -v service >/dev/null && [ -x "/etc/init.d/$service" ]; then
-        if service "$service" status >/dev/null 2>&1; then
+        # The init script's `status` counts any php-fpm$1 process (a pool someone started by
+        # hand, a test's) and its `reload` succeeds without a pid file: ask about the process
+        # its pid file names, the one `reload` signals.
+        local pidfile
+        pidfile=$(sed -n 's/^pid[ =]*//p' "/etc/php/$1/fpm/php-fpm.conf" 2>/dev/null || true)
+        pidfile=${pidfile:-/run/php/php$1-fpm.pid}
+        if start-stop-daemon --status --pidfile "$pidfile" --name "php-fpm$1"; then
             service "$service" reload || die "service $service reload failed: restart it by hand"
             echo "==> reloaded $service"
         else
             echo "==> $service is not running: nothing to reload"
+            if command -v pgrep >/dev/null && pgrep -x "php-fpm$1" >/dev/null; then
+                echo "==> php-fpm$1 processes run outside the $service service: restart those yourself for them to load the change"
+            fi
         fi
     else
         echo "==> no $service service here: restart your PHP-FPM yourself if you run one"

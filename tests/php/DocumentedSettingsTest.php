@@ -106,7 +106,7 @@ final class DocumentedSettingsTest extends JoinBlockTestCase
     {
         $pool = array_map(self::aimed(...), array_values(array_filter(self::documentedLines(), fn (string $line) => str_starts_with($line, 'php_admin_value['))));
         $this->assertCount(2, $pool, 'README\'s pool file example: the backend and the server');
-        $fpm = FpmServer::start($this->scratchDir(), 1, self::phpArgs(), null, $pool);
+        $fpm = FpmServer::start($this->scratchDir(), 1, $this->webUserPhpArgs(), null, $pool);
         try {
             $asConfigured = $fpm->request('lock_path.php', ['email' => 'pool@example.org']);
             $this->assertSame(200, $asConfigured['status'], $asConfigured['body'] . $fpm->log());

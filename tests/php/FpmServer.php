@@ -4,17 +4,22 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
-/** Debian's php-fpm 8.2 on a Unix socket, driven with real FastCGI requests (cgi-fcgi). */
+/**
+ * Debian's php-fpm 8.2 on a Unix socket, driven with real FastCGI requests (cgi-fcgi). Started
+ * as root, its workers run as www-data, as a site's do.
+ */
 final class FpmServer
 {
-    public const DOCUMENT_ROOT = __DIR__ . '/fixtures/fpm';
+    /** The scripts the workers serve; they serve copies, in the server's directory. */
+    private const SCRIPTS = __DIR__ . '/fixtures/fpm';
 
     /** @param resource $process */
-    private function __construct(private $process, private string $socket, private string $dir) {}
+    private function __construct(private $process, private string $socket, private string $dir, private string $documentRoot) {}
 
     /**
      * @param int $workers static pool size
-     * @param list<string> $phpArgs e.g. ['-n', '-d', 'extension=/path/libjoinblock.so']
+     * @param list<string> $phpArgs e.g. ['-n', '-d', 'extension=/path/libjoinblock.so']; a file
+     *   the workers read at each request (auto_prepend_file) must be readable by www-data
      * @param array<string, string>|null $env php-fpm's environment; null: this process's
      * @param list<string> $pool more lines for the pool's section, e.g. php_admin_value[...]
      */
@@ -22,6 +27,16 @@ final class FpmServer
     {
         $socket = "$dir/fpm.sock";
         $config = "$dir/fpm.conf";
+        // www-data may not be able to read the checkout (CI clones as root).
+        $documentRoot = "$dir/www";
+        chmod($dir, 0711);
+        mkdir($documentRoot, 0755);
+        foreach (glob(self::SCRIPTS . '/*.php') as $script) {
+            copy($script, "$documentRoot/" . basename($script));
+            chmod("$documentRoot/" . basename($script), 0644);
+        }
+        // Only root can make workers run as another user.
+        $poolUser = posix_geteuid() === 0 ? ['user = ' . JoinBlockTestCase::WEB_USER, 'group = ' . JoinBlockTestCase::WEB_USER] : [];
         file_put_contents($config, implode("\n", [
             '[global]',
             "error_log = $dir/fpm.log",
@@ -33,11 +48,11 @@ final class FpmServer
             "pm.max_children = $workers",
             'catch_workers_output = yes',
             'clear_env = no',
+            ...$poolUser,
             ...$pool,
             '',
         ]));
-        $root = posix_geteuid() === 0 ? ['-R'] : [];
-        $command = ['/usr/sbin/php-fpm8.2', ...$phpArgs, '-y', $config, '-F', ...$root];
+        $command = ['/usr/sbin/php-fpm8.2', ...$phpArgs, '-y', $config, '-F'];
         $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', "$dir/fpm.out", 'w'], 2 => ['file', "$dir/fpm.out", 'a']], $pipes, null, $env);
         $deadline = microtime(true) + 15;
         while (!file_exists($socket)) {
@@ -46,7 +61,7 @@ final class FpmServer
             }
             usleep(20000);
         }
-        return new self($process, $socket, $dir);
+        return new self($process, $socket, $dir, $documentRoot);
     }
 
     public function stop(): void
@@ -66,12 +81,12 @@ final class FpmServer
         return (string) @file_get_contents("$this->dir/fpm.log") . (string) @file_get_contents("$this->dir/fpm.out");
     }
 
-    /** The cgi-fcgi command for one GET of a script under DOCUMENT_ROOT. */
+    /** The cgi-fcgi command for one GET of one of the served scripts. */
     private function command(string $script, array $query): array
     {
         return ['env', '-i',
             'REQUEST_METHOD=GET',
-            'SCRIPT_FILENAME=' . self::DOCUMENT_ROOT . "/$script",
+            'SCRIPT_FILENAME=' . "$this->documentRoot/$script",
             'SCRIPT_NAME=/' . $script,
             'QUERY_STRING=' . http_build_query($query),
             'SERVER_PROTOCOL=HTTP/1.1',

@@ -5,9 +5,9 @@ declare(strict_types=1);
 namespace JoinBlock\Tests;
 
 /**
- * The extension in Debian's php-fpm, which loads it in the master and forks workers: each
- * worker makes its own HTTP client and keeps its tag cache and connection across requests;
- * locks exclude across workers and die with a request that dies.
+ * The extension in Debian's php-fpm, which loads it in the master and forks workers (running
+ * as www-data, as a site's): each worker makes its own HTTP client and keeps its tag cache and
+ * connection across requests; locks exclude across workers and die with a request that dies.
  */
 final class FpmTest extends JoinBlockTestCase
 {
@@ -15,7 +15,7 @@ final class FpmTest extends JoinBlockTestCase
     {
         self::extensionOnly('PHP code keeps nothing from one request of a PHP-FPM worker to the next (no tag cache, no kept-alive connection)');
         $server = StandInServer::start();
-        $fpm = FpmServer::start($this->scratchDir(), 2, self::phpArgs());
+        $fpm = FpmServer::start($this->scratchDir(), 2, $this->webUserPhpArgs());
         try {
             $server->load(['Member', 'Donor'], [['email' => 'w@example.org', 'tags' => ['Donor', 'Member']]]);
             $query = ['email' => 'w@example.org', 'tag' => 'Member', 'key' => StandInServer::API_KEY, 'base' => $server->baseUrl()];
@@ -42,9 +42,8 @@ final class FpmTest extends JoinBlockTestCase
 
     public function testConcurrentRequestsOnFewEmailsNeverOverlap(): void
     {
-        $dir = $this->scratchDir();
-        $locks = $this->scratchDir();
-        $fpm = FpmServer::start($dir, 4, self::phpArgs());
+        $locks = $this->webUserScratchDir();
+        $fpm = FpmServer::start($this->scratchDir(), 4, $this->webUserPhpArgs());
         try {
             $requests = [];
             for ($i = 0; $i < 24; $i++) {
@@ -59,6 +58,10 @@ final class FpmTest extends JoinBlockTestCase
                 $pids[$body['pid']] = true;
             }
             $this->assertGreaterThan(1, count($pids), 'several workers took part');
+            $siteUid = posix_geteuid() === 0 ? posix_getpwnam(self::WEB_USER)['uid'] : posix_geteuid();
+            foreach (array_keys($pids) as $pid) {
+                $this->assertSame($siteUid, fileowner("/proc/$pid"), "worker $pid runs as a site's PHP does, not as root");
+            }
             $this->assertSame([], glob("$locks/join-lock-*"), 'no leftover lock files');
             $this->assertDoesNotMatchRegularExpression('~SIGSEGV|exited on signal~', $fpm->log());
         } finally {
@@ -68,8 +71,8 @@ final class FpmTest extends JoinBlockTestCase
 
     public function testARequestThatDiesMidLockDoesNotLeaveItHeld(): void
     {
-        $locks = $this->scratchDir();
-        $fpm = FpmServer::start($this->scratchDir(), 1, self::phpArgs());
+        $locks = $this->webUserScratchDir();
+        $fpm = FpmServer::start($this->scratchDir(), 1, $this->webUserPhpArgs());
         try {
             $query = ['email' => 'dies@example.org', 'dir' => $locks, 'hold_ms' => 0];
             $died = $fpm->request('lock.php', $query + ['fatal' => 1]);

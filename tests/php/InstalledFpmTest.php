@@ -139,7 +139,7 @@ final class InstalledFpmTest extends JoinBlockTestCase
     public function testConcurrentLockAndTagRequestsUnderTheInstalledExtension(): void
     {
         $server = StandInServer::start();
-        $locks = $this->scratchDir();
+        $locks = $this->webUserScratchDir();
         $fpm = FpmServer::start($this->scratchDir(), 4, [], self::systemEnv());
         try {
             $server->load(['Member', 'Donor', 'Volunteer'], [
@@ -194,7 +194,7 @@ final class InstalledFpmTest extends JoinBlockTestCase
 
     public function testAFatalErrorMidLockDoesNotLeaveTheLockHeldOnThatWorker(): void
     {
-        $locks = $this->scratchDir();
+        $locks = $this->webUserScratchDir();
         $fpm = FpmServer::start($this->scratchDir(), 1, [], self::systemEnv());
         try {
             $query = ['email' => 'dies@example.org', 'dir' => $locks, 'hold_ms' => 0];

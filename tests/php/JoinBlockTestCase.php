@@ -9,6 +9,9 @@ use PHPUnit\Framework\TestCase;
 /** Child PHP processes, scratch directories and the plugin's lock-file name. */
 abstract class JoinBlockTestCase extends TestCase
 {
+    /** The user Debian's PHP-FPM runs a site's PHP as. Root ignores file permissions. */
+    public const WEB_USER = 'www-data';
+
     /** @var list<string> */
     private array $scratchDirs = [];
 
@@ -28,6 +31,47 @@ abstract class JoinBlockTestCase extends TestCase
         chmod($dir, $mode);
         $this->scratchDirs[] = $dir;
         return $dir;
+    }
+
+    /** A fresh directory WEB_USER owns when we are root: a lock directory PHP may write to, as a site's. */
+    protected function webUserScratchDir(): string
+    {
+        $dir = $this->scratchDir();
+        if (posix_geteuid() === 0) {
+            $user = posix_getpwnam(self::WEB_USER);
+            chown($dir, $user['uid']);
+            chgrp($dir, $user['gid']);
+        }
+        return $dir;
+    }
+
+    /**
+     * Copies of `$files`, in order, in a fresh directory WEB_USER can read: a PHP running as
+     * WEB_USER cannot load them from a checkout only root may enter (CI clones as root).
+     *
+     * @return list<string>
+     */
+    protected function webUserCopies(string ...$files): array
+    {
+        $dir = $this->scratchDir(0755);
+        $copies = [];
+        foreach ($files as $file) {
+            $copy = "$dir/" . basename($file);
+            copy($file, $copy);
+            chmod($copy, 0644);
+            $copies[] = $copy;
+        }
+        return $copies;
+    }
+
+    /** Runs what follows as WEB_USER, as PHP-FPM runs a site's PHP, when we are root. */
+    protected static function asWebUser(): array
+    {
+        if (posix_geteuid() !== 0) {
+            return [];
+        }
+        $user = posix_getpwnam(self::WEB_USER);
+        return ['setpriv', "--reuid={$user['uid']}", "--regid={$user['gid']}", '--init-groups'];
     }
 
     /** The path the plugin's PHP code uses, computed by PHP itself. */
@@ -55,18 +99,50 @@ abstract class JoinBlockTestCase extends TestCase
         }
     }
 
+    /** What the polyfill needs: curl and mbstring for its tag check, mysqli for its mysql backend. */
+    protected const POLYFILL_EXTENSIONS = ['curl', 'mbstring', 'mysqlnd', 'mysqli'];
+
     /**
      * PHP's options for a bare PHP (no php.ini) with only one implementation: the one under
-     * test unless named. The polyfill's lock needs mysqli for its mysql backend, its tag check curl.
+     * test unless named.
      *
      * @return list<string>
      */
     protected static function phpArgs(?string $implementation = null): array
     {
         if (($implementation ?? self::implementation()) === 'polyfill') {
-            return ['-n', '-d', 'extension=curl', '-d', 'extension=mysqlnd', '-d', 'extension=mysqli', '-d', 'auto_prepend_file=' . self::polyfillFile()];
+            return self::polyfillArgs(self::POLYFILL_EXTENSIONS);
         }
         return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
+    }
+
+    /**
+     * phpArgs() for a PHP running as WEB_USER: it loads a copy of the implementation under
+     * test that WEB_USER can read.
+     *
+     * @return list<string>
+     */
+    protected function webUserPhpArgs(): array
+    {
+        if (self::implementation() === 'polyfill') {
+            return self::polyfillArgs(self::POLYFILL_EXTENSIONS, $this->webUserCopies(self::polyfillFile())[0]);
+        }
+        return ['-n', '-d', 'extension=' . $this->webUserCopies((string) getenv('JOINBLOCK_SO'))[0]];
+    }
+
+    /**
+     * A bare PHP with the polyfill (this checkout's unless named) and only the PHP extensions named.
+     *
+     * @param list<string> $extensions
+     * @return list<string>
+     */
+    protected static function polyfillArgs(array $extensions, ?string $polyfill = null): array
+    {
+        $args = ['-n'];
+        foreach ($extensions as $extension) {
+            array_push($args, '-d', "extension=$extension");
+        }
+        return [...$args, '-d', 'auto_prepend_file=' . ($polyfill ?? self::polyfillFile())];
     }
 
     /** A bare PHP command line with only the implementation under test. */

@@ -159,6 +159,10 @@ final class LockApiTest extends JoinBlockTestCase
         $lock = joinblock_acquire_lock('e@example.org', ['dir' => $this->scratchDir()]);
         self::assertThrows(\Error::class, '~clone~', fn () => clone $lock);
         self::assertThrows(\Exception::class, '~Serialization of \'JoinBlock\\\\Lock\' is not allowed~', fn () => serialize($lock));
+        // Nor made from a string, in today's serialised form or the old one of Serializable.
+        foreach (['O:14:"JoinBlock\Lock":0:{}', 'C:14:"JoinBlock\Lock":0:{}'] as $serialised) {
+            self::assertThrows(\Exception::class, '~^Unserialization of \'JoinBlock\\\\Lock\' is not allowed$~', fn () => unserialize($serialised));
+        }
         $this->assertTrue((new \ReflectionClass(Lock::class))->isFinal());
         $lock->release();
     }

@@ -341,7 +341,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         self::extensionOnly('the polyfill opens a connection per request, so no connection is kept across requests to go stale');
         $dir = $this->scratchDir();
         $url = sprintf('mysql://%s:%s@localhost/%s?socket=%s', MariaDbServer::USER, rawurlencode(MariaDbServer::PASSWORD), MariaDbServer::DATABASE, self::$db->socket());
-        $fpm = FpmServer::start($dir, 1, [...self::phpArgs(), '-d', 'joinblock.lock_backend=mysql', '-d', "joinblock.mysql_url=\"$url\""]);
+        $fpm = FpmServer::start($dir, 1, [...$this->webUserPhpArgs(), '-d', 'joinblock.lock_backend=mysql', '-d', "joinblock.mysql_url=\"$url\""]);
         try {
             $first = $fpm->request('lock.php', ['email' => 'fpm@example.org', 'dir' => $dir, 'hold_ms' => 0]);
             $this->assertSame(200, $first['status'], $first['body'] . $first['stderr']);

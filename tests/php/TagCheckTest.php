@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use JoinBlock\ActionNetworkException;
+
 /**
  * joinblock_person_has_tag against the stand-in server: answers, the request budget, the
  * per-process tag cache, and one HTTP client per process.
@@ -32,13 +34,15 @@ final class TagCheckTest extends JoinBlockTestCase
      * Runs the calls in one fresh PHP process (a cold cache at the first call).
      *
      * @param list<array{string, string}|array{string, string, array}> $calls [email, tag, options]
+     * @param list<string>|null $phpArgs the PHP to run them in; null: phpArgs()
      * @return list<array{result?: ?bool, exception?: string, message?: string, requests: int, by_path: array, urls: list<string>, seconds: float}>
      */
-    private static function inOneProcess(array $calls): array
+    private static function inOneProcess(array $calls, ?array $phpArgs = null): array
     {
         $calls = array_map(fn ($c) => [$c[0], $c[1], StandInServer::API_KEY, self::options($c[2] ?? [])], $calls);
         $control = 'http://127.0.0.1:' . self::$server->port() . '/_control';
-        $out = self::runPhpOk(self::phpCommand(self::fixture('tag_checks.php'), $control, json_encode($calls)), 120);
+        $command = [PHP_BINARY, ...($phpArgs ?? self::phpArgs()), self::fixture('tag_checks.php'), $control, json_encode($calls)];
+        $out = self::runPhpOk($command, 120);
         return json_decode($out, true, 512, JSON_THROW_ON_ERROR);
     }
 
@@ -66,6 +70,32 @@ final class TagCheckTest extends JoinBlockTestCase
         $this->assertNull($ask('nobody@example.com', 'Member'));
         $this->assertTrue($ask('O\'Brien@Example.com', 'member'), 'tag names and emails compare case-insensitively');
         $this->assertTrue($ask("o'brien@example.com", 'DONOR'));
+    }
+
+    public function testNonAsciiTagNamesCompareWithoutRegardToCase(): void
+    {
+        self::$server->load(['Élan Members', 'Member'], [['email' => 'elan@example.org', 'tags' => ['Élan Members']]]);
+        $calls = [['elan@example.org', 'élan members'], ['elan@example.org', 'ÉLAN MEMBERS'], ['elan@example.org', 'Member']];
+        $this->assertSame([true, true, false], array_column(self::inOneProcess($calls), 'result'));
+    }
+
+    /** PHP's strtolower() folds ASCII only: without mbstring the polyfill would answer "élan" != "Élan". */
+    public function testWithoutMbstringThePolyfillRefusesBeforeAnyRequest(): void
+    {
+        if (self::runPhpOk([PHP_BINARY, '-n', '-r', 'echo extension_loaded("mbstring") ? "yes" : "no";']) === 'yes') {
+            self::markTestSkipped('this PHP has mbstring built in');
+        }
+        self::$server->load(['Élan Members'], [['email' => 'elan@example.org', 'tags' => ['Élan Members']]]);
+        $calls = [['elan@example.org', 'élan members']];
+        if (self::implementation() === 'extension') {
+            $this->assertTrue(self::inOneProcess($calls)[0]['result'] ?? null, 'the extension needs no mbstring');
+            return;
+        }
+        [$call] = self::inOneProcess($calls, self::polyfillArgs(['curl']));
+        $this->assertSame(
+            ['exception' => ActionNetworkException::class, 'message' => "PHP's mbstring extension is not loaded: the tag check needs it to compare tag names without regard to case", 'requests' => 0],
+            array_intersect_key($call, ['exception' => 0, 'message' => 0, 'requests' => 0])
+        );
     }
 
     public function testPeopleNextLinkIsNeverFollowed(): void
