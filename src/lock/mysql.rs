@@ -441,9 +441,8 @@ impl DbLock {
                 // Measured again on a retry: a stale connection's attempt took time too.
                 let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
                 connection.expect_reply_within(slice, connect_timeout)?;
-                // The name is hex after a fixed prefix: nothing in it needs quoting.
-                let query = format!("SELECT GET_LOCK('{name}', {:.6})", slice.as_secs_f64());
-                let granted = connection.conn.query_first::<Option<i64>, _>(&query)?.flatten();
+                // Prepared once per connection: the server parses it once, not per lock.
+                let granted = connection.conn.exec_first::<Option<i64>, _, _>("SELECT GET_LOCK(?, ?)", (&name, slice.as_secs_f64()))?.flatten();
                 if granted == Some(1) {
                     connection.locks += 1;
                 }
@@ -479,10 +478,9 @@ impl DbLock {
         if claim.pid != std::process::id() {
             return false;
         }
-        let query = format!("SELECT IS_USED_LOCK('{}') = CONNECTION_ID()", self.name);
         with_lock_connection(&self.target, self.generation, |connection| {
             connection.expect_reply_within(Duration::ZERO, self.connect_timeout)?;
-            connection.conn.query_first::<Option<i64>, _>(&query)
+            connection.conn.exec_first::<Option<i64>, _, _>("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (&self.name,))
         })
         .is_ok_and(|held| held.flatten().flatten() == Some(1))
     }
@@ -494,11 +492,10 @@ impl DbLock {
         if claim.pid != std::process::id() {
             return Ok(());
         }
-        let query = format!("SELECT RELEASE_LOCK('{}')", self.name);
         let released = with_lock_connection(&self.target, self.generation, |connection| {
             connection.locks = connection.locks.saturating_sub(1);
             connection.expect_reply_within(Duration::ZERO, self.connect_timeout)?;
-            connection.conn.query_first::<Option<i64>, _>(&query)
+            connection.conn.exec_first::<Option<i64>, _, _>("SELECT RELEASE_LOCK(?)", (&self.name,))
         });
         match released {
             Ok(Some(Some(Some(1)))) => Ok(()),
