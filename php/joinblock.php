@@ -464,13 +464,84 @@ namespace JoinBlock\Polyfill {
          * After fork only the process that took the lock unlocks or unlinks it; a child only
          * closes its copy of the descriptor.
          */
+        /**
+         * Who holds a lock file: the one-line record the extension writes too (src/lock/holder.rs):
+         * `joinblock-holder pid=<pid> since=<CLOCK_MONOTONIC seconds> sapi=<name>[ pool=<name>]`.
+         * Never the key nor a URL. Written once the lock is held; read only by a waiter that gives up.
+         */
+        final class Holder
+        {
+            private const TAG = 'joinblock-holder';
+
+            /** @param resource $handle */
+            public static function write($handle, int $previousLength): void
+            {
+                $record = sprintf("%s pid=%d since=%.3f sapi=%s%s\n", self::TAG, getmypid(), hrtime(true) / 1e9, PHP_SAPI, self::pool());
+                if (@fseek($handle, 0) === 0 && @fwrite($handle, $record) === \strlen($record) && $previousLength > \strlen($record)) {
+                    @ftruncate($handle, \strlen($record));
+                }
+                @fflush($handle);
+            }
+
+            /** "pid 4242 (fpm-fcgi, pool www) for 31.2 s"; null without a record. @param resource $handle */
+            public static function read($handle): ?string
+            {
+                $record = @fseek($handle, 0) === 0 ? (string) @fread($handle, 512) : '';
+                $line = strtok($record, "\n");
+                if ($line === false || !preg_match('~^joinblock-holder pid=(\d+) since=([0-9.]+) sapi=(\S+)( pool=(.+))?$~', $line, $m)) {
+                    return null;
+                }
+                $what = isset($m[5]) ? "{$m[3]}, pool {$m[5]}" : $m[3];
+                return sprintf('pid %d (%s) for %.1f s', $m[1], $what, max(0.0, hrtime(true) / 1e9 - (float) $m[2]));
+            }
+
+            /** php-fpm names its workers `php-fpm: pool <name>`. */
+            private static function pool(): string
+            {
+                static $pool = [];
+                $pid = getmypid();
+                if (!isset($pool[$pid])) {
+                    $title = PHP_SAPI === 'fpm-fcgi' ? (string) @file_get_contents('/proc/self/cmdline') : '';
+                    $name = str_starts_with($title, 'php-fpm: pool ') ? trim(explode("\0", substr($title, 14))[0]) : '';
+                    $pool = [$pid => $name === '' ? '' : " pool=$name"];
+                }
+                return $pool[$pid];
+            }
+        }
+
+        /** The users that lock files belong to. */
+        final class Users
+        {
+            /** The effective uid; without posix, the owner of a file this process makes. */
+            public static function me(): int
+            {
+                static $uid = null;
+                if ($uid === null && \function_exists('posix_geteuid')) {
+                    $uid = posix_geteuid();
+                }
+                if ($uid === null) {
+                    $probe = tmpfile();
+                    $uid = fstat($probe)['uid'];
+                    fclose($probe);
+                }
+                return $uid;
+            }
+
+            /** `uid 65534 (nobody)`, or `uid 1234` when the system has no name for it. */
+            public static function describe(int $uid): string
+            {
+                $entry = \function_exists('posix_getpwuid') ? posix_getpwuid($uid) : false;
+                return $entry === false ? "uid $uid" : "uid $uid ({$entry['name']})";
+            }
+        }
+
         final class FileLock implements Held
         {
             private const FIRST_BACKOFF = 0.001;
             private const MAX_BACKOFF = 0.05;
 
             /** @param resource|null $handle null once closed */
-            private function __construct(private string $file, private $handle, private string $id, private int $pid) {}
+            private function __construct(private string $file, public $handle, private string $id, private int $pid) {}
 
             public static function acquire(string $path, ?float $timeout): self
             {
@@ -478,17 +549,22 @@ namespace JoinBlock\Polyfill {
                 $deadline = $timeout === null ? null : $started + $timeout;
                 $backoff = new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF);
                 while (true) {
-                    $lock = self::open($path);
+                    [$lock, $length] = self::open($path);
                     if (!$lock->flock($deadline === null)) {
-                        $lock->close();
                         $now = Clock::now();
                         if ($now >= $deadline) {
-                            throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', $now - $started, $path));
+                            $holder = Holder::read($lock->handle);
+                            $lock->close();
+                            throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', $now - $started, $path)
+                                . ($holder === null ? '' : ", held by $holder"));
                         }
+                        $lock->close();
+                        // PHP has no inotify: timed waits poll (README).
                         Clock::sleep($backoff->next($deadline - $now));
                         continue;
                     }
                     if ($lock->stillNamed()) {
+                        Holder::write($lock->handle, $length);
                         return $lock;
                     }
                     // We locked a file the previous holder already unlinked: start again.
@@ -532,7 +608,8 @@ namespace JoinBlock\Polyfill {
                 }
             }
 
-            private static function open(string $path): self
+            /** @return array{self, int} the lock and the file's length before */
+            private static function open(string $path): array
             {
                 $before = self::lstat($path);
                 if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
@@ -546,9 +623,12 @@ namespace JoinBlock\Polyfill {
                     umask($mask);
                 }
                 if ($handle === false) {
-                    throw match (Os::errno($reason)) {
-                        Os::ELOOP => self::notRegular($path, 'symbolic link'),
-                        Os::EISDIR => self::notRegular($path, 'directory'),
+                    $planted = self::lstat($path);
+                    throw match (true) {
+                        Os::errno($reason) === Os::ELOOP => self::notRegular($path, 'symbolic link'),
+                        Os::errno($reason) === Os::EISDIR => self::notRegular($path, 'directory'),
+                        \in_array(Os::errno($reason), [Os::EACCES, Os::EPERM], true) && $planted !== false && $planted['uid'] !== Users::me()
+                            => self::foreignOwner($path, $planted['uid']),
                         default => self::ioError('open', $path, $reason),
                     };
                 }
@@ -558,6 +638,17 @@ namespace JoinBlock\Polyfill {
                     fclose($handle);
                     throw self::notRegular($path, $kind);
                 }
+                if (($fs = self::networkFileSystem(\dirname($path))) !== null) {
+                    fclose($handle);
+                    throw new LockException("refusing lock file $path: the lock directory is on $fs, where flock is emulated with"
+                        . ' locks that closing any descriptor of the file drops; use a local directory, or the mysql backend'
+                        . ' to share locks between hosts');
+                }
+                // Only PHP's user and the lock directory's owner may have files here.
+                if ($stat['uid'] !== Users::me() && $stat['uid'] !== @fileowner(\dirname($path))) {
+                    fclose($handle);
+                    throw self::foreignOwner($path, $stat['uid']);
+                }
                 try {
                     Claims::take($id, "lock file $path");
                 } catch (LockException $e) {
@@ -566,7 +657,47 @@ namespace JoinBlock\Polyfill {
                 }
                 $lock = new self($path, $handle, $id, getmypid());
                 Claims::taken($id, $lock);
-                return $lock;
+                return [$lock, $stat['size']];
+            }
+
+            /**
+             * The network file system $dir lives on, if it does (from /proc/self/mounts): there
+             * flock is emulated with POSIX locks, which closing any descriptor of the file drops.
+             */
+            private static function networkFileSystem(string $dir): ?string
+            {
+                static $known = [];
+                if (\array_key_exists($dir, $known)) {
+                    return $known[$dir];
+                }
+                $real = realpath($dir) ?: $dir;
+                [$best, $type] = ['', null];
+                foreach (@file('/proc/self/mounts', FILE_IGNORE_NEW_LINES) ?: [] as $line) {
+                    [, $mountPoint, $fsType] = array_pad(explode(' ', $line), 3, '');
+                    $mountPoint = str_replace('\\040', ' ', $mountPoint);
+                    $inside = $real === $mountPoint || str_starts_with($real, rtrim($mountPoint, '/') . '/');
+                    if ($inside && \strlen($mountPoint) >= \strlen($best)) {
+                        [$best, $type] = [$mountPoint, $fsType];
+                    }
+                }
+                return $known[$dir] = match (true) {
+                    $type === null => null,
+                    str_starts_with($type, 'nfs') => 'NFS',
+                    $type === 'cifs' => 'CIFS',
+                    $type === 'smb3' || $type === 'smbfs' => 'SMB',
+                    $type === '9p' => '9P',
+                    default => null,
+                };
+            }
+
+            private static function foreignOwner(string $path, int $owner): LockException
+            {
+                return new LockException(sprintf(
+                    "refusing lock file %s: it belongs to %s, not to PHP's user (%s); the lock directory is shared with other"
+                    . " users, who can block or break any member's lock there: set joinblock.lock_dir to a directory only"
+                    . " PHP's user can enter (scripts/install makes /run/joinblock)",
+                    $path, Users::describe($owner), Users::describe(Users::me())
+                ));
             }
 
             /** One flock(LOCK_EX), blocking or not; false when another party holds it. */
@@ -838,7 +969,7 @@ namespace JoinBlock\Polyfill {
                         $limit
                     ), self::NO_ANSWER);
                 }
-                return $db->reap_async_query()->fetch_row()[0];
+                return ($db->reap_async_query()->fetch_row() ?? [null])[0];
             }
 
             private static function open(MysqlTarget $target, float $bound): \mysqli
@@ -981,12 +1112,35 @@ namespace JoinBlock\Polyfill {
                             throw new LockException("cannot take $lock: GET_LOCK answered NULL (the server killed the wait or ran out of memory)");
                         }
                         if ($deadline !== null && Clock::now() >= $deadline) {
-                            throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for %s', Clock::now() - $started, $lock));
+                            $waited = Clock::now() - $started;
+                            $holder = self::holderOf($target, $name, $bound);
+                            throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for %s', $waited, $lock)
+                                . ($holder === null ? '' : ", held by $holder"));
                         }
                     }
                 } catch (LockException $e) {
                     Claims::drop($id);
                     throw $e;
+                }
+            }
+
+            /**
+             * "MySQL connection 42 (wp@10.0.0.7)": who holds $name now, as far as the server lets
+             * us see (another user's connection shows its user and host only with PROCESS).
+             */
+            private static function holderOf(MysqlTarget $target, string $name, float $bound): ?string
+            {
+                try {
+                    return MysqlConnection::with($target, $bound, static function (\mysqli $db) use ($name, $bound): ?string {
+                        $id = MysqlConnection::value($db, "SELECT IS_USED_LOCK('$name')", 0.0, $bound);
+                        if ($id === null) {
+                            return null;
+                        }
+                        $account = MysqlConnection::value($db, "SELECT CONCAT(USER, '@', HOST) FROM information_schema.PROCESSLIST WHERE ID = " . (int) $id, 0.0, $bound);
+                        return $account === null ? "MySQL connection $id" : "MySQL connection $id ($account)";
+                    });
+                } catch (LockException) {
+                    return null;
                 }
             }
 

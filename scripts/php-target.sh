@@ -3,6 +3,7 @@
 
 # The template of /etc/php/<ver>/mods-available/joinblock.ini, every setting documented.
 JOINBLOCK_INI_TEMPLATE="$JOINBLOCK_ROOT/packaging/joinblock.ini"
+JOINBLOCK_TMPFILES="$JOINBLOCK_ROOT/packaging/joinblock.tmpfiles"
 
 die() {
     echo "error: $*" >&2
@@ -124,6 +125,24 @@ obtain_extension() {
         fi
     fi
     build_extension
+}
+
+# Makes the lock directory now, as /etc/tmpfiles.d/joinblock.conf (an admin's override) or else
+# /usr/lib/tmpfiles.d/joinblock.conf says; at boot systemd-tmpfiles makes it again. Without
+# systemd-tmpfiles (a container), it reads the entry and makes the directory itself, once:
+# nothing makes it again after a reboot there. The .deb's postinst runs this function too.
+make_lock_dir() {
+    local conf=/etc/tmpfiles.d/joinblock.conf
+    [ -e "$conf" ] || conf=/usr/lib/tmpfiles.d/joinblock.conf
+    if command -v systemd-tmpfiles >/dev/null; then
+        systemd-tmpfiles --create "$conf"
+    else
+        # The entry: d <path> <mode> <user> <group> -
+        local type path mode user group
+        read -r type path mode user group _ < <(grep -E '^d[[:space:]]' "$conf")
+        install -d -m "$mode" -o "$user" -g "$group" "$path"
+    fi
+    echo "==> lock directory: $(stat -c '%n, mode %a, owner %U:%G' /run/joinblock)"
 }
 
 # Reloads php<ver>-fpm if it is running (systemd, else SysV `service`); fine if neither exists.

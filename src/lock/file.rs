@@ -38,16 +38,22 @@ use std::{
 
 use fs2::FileExt;
 
-use super::{lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
+use super::{holder, lock_name, record_acquired, record_timeout, release_watch::ReleaseWatch, Claim, LockError, LockId, Wait};
 use crate::backoff::Backoff;
 
-/// Backoff between polled tries when waiting with a deadline.
+/// Backoff between polled tries when waiting with a deadline and no inotify.
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How messages name a file lock.
 fn describe(path: &Path) -> String {
     format!("lock file {}", path.display())
+}
+
+/// Whether users other than the directory's owner (and root) may create files in `dir`: then
+/// any of them can block a member's lock or plant a file (see `open_lock_file`).
+pub fn shared_with_others(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|meta| meta.mode() & 0o022 != 0)
 }
 
 /// The lock file the plugin uses for `key` in `dir`.
@@ -74,29 +80,43 @@ impl FileLock {
         };
         let (pid, thread) = (std::process::id(), thread::current().id());
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        let mut watch: Option<Option<ReleaseWatch>> = None;
         let mut had_to_wait = false;
         loop {
             // Until both checks pass, leaving this loop body closes the descriptor (dropping
             // any lock on it) and never touches the path.
-            let (file, id) = open_lock_file(path)?;
+            let (file, id, len) = open_lock_file(path)?;
             let claim = Claim::new(id.clone(), thread, pid).ok_or_else(|| LockError::AlreadyHeld { lock: describe(path) })?;
-            if !try_lock(&file, path, deadline.is_none())? {
-                had_to_wait = true;
-                let now = Instant::now();
-                let remaining = deadline.map(|d| d.saturating_duration_since(now));
-                if remaining == Some(Duration::ZERO) {
-                    record_timeout();
-                    return Err(LockError::Timeout { lock: describe(path), waited: now - started });
+            // Waits on this inode until it is ours, or until the name moves on from it.
+            let locked = loop {
+                if try_lock(&file, path, false)? {
+                    break true;
                 }
-                drop((file, claim));
-                thread::sleep(backoff.next(remaining));
-                continue;
-            }
-            if path_names(path, &id)? {
+                had_to_wait = true;
+                let Some(deadline) = deadline else {
+                    break try_lock(&file, path, true)?;
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    record_timeout();
+                    return Err(LockError::Timeout { lock: describe(path), waited: started.elapsed(), holder: holder::read(&file) });
+                }
+                match &watch {
+                    // Watching from now on, and trying once more before the first wait.
+                    None => watch = Some(ReleaseWatch::new(path)),
+                    Some(Some(watch)) => watch.wait(remaining),
+                    Some(None) => thread::sleep(backoff.next(Some(remaining))),
+                }
+                if !path_names(path, &id)? {
+                    break false;
+                }
+            };
+            if locked && path_names(path, &id)? {
                 record_acquired(had_to_wait);
+                holder::write(&file, len);
                 return Ok(FileLock { path: path.to_owned(), held: Some((file, claim)) });
             }
-            // We locked an inode that the previous holder already unlinked: start again.
+            // The name moved on from the inode we waited for (or locked): start again.
             had_to_wait = true;
         }
     }
@@ -161,8 +181,9 @@ fn path_names(path: &Path, id: &LockId) -> Result<bool, LockError> {
     }
 }
 
-/// Opens (creating if needed) the lock file, refusing anything but a regular file.
-fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
+/// Opens (creating if needed) the lock file, refusing anything but a regular file of ours on
+/// a local file system. Returns the file, its identity and its length.
+fn open_lock_file(path: &Path) -> Result<(File, LockId, u64), LockError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -176,13 +197,64 @@ fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
     if !meta.file_type().is_file() {
         return Err(LockError::NotARegularFile { path: path.to_owned(), kind: kind_name(&meta.file_type()) });
     }
-    Ok((file, file_id(&meta)))
+    if let Some(fs) = network_file_system(&file) {
+        return Err(LockError::NetworkFileSystem { path: path.to_owned(), fs });
+    }
+    // Only PHP's user and the lock directory's owner may have files here; root hands what it
+    // creates in another user's directory to that user, so that user's PHP can open it too.
+    let (me, owner) = (unsafe { libc::geteuid() }, meta.uid());
+    if owner != me || me == 0 {
+        let (dir_uid, dir_gid) = lock_dir_owner(path)?;
+        if owner != me && owner != dir_uid {
+            return Err(LockError::ForeignOwner { path: path.to_owned(), owner });
+        }
+        if owner == 0 && dir_uid != 0 {
+            let _ = std::os::unix::fs::fchown(&file, Some(dir_uid), Some(dir_gid));
+        }
+    }
+    Ok((file, file_id(&meta), meta.len()))
+}
+
+/// (uid, gid) of the directory that holds `path`.
+fn lock_dir_owner(path: &Path) -> Result<(u32, u32), LockError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(dir).map_err(|e| io_error(dir, "inspect", e))?;
+    Ok((meta.uid(), meta.gid()))
+}
+
+/// The name of the network file system `file` lives on, if it does: there flock is emulated
+/// with POSIX locks, which belong to the process and end when it closes *any* descriptor of
+/// the file (the re-entry check opens and closes one), so no lock there can be trusted.
+fn network_file_system(file: &File) -> Option<&'static str> {
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs fills the struct it is given for an open descriptor.
+    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(file), &mut fs) } != 0 {
+        return None;
+    }
+    network_fs_name(fs.f_type as i64)
+}
+
+/// Names the network file systems by their `statfs` magic numbers.
+fn network_fs_name(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("NFS"),
+        0xFF53_4D42 => Some("CIFS"),
+        0xFE53_4D42 => Some("SMB2"),
+        0x517B => Some("SMB"),
+        0x0102_1997 => Some("9P"),
+        _ => None,
+    }
 }
 
 fn open_error(path: &Path, err: io::Error) -> LockError {
     match err.raw_os_error() {
         Some(libc::ELOOP) => LockError::NotARegularFile { path: path.to_owned(), kind: "symbolic link" },
         Some(libc::EISDIR) => LockError::NotARegularFile { path: path.to_owned(), kind: "directory" },
+        // Someone else's file at the lock path, which we may not open: say whose.
+        Some(libc::EACCES | libc::EPERM) => match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.uid() != unsafe { libc::geteuid() } => LockError::ForeignOwner { path: path.to_owned(), owner: meta.uid() },
+            _ => io_error(path, "open", err),
+        },
         _ => io_error(path, "open", err),
     }
 }
@@ -321,6 +393,16 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = FileLock::acquire(&fifo, Wait::AtMost(Duration::ZERO)).unwrap_err();
         assert!(err.to_string().contains("FIFO"), "{err}");
+    }
+
+    #[test]
+    fn network_file_systems_are_refused_by_their_magic_numbers() {
+        assert_eq!(network_fs_name(0x6969), Some("NFS"));
+        assert_eq!(network_fs_name(0xFF53_4D42), Some("CIFS"));
+        assert_eq!(network_fs_name(0xFE53_4D42), Some("SMB2"));
+        assert_eq!(network_fs_name(0xEF53), None, "ext4");
+        assert_eq!(network_fs_name(0x0102_1994), None, "tmpfs");
+        assert_eq!(network_fs_name(0x5846_5342), None, "xfs");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! lives here: waits, errors, counters, and each thread's claims.
 
 pub mod file;
+pub mod holder;
 pub mod mysql;
+mod release_watch;
 
 use std::{
     fmt, io,
@@ -63,12 +65,16 @@ impl Backend {
 pub enum LockError {
     /// The key is empty once trimmed.
     EmptyKey,
-    /// The lock was not free before the deadline.
-    Timeout { lock: String, waited: Duration },
+    /// The lock was not free before the deadline; `holder` says who held it, when known.
+    Timeout { lock: String, waited: Duration, holder: Option<String> },
     /// This thread already holds that lock.
     AlreadyHeld { lock: String },
     /// Something is at the lock path that is not a regular file.
     NotARegularFile { path: PathBuf, kind: &'static str },
+    /// The lock file belongs to a user who is neither PHP's nor the lock directory's owner.
+    ForeignOwner { path: PathBuf, owner: u32 },
+    /// The lock directory is on a network file system, where flock cannot be trusted.
+    NetworkFileSystem { path: PathBuf, fs: &'static str },
     /// The operating system refused an operation on the path.
     Io { path: PathBuf, action: &'static str, source: io::Error },
     /// The database server refused, failed or could not be reached.
@@ -85,9 +91,29 @@ impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LockError::EmptyKey => f.write_str("lock key is empty after trimming white space"),
-            LockError::Timeout { lock, waited } => {
-                write!(f, "timed out after {:.3} s waiting for {lock}", waited.as_secs_f64())
+            LockError::Timeout { lock, waited, holder } => {
+                write!(f, "timed out after {:.3} s waiting for {lock}", waited.as_secs_f64())?;
+                match holder {
+                    Some(holder) => write!(f, ", held by {holder}"),
+                    None => Ok(()),
+                }
             }
+            LockError::ForeignOwner { path, owner } => write!(
+                f,
+                "refusing lock file {}: it belongs to {}, not to PHP's user ({}); the lock directory is shared \
+                 with other users, who can block or break any member's lock there: set joinblock.lock_dir to a \
+                 directory only PHP's user can enter (scripts/install makes /run/joinblock)",
+                path.display(),
+                user_name(*owner),
+                user_name(unsafe { libc::geteuid() })
+            ),
+            LockError::NetworkFileSystem { path, fs } => write!(
+                f,
+                "refusing lock file {}: the lock directory is on {fs}, where flock is emulated with locks that \
+                 closing any descriptor of the file drops; use a local directory, or the mysql backend to share \
+                 locks between hosts",
+                path.display()
+            ),
             LockError::AlreadyHeld { lock } => {
                 write!(f, "{lock} is already held by this thread; release it before acquiring it again")
             }
@@ -123,6 +149,22 @@ impl std::error::Error for LockError {
             LockError::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// `uid 65534 (nobody)`, or `uid 1234` when the system has no name for it.
+fn user_name(uid: u32) -> String {
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = [0 as libc::c_char; 1024];
+    let mut found = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into the entry and buffer it is given, their sizes as passed.
+    let name = unsafe {
+        (libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) == 0 && !found.is_null())
+            .then(|| std::ffi::CStr::from_ptr(entry.pw_name).to_string_lossy().into_owned())
+    };
+    match name {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
     }
 }
 

@@ -456,7 +456,8 @@ impl DbLock {
                 Some(_) if deadline.is_none_or(|d| Instant::now() < d) => waited = true,
                 Some(_) => {
                     record_timeout();
-                    return Err(LockError::Timeout { lock: describe(), waited: started.elapsed() });
+                    let holder = holder_of(target, &name, connect_timeout);
+                    return Err(LockError::Timeout { lock: describe(), waited: started.elapsed(), holder });
                 }
                 None => {
                     return Err(LockError::Database {
@@ -502,6 +503,26 @@ impl DbLock {
             _ => Err(LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) }),
         }
     }
+}
+
+/// "MySQL connection 42 (wp@10.0.0.7)": who holds `name` now, as far as the server lets us
+/// see (another user's connection shows its user and host only with the PROCESS privilege).
+fn holder_of(target: &MysqlTarget, name: &str, connect_timeout: Duration) -> Option<String> {
+    with_connection(target, connect_timeout, |connection| {
+        connection.expect_reply_within(Duration::ZERO, connect_timeout)?;
+        let Some(Some(id)) = connection.conn.exec_first::<Option<u64>, _, _>("SELECT IS_USED_LOCK(?)", (name,))? else {
+            return Ok(None);
+        };
+        let account: Option<String> = connection
+            .conn
+            .exec_first("SELECT CONCAT(USER, '@', HOST) FROM information_schema.PROCESSLIST WHERE ID = ?", (id,))?;
+        Ok(Some(match account {
+            Some(account) => format!("MySQL connection {id} ({account})"),
+            None => format!("MySQL connection {id}"),
+        }))
+    })
+    .ok()
+    .flatten()
 }
 
 impl Drop for DbLock {

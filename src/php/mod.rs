@@ -6,6 +6,8 @@ mod exceptions;
 mod lock;
 mod options;
 
+use std::os::unix::ffi::OsStrExt;
+
 use ext_php_rs::{info_table_end, info_table_row, info_table_start, prelude::*, zend::ModuleEntry};
 
 use crate::{config, lock::counters};
@@ -18,7 +20,18 @@ fn shown(text: impl AsRef<[u8]>) -> String {
 /// `php --ri joinblock` and `phpinfo()`. Never shows a password or an API key.
 extern "C" fn module_info(_module: *mut ModuleEntry) {
     let counters = counters();
-    let dir = lock::lock_dir().map_or_else(|_| "(unavailable)".into(), shown);
+    let dir = lock::lock_dir().map_or_else(
+        |_| "(unavailable)".into(),
+        |dir| {
+            let shared = crate::lock::file::shared_with_others(std::path::Path::new(std::ffi::OsStr::from_bytes(&dir)));
+            let dir = shown(dir);
+            if shared {
+                format!("{dir} (shared with other local users: set joinblock.lock_dir)")
+            } else {
+                dir
+            }
+        },
+    );
     let backend = config::lock_backend().map_or_else(shown, |b| b.name().into());
     let mysql = match config::mysql_target() {
         Ok(target) => shown(target.describe()),
@@ -44,6 +57,11 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
 
 extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
     config::register(module_number);
+    // SAFETY: PHP sets its SAPI's name before any module starts, and never frees it.
+    let sapi = unsafe { ext_php_rs::ffi::sapi_module.name };
+    if !sapi.is_null() {
+        crate::lock::holder::set_sapi(&unsafe { std::ffi::CStr::from_ptr(sapi) }.to_string_lossy());
+    }
     match std::panic::catch_unwind(exceptions::register) {
         Ok(Ok(())) => 0,
         Ok(Err(message)) => {

@@ -121,17 +121,22 @@ final class InstalledFpmTest extends JoinBlockTestCase
         $this->assertNotEmpty($settings);
         $documented = [];
         foreach ($lines as $i => $line) {
-            if (!preg_match('~^;\s*(joinblock\.\w+)\s*=~', $line, $m)) {
+            if (!preg_match('~^(;?)\s*(joinblock\.\w+)\s*=~', $line, $m)) {
                 continue;
             }
-            $documented[] = $m[1];
+            $documented[] = $m[2];
             $above = $lines[$i - 1] ?? '';
-            $this->assertTrue(str_starts_with($above, '; ') && !str_contains($above, '='), "$m[1]: a comment above it says what it does");
-            // Uncommented, the line is valid INI and sets the default.
-            $parsed = parse_ini_string(substr($line, 1), false, INI_SCANNER_RAW);
+            $this->assertTrue(str_starts_with($above, '; ') && !str_contains($above, '='), "$m[2]: a comment above it says what it does");
+            $parsed = parse_ini_string(ltrim($line, ';'), false, INI_SCANNER_RAW);
             $this->assertIsArray($parsed, $line);
-            $this->assertArrayHasKey($m[1], $settings, "$m[1] is documented but the extension has no such setting");
-            $this->assertSame($settings[$m[1]]['global_value'] ?? '', $parsed[$m[1]], "$m[1]: documented default");
+            $this->assertArrayHasKey($m[2], $settings, "$m[2] is documented but the extension has no such setting");
+            if ($m[1] === ';') {
+                // Uncommented, the line is valid INI and sets the default.
+                $this->assertSame($settings[$m[2]]['global_value'] ?? '', $parsed[$m[2]], "$m[2]: documented default");
+            } else {
+                // The one setting the installer sets: the private lock directory.
+                $this->assertSame(['joinblock.lock_dir' => '/run/joinblock'], $parsed);
+            }
         }
         $this->assertEqualsCanonicalizing(array_keys($settings), $documented, 'every setting is in the ini, once');
     }
@@ -223,12 +228,38 @@ final class InstalledFpmTest extends JoinBlockTestCase
         }
     }
 
+    /**
+     * The package makes a lock directory only PHP's user can enter, the ini points at it, and
+     * systemd-tmpfiles makes it again (as at boot) from the entry the package installed.
+     */
+    public function testThePrivateLockDirectoryIsMadeAndMadeAgainAtBoot(): void
+    {
+        $check = function (): void {
+            clearstatcache();
+            $this->assertDirectoryExists('/run/joinblock');
+            $this->assertSame(040700, fileperms('/run/joinblock'), 'only its owner may enter');
+            $this->assertSame(self::WEB_USER, posix_getpwuid(fileowner('/run/joinblock'))['name']);
+        };
+        $check();
+        $this->assertContains('/usr/lib/tmpfiles.d/joinblock.conf', explode("\n", self::runOk(['dpkg', '-L', self::PACKAGE])));
+        $this->assertMatchesRegularExpression('~^lock directory in effect => /run/joinblock$~m', self::runOk([self::PHP, '--ri', 'joinblock']), 'no warning');
+        $this->assertMatchesRegularExpression('~^lock directory in effect => /tmp \(shared with other local users: set joinblock\.lock_dir\)$~m', self::runOk([self::PHP, '-d', 'joinblock.lock_dir=/tmp', '--ri', 'joinblock']));
+
+        self::runOk(['rm', '-rf', '/run/joinblock']);
+        self::runOk(['systemd-tmpfiles', '--create', 'joinblock.conf']);
+        $check();
+
+        // A request as www-data, as the site's php-fpm runs it, locks there by default.
+        $lock = self::runCommand(['setpriv', '--reuid=' . self::WEB_USER, '--regid=' . self::WEB_USER, '--init-groups', self::PHP, '-r', 'echo joinblock_acquire_lock("run@example.org")->path();']);
+        $this->assertSame('/run/joinblock/join-lock-' . sha1('run@example.org'), $lock['out'], $lock['err']);
+    }
+
     public function testPhpRiShowsTheVersionTheSettingsInEffectAndCounters(): void
     {
         $info = self::runOk([self::PHP, '--ri', 'joinblock']);
         $this->assertStringNotContainsString('Warning', $info);
         $this->assertMatchesRegularExpression('~^version => ' . preg_quote(self::cargoVersion(), '~') . '$~m', $info);
-        $this->assertMatchesRegularExpression('~^lock directory in effect => /\S*$~m', $info);
+        $this->assertMatchesRegularExpression('~^lock directory in effect => /run/joinblock$~m', $info);
         $this->assertMatchesRegularExpression('~^Action Network URL => https://actionnetwork\.org/api/v2/$~m', $info);
         foreach (['locks acquired', 'locks that waited', 'lock timeouts', 'Action Network requests'] as $counter) {
             $this->assertMatchesRegularExpression("~^$counter \(this process\) => 0$~m", $info);
@@ -260,6 +291,8 @@ final class InstalledFpmTest extends JoinBlockTestCase
         $purge = self::runCommand(['apt-get', ...self::APT_OPTIONS, 'purge', '-y', self::PACKAGE]);
         $this->assertSame(0, $purge['exit'], $purge['out'] . $purge['err']);
         $this->assertFileDoesNotExist(self::INI);
+        $this->assertFileDoesNotExist('/usr/lib/tmpfiles.d/joinblock.conf');
+        $this->assertDirectoryDoesNotExist('/run/joinblock');
         $this->assertSame([], glob('/var/lib/php/modules/8.2/*/*/joinblock'), 'no phpenmod state left');
         $this->assertFileDoesNotExist('/var/lib/php/modules/8.2/registry/joinblock');
         $this->assertFalse(self::packageKnownToDpkg());

@@ -108,7 +108,7 @@ final class MysqlLockTest extends JoinBlockTestCase
         $started = microtime(true);
         self::assertThrows(
             LockTimeoutException::class,
-            '~^timed out after 0\.3\d\d s waiting for MySQL lock ' . self::lockName('busy@example.org') . ' on joinblock@127\.0\.0\.1:\d+/wordpress$~',
+            '~^timed out after 0\.3\d\d s waiting for MySQL lock ' . self::lockName('busy@example.org') . ' on joinblock@127\.0\.0\.1:\d+/wordpress, held by MySQL connection \d+ \(joinblock@127\.0\.0\.1:\d+\)$~',
             fn () => joinblock_acquire_lock('busy@example.org', ['timeout' => 0.3])
         );
         $this->assertLessThan(1.0, microtime(true) - $started);
