@@ -67,10 +67,16 @@ abstract class JoinBlockTestCase extends TestCase
     /** Runs what follows as WEB_USER, as PHP-FPM runs a site's PHP, when we are root. */
     protected static function asWebUser(): array
     {
+        return self::asUser(self::WEB_USER);
+    }
+
+    /** Runs what follows as $name, when we are root (as ourselves otherwise). */
+    protected static function asUser(string $name): array
+    {
         if (posix_geteuid() !== 0) {
             return [];
         }
-        $user = posix_getpwnam(self::WEB_USER);
+        $user = posix_getpwnam($name);
         return ['setpriv', "--reuid={$user['uid']}", "--regid={$user['gid']}", '--init-groups'];
     }
 
@@ -100,7 +106,7 @@ abstract class JoinBlockTestCase extends TestCase
     }
 
     /** What the polyfill needs: curl and mbstring for its tag check, mysqli for its mysql backend. */
-    protected const POLYFILL_EXTENSIONS = ['curl', 'mbstring', 'mysqlnd', 'mysqli'];
+    protected const POLYFILL_EXTENSIONS = ['curl', 'mbstring', 'mysqlnd', 'mysqli', 'posix'];
 
     /**
      * PHP's options for a bare PHP (no php.ini) with only one implementation: the one under

@@ -8,9 +8,12 @@ namespace JoinBlock\Tests;
 final class LockConcurrencyTest extends JoinBlockTestCase
 {
     /** A worker process with the implementation under test, or the one named. */
-    private function worker(string $mode, array $args, ?string $implementation = null): array
+    /** A lock_worker.php process; with $lockDirByIni, its lock directory comes from INI, as the integration guide's call takes it. */
+    private function worker(string $mode, array $args, ?string $implementation = null, bool $lockDirByIni = false): array
     {
-        return [PHP_BINARY, ...self::phpArgs($implementation), self::fixture('lock_worker.php'), $mode, json_encode($args)];
+        $ini = $lockDirByIni ? ['-d', "joinblock.lock_dir={$args['dir']}"] : [];
+        $args += $lockDirByIni ? ['options' => ['timeout' => 30]] : [];
+        return [PHP_BINARY, ...self::phpArgs($implementation), ...$ini, self::fixture('lock_worker.php'), $mode, json_encode($args)];
     }
 
     /** @return list<array{string, string, int}> [event, name, hrtime] in log order */
@@ -70,12 +73,13 @@ final class LockConcurrencyTest extends JoinBlockTestCase
 
     /**
      * A site rolls the extension out worker by worker: half the processes lock with the
-     * extension, half with the polyfill, on one key, and they still exclude each other.
+     * extension, half with the polyfill, on one key, and they still exclude each other, taking
+     * the lock directory from the site's ini as the integration guide's call does (no `dir`).
      */
     public function testExtensionAndPolyfillProcessesNeverOverlap(): void
     {
         self::bothImplementations();
-        $this->stress(['extension', 'polyfill', 'extension', 'polyfill', 'extension', 'polyfill', 'extension', 'polyfill'], 1000);
+        $this->stress(['extension', 'polyfill', 'extension', 'polyfill', 'extension', 'polyfill', 'extension', 'polyfill'], 1000, true);
         $this->assertSame([], $this->runBursts('ext', 5, 120, ['extension', 'polyfill']), 'bursts in which two requests were inside at once');
     }
 
@@ -93,7 +97,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
      *
      * @param list<?string> $implementations
      */
-    private function stress(array $implementations, int $iterations): void
+    private function stress(array $implementations, int $iterations, bool $lockDirByIni = false): void
     {
         $processes = count($implementations);
         $dir = $this->scratchDir();
@@ -105,7 +109,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         ];
         $children = [];
         foreach ($implementations as $implementation) {
-            $children[] = self::startPhp($this->worker('stress', $args, $implementation));
+            $children[] = self::startPhp($this->worker('stress', $args, $implementation, $lockDirByIni));
         }
         $overlaps = 0;
         foreach ($children as $child) {

@@ -27,15 +27,15 @@ final class PluginFlowTest extends JoinBlockTestCase
     }
 
     /**
-     * INI settings a site admin would put in joinblock.ini for a backend: none for files, the
-     * backend and server for mysql (a private MariaDB, started on first use).
+     * INI settings a site admin would put in joinblock.ini for a backend: the lock directory
+     * for files, the backend and server for mysql (a private MariaDB, started on first use).
      *
      * @return array<string, string>
      */
-    private static function siteSettings(string $backend): array
+    private static function siteSettings(string $backend, string $lockDir): array
     {
         if ($backend === 'file') {
-            return [];
+            return ['joinblock.lock_dir' => $lockDir];
         }
         self::$db ??= MariaDbServer::startPrivate();
         return ['joinblock.lock_backend' => 'mysql', 'joinblock.mysql_url' => self::$db->url()];
@@ -54,11 +54,11 @@ final class PluginFlowTest extends JoinBlockTestCase
      */
     private function runParties(string $email, array $parties, bool $lock = true, string $backend = 'file'): array
     {
+        $dir = $this->scratchDir();
         $ini = [];
-        foreach (self::siteSettings($backend) as $name => $value) {
+        foreach (self::siteSettings($backend, $dir) as $name => $value) {
             array_push($ini, '-d', "$name=$value");
         }
-        $dir = $this->scratchDir();
         $log = "$dir/flow.log";
         touch($log);
         $start = microtime(true) + 0.5;
@@ -66,7 +66,7 @@ final class PluginFlowTest extends JoinBlockTestCase
         foreach ($parties as $role => $steps) {
             $children[$role] = self::startPhp([PHP_BINARY, ...self::phpArgs(), ...$ini, self::fixture('plugin_flow.php'), json_encode([
                 'role' => $role, 'email' => $email, 'steps' => $steps, 'base_url' => self::$server->baseUrl(),
-                'api_key' => StandInServer::API_KEY, 'lock_dir' => $dir, 'log' => $log, 'start' => $start, 'lock' => $lock,
+                'api_key' => StandInServer::API_KEY, 'log' => $log, 'start' => $start, 'lock' => $lock,
             ])]);
         }
         $decisions = [];

@@ -1,0 +1,188 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+use JoinBlock\LockTimeoutException;
+
+/**
+ * The file lock where sites run it: PHP as www-data (as php-fpm runs it), a /tmp-like
+ * directory shared with other local users, files planted or left there by another user
+ * (nobody), root working in www-data's directory, and who holds a lock when a wait gives up.
+ */
+final class LockOnRealHostsTest extends JoinBlockTestCase
+{
+    private const PLANTED = "planted by nobody\n";
+
+    protected function setUp(): void
+    {
+        if (posix_geteuid() !== 0) {
+            self::markTestSkipped('runs PHP as www-data and plants files as nobody: needs root');
+        }
+    }
+
+    /** A directory like /tmp: everyone may create files, only owners may remove theirs. */
+    private function sharedDir(): string
+    {
+        return $this->scratchDir(01777);
+    }
+
+    /** lock_once.php as $user, with copies of it and of the implementation $user can read. */
+    private function lockOnceAs(string $user, array $args): array
+    {
+        [$script] = $this->webUserCopies(self::fixture('lock_once.php'));
+        return [...self::asUser($user), PHP_BINARY, ...$this->webUserPhpArgs(), $script, json_encode($args)];
+    }
+
+    /** Plants what another local user (nobody) would leave at $path; returns a process to stop, if any. */
+    private function plant(string $how, string $path): ?array
+    {
+        $nobody = posix_getpwnam('nobody');
+        if ($how === 'a nobody holder killed mid-lock') {
+            $holder = self::startPhp($this->lockOnceAs('nobody', ['key' => 'member@example.org', 'options' => ['dir' => dirname($path)], 'hold' => 60]));
+            $this->assertSame("HELD\n", fgets($holder['pipes'][1]));
+            posix_kill(proc_get_status($holder['proc'])['pid'], SIGKILL);
+            self::finish($holder);
+            return null;
+        }
+        file_put_contents($path, self::PLANTED);
+        chown($path, $nobody['uid']);
+        chmod($path, ['0600 file' => 0600, '0644 file held with flock' => 0644, '0666 file' => 0666][$how]);
+        if ($how !== '0644 file held with flock') {
+            return null;
+        }
+        $holder = self::startPhp([...self::asUser('nobody'), PHP_BINARY, '-n', '-r', '$h = fopen($argv[1], "r"); flock($h, LOCK_EX); echo "HELD\n"; sleep(60);', $path]);
+        $this->assertSame("HELD\n", fgets($holder['pipes'][1]));
+        return $holder;
+    }
+
+    /** @return array<string, array{string}> */
+    public static function otherUsersFiles(): array
+    {
+        return array_map(fn ($how) => [$how], array_combine(
+            $cases = ['0600 file', '0644 file held with flock', '0666 file', 'a nobody holder killed mid-lock'],
+            $cases
+        ));
+    }
+
+    /**
+     * Another user's file at the lock path: refused at once, saying whose and what to do,
+     * never followed, truncated or waited on.
+     *
+     * @dataProvider otherUsersFiles
+     */
+    public function testAnotherUsersLockFileIsRefusedAtOnce(string $how): void
+    {
+        $dir = $this->sharedDir();
+        $path = self::pluginLockPath($dir, 'member@example.org');
+        $holder = $this->plant($how, $path);
+        try {
+            $result = self::runPhp($this->lockOnceAs(self::WEB_USER, ['key' => 'member@example.org', 'options' => ['dir' => $dir, 'timeout' => 5]]));
+        } finally {
+            if ($holder !== null) {
+                proc_terminate($holder['proc'], SIGKILL);
+                self::finish($holder);
+            }
+        }
+        $this->assertSame('', $result['err']);
+        $answer = json_decode($result['out'], true) ?? self::fail($result['out']);
+        $this->assertSame(
+            'JoinBlock\LockException: refusing lock file ' . $path . ': it belongs to uid 65534 (nobody), not to PHP\'s user (uid 33 (www-data));'
+            . ' the lock directory is shared with other users, who can block or break any member\'s lock there: set joinblock.lock_dir'
+            . ' to a directory only PHP\'s user can enter (scripts/install makes /run/joinblock)',
+            $answer['error'] ?? $result['out']
+        );
+        $this->assertLessThan(0.1, $answer['seconds'], 'at once, not after the timeout');
+        if ($how !== 'a nobody holder killed mid-lock') {
+            $this->assertSame(self::PLANTED, file_get_contents($path), 'the planted file is untouched');
+        }
+    }
+
+    /** Releasing in a sticky directory removes the file this process made, without a word. */
+    public function testReleaseInAStickyDirectoryRemovesItsOwnFile(): void
+    {
+        $dir = $this->sharedDir();
+        $answer = json_decode(self::runPhpOk($this->lockOnceAs(self::WEB_USER, ['key' => 'sticky@example.org', 'options' => ['dir' => $dir]])), true);
+        $this->assertSame(self::pluginLockPath($dir, 'sticky@example.org'), $answer['path'] ?? $answer['error']);
+        $this->assertSame([], glob("$dir/join-lock-*"));
+    }
+
+    /**
+     * Root (a cron job, an admin's CLI) locking in www-data's directory hands its lock file
+     * to www-data: the site's PHP waits for root's lock, then takes it, instead of being refused.
+     */
+    public function testRootLockingInTheWebUsersDirectoryStaysOpenToIt(): void
+    {
+        self::extensionOnly('PHP code has no fchown; the polyfill documents the refusal instead');
+        $dir = $this->webUserScratchDir();
+        $lock = joinblock_acquire_lock('shared@example.org', ['dir' => $dir]);
+        $this->assertSame(self::WEB_USER, posix_getpwuid(fileowner($lock->path()))['name']);
+        $waiter = self::startPhp($this->lockOnceAs(self::WEB_USER, ['key' => 'shared@example.org', 'options' => ['dir' => $dir, 'timeout' => 10]]));
+        usleep(300000);
+        $lock->release();
+        $result = self::finish($waiter);
+        $answer = json_decode($result['out'], true) ?? self::fail($result['out'] . $result['err']);
+        $this->assertSame(self::pluginLockPath($dir, 'shared@example.org'), $answer['path'] ?? $answer['error']);
+        $this->assertGreaterThan(0.2, $answer['seconds'], 'it waited for root');
+    }
+
+    /** A wait that gives up says who holds the lock, from the holder's record in the file. */
+    public function testATimeoutNamesTheHolder(): void
+    {
+        $dir = $this->scratchDir();
+        $holder = self::startPhp(self::phpCommand(self::fixture('lock_once.php'), json_encode(['key' => 'held@example.org', 'options' => ['dir' => $dir], 'hold' => 5])));
+        $this->assertSame("HELD\n", fgets($holder['pipes'][1]));
+        $pid = proc_get_status($holder['proc'])['pid'];
+        try {
+            self::assertThrows(
+                LockTimeoutException::class,
+                '~^timed out after 0\.2\d\d s waiting for lock file ' . preg_quote(self::pluginLockPath($dir, 'held@example.org'), '~') . ", held by pid $pid \\(cli\\) for \\d+\\.\\d s$~",
+                fn () => joinblock_acquire_lock('held@example.org', ['dir' => $dir, 'timeout' => 0.2])
+            );
+        } finally {
+            proc_terminate($holder['proc'], SIGKILL);
+            self::finish($holder);
+        }
+    }
+
+    /** Under php-fpm the record names the SAPI and the pool, and nothing personal. */
+    public function testAnFpmHoldersRecordNamesItsPool(): void
+    {
+        $fpm = FpmServer::start($this->scratchDir(), 1, [...$this->webUserPhpArgs(), '-d', 'joinblock.lock_dir=' . $this->webUserScratchDir()]);
+        try {
+            $answer = $fpm->request('lock_path.php', ['email' => 'pooled@example.org', 'record' => 1]);
+        } finally {
+            $fpm->stop();
+        }
+        [$path, $record] = explode("\n", $answer['body'], 2) + [1 => ''];
+        $this->assertStringEndsWith('/join-lock-' . sha1('pooled@example.org'), $path, $answer['body']);
+        $this->assertMatchesRegularExpression('~^joinblock-holder pid=\d+ since=\d+\.\d{3} sapi=fpm-fcgi pool=test\n$~', $record);
+        $this->assertStringNotContainsString('pooled', $record);
+    }
+
+    public function testPhpRiMarksALockDirectoryOtherUsersCanWrite(): void
+    {
+        self::extensionOnly('its phpinfo() section');
+        $shared = $this->sharedDir();
+        $private = $this->webUserScratchDir();
+        $info = fn (string $dir) => self::runPhpOk([PHP_BINARY, ...self::phpArgs(), '-d', "joinblock.lock_dir=$dir", '-r', 'phpinfo(INFO_MODULES);']);
+        $this->assertStringContainsString("lock directory in effect => $shared (shared with other local users: set joinblock.lock_dir)\n", $info($shared));
+        $this->assertStringContainsString("lock directory in effect => $private\n", $info($private));
+    }
+
+    public function testABlockingWaitCountsAsAWait(): void
+    {
+        self::extensionOnly('its phpinfo() counters');
+        $dir = $this->scratchDir();
+        // A holder that unlocks without unlinking (plain PHP flock), so the waiter wakes on
+        // the same file and has no retry to count.
+        $holder = self::startPhp([PHP_BINARY, '-n', '-r', '$h = fopen($argv[1], "c"); flock($h, LOCK_EX); echo "HELD\n"; usleep(300000);', self::pluginLockPath($dir, 'block@example.org')]);
+        $this->assertSame("HELD\n", fgets($holder['pipes'][1]));
+        $before = $this->infoCounters();
+        joinblock_acquire_lock('block@example.org', ['dir' => $dir])->release();
+        self::finish($holder);
+        $after = $this->infoCounters();
+        $this->assertSame(['acquired' => $before['acquired'] + 1, 'waited' => $before['waited'] + 1, 'timed out' => $before['timed out']], $after);
+    }
+}
