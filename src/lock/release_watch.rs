@@ -4,20 +4,45 @@
 //! a holder that dies closes its descriptor without unlinking. So an inotify watch on the lock
 //! directory for the name's `IN_DELETE`/`IN_MOVED_FROM` and its `IN_CLOSE_*` sees every
 //! release. Other waiters opening and closing the same file wake us too: a spurious wake only
-//! costs one `flock` try. The watch is set up *before* the try that follows it, so a release
-//! between a failed try and the wait cannot be missed.
+//! costs one `flock` try. The watch is set up, and events from before it drained, *before*
+//! the try that follows it, so a release between a failed try and the wait cannot be missed.
+//!
+//! Each thread keeps one inotify instance for good (per process: a forked child makes its
+//! own): closing an instance waits for an RCU grace period, measured at about 6 ms, which would
+//! land on every contended acquisition. Watches are removed after each wait, so no events queue
+//! up between waits.
 
 use std::{
+    cell::RefCell,
     ffi::{CString, OsStr, OsString},
-    os::{fd::{AsRawFd, FromRawFd, OwnedFd}, unix::ffi::OsStrExt},
+    os::{fd::{AsRawFd, FromRawFd, OwnedFd, RawFd}, unix::ffi::OsStrExt},
     path::Path,
     time::{Duration, Instant},
 };
 
 const EVENTS: u32 = libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_DELETE_SELF;
 
+thread_local! {
+    /// This thread's inotify instance, with the pid it was made in.
+    static INOTIFY: RefCell<Option<(u32, OwnedFd)>> = const { RefCell::new(None) };
+}
+
+/// This thread's inotify descriptor, made on first use.
+fn inotify() -> Option<RawFd> {
+    INOTIFY.with_borrow_mut(|slot| {
+        let pid = std::process::id();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
+            // SAFETY: a new descriptor, owned from here on.
+            let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+            *slot = (fd >= 0).then(|| (pid, unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        slot.as_ref().map(|(_, fd)| fd.as_raw_fd())
+    })
+}
+
 pub struct ReleaseWatch {
-    inotify: OwnedFd,
+    inotify: RawFd,
+    watch: i32,
     name: OsString,
 }
 
@@ -27,17 +52,16 @@ impl ReleaseWatch {
     pub fn new(path: &Path) -> Option<ReleaseWatch> {
         let (dir, name) = (path.parent()?, path.file_name()?);
         let dir = CString::new(if dir.as_os_str().is_empty() { OsStr::new(".") } else { dir.as_os_str() }.as_bytes()).ok()?;
-        // SAFETY: a new descriptor, owned from here on.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        let inotify = unsafe { OwnedFd::from_raw_fd(fd) };
+        let inotify = inotify()?;
         // SAFETY: a valid descriptor and a NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), dir.as_ptr(), EVENTS) } < 0 {
+        let watch = unsafe { libc::inotify_add_watch(inotify, dir.as_ptr(), EVENTS) };
+        if watch < 0 {
             return None;
         }
-        Some(ReleaseWatch { inotify, name: name.to_owned() })
+        let watch = ReleaseWatch { inotify, watch, name: name.to_owned() };
+        // What an earlier wait left queued says nothing about now.
+        watch.drain_names_ours();
+        Some(watch)
     }
 
     /// Returns when an event concerns the lock file, or when `limit` has passed.
@@ -48,7 +72,7 @@ impl ReleaseWatch {
             if left.is_zero() {
                 return;
             }
-            let mut poll = libc::pollfd { fd: self.inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut poll = libc::pollfd { fd: self.inotify, events: libc::POLLIN, revents: 0 };
             // Rounded up: a wait never ends before its deadline.
             let millis = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             // SAFETY: one pollfd, as counted.
@@ -64,7 +88,7 @@ impl ReleaseWatch {
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: reads into a buffer of the length given.
-            let len = unsafe { libc::read(self.inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let len = unsafe { libc::read(self.inotify, buf.as_mut_ptr().cast(), buf.len()) };
             if len <= 0 {
                 return ours;
             }
@@ -79,5 +103,12 @@ impl ReleaseWatch {
                 at = start + event.len as usize;
             }
         }
+    }
+}
+
+impl Drop for ReleaseWatch {
+    fn drop(&mut self) {
+        // SAFETY: removes the watch this value added, on the thread's live instance.
+        unsafe { libc::inotify_rm_watch(self.inotify, self.watch) };
     }
 }
