@@ -299,6 +299,34 @@ final class InstalledFpmTest extends JoinBlockTestCase
         self::$mayBeInstalled = false;
     }
 
+    /**
+     * Runs after the package is gone: scripts/install makes the same lock directory, for the
+     * user JOINBLOCK_PHP_USER names, and scripts/uninstall removes it with the rest.
+     */
+    public function testScriptsInstallMakesTheLockDirectoryForThePoolUserAndUninstallRemovesIt(): void
+    {
+        $this->assertFalse(self::packageKnownToDpkg(), 'the package test ran first');
+        $root = dirname(__DIR__, 2);
+        try {
+            $install = self::runCommand(['env', 'JOINBLOCK_SO=' . getenv('JOINBLOCK_SO'), 'JOINBLOCK_PHP_USER=nobody', "$root/scripts/install"]);
+            $this->assertSame(0, $install['exit'], $install['out'] . $install['err']);
+            clearstatcache();
+            $this->assertSame(040700, fileperms('/run/joinblock'));
+            $this->assertSame('nobody', posix_getpwuid(fileowner('/run/joinblock'))['name']);
+            $this->assertStringContainsString('d /run/joinblock 0700 nobody nogroup -', (string) file_get_contents('/etc/tmpfiles.d/joinblock.conf'));
+            $this->assertMatchesRegularExpression('~^lock directory in effect => /run/joinblock$~m', $install['out'], 'its php --ri');
+            self::runOk(['rm', '-rf', '/run/joinblock']);
+            self::runOk(['systemd-tmpfiles', '--create', 'joinblock.conf']);
+            $this->assertSame('nobody', posix_getpwuid(fileowner('/run/joinblock'))['name'], 'made again as at boot, from the override');
+        } finally {
+            $uninstall = self::runCommand(["$root/scripts/uninstall"]);
+        }
+        $this->assertSame(0, $uninstall['exit'], $uninstall['out'] . $uninstall['err']);
+        foreach (['/run/joinblock', '/etc/tmpfiles.d/joinblock.conf', '/usr/lib/tmpfiles.d/joinblock.conf', self::INI, self::SO] as $gone) {
+            $this->assertFileDoesNotExist($gone);
+        }
+    }
+
     /** Builds the .deb of the build under test with scripts/package; returns its path. */
     private static function buildPackage(): string
     {
