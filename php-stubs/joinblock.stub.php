@@ -15,8 +15,8 @@ namespace {
      * plugin's own name, so the extension and the plugin's code exclude each other.
      *
      * @param array{dir?: string, timeout?: int|float|null, backend?: 'file'|'mysql'} $options
-     *   - `dir`: lock directory of the file backend; default INI `joinblock.lock_dir`, else
-     *     `sys_get_temp_dir()`. Ignored when configuration (joinblock_configure(), else INI)
+     *   - `dir`: lock directory of the file backend; default INI `joinblock.lock_dir` (the
+     *     installed ini: `/run/joinblock`), else `sys_get_temp_dir()`. Ignored when configuration (joinblock_configure(), else INI)
      *     chooses the mysql backend, so callers written for files keep working.
      *   - `timeout`: seconds to wait; absent or null waits as long as it takes, 0 tries once.
      *   - `backend`: `file` (flock, one host) or `mysql` (`GET_LOCK` on the site's database,
@@ -25,9 +25,11 @@ namespace {
      * @throws \TypeError wrong argument or option types
      * @throws \ValueError empty key after trimming, unknown option, empty `dir` or `dir` together
      *   with `backend => 'mysql'`, unknown `backend`, negative, NaN or infinite `timeout`
-     * @throws \JoinBlock\LockTimeoutException the lock was not free in time
+     * @throws \JoinBlock\LockTimeoutException the lock was not free in time (the message names
+     *   the holder: its pid and program or php-fpm pool, or the MySQL connection)
      * @throws \JoinBlock\LockException this thread already holds the lock, or the lock file
-     *   cannot be used (missing or unwritable directory, symlink, directory or FIFO planted), or
+     *   cannot be used (missing or unwritable directory, symlink, directory or FIFO planted, a
+     *   file of another user than PHP's or the directory's owner, a network file system), or
      *   the MySQL server cannot be used (not configured, unreachable or silent for longer than
      *   INI `joinblock.mysql_connect_timeout`, wrong credentials, a Galera node or a read-only
      *   replica), or another MySQL server is configured while this process holds locks on the

@@ -465,47 +465,43 @@ namespace JoinBlock\Polyfill {
          * closes its copy of the descriptor.
          */
         /**
-         * Who holds a lock file: the one-line record the extension writes too (src/lock/holder.rs):
-         * `joinblock-holder pid=<pid> since=<CLOCK_MONOTONIC seconds> sapi=<name>[ pool=<name>]`.
-         * Never the key nor a URL. Written once the lock is held; read only by a waiter that gives up.
+         * Who holds a lock file, for a waiter that gives up: the pid in /proc/locks (the holder
+         * writes nothing), what it is (php-fpm's worker title, else its program's name: never
+         * its arguments) and how long the file has existed. As src/lock/holder.rs.
          */
         final class Holder
         {
-            private const TAG = 'joinblock-holder';
-
-            /** @param resource $handle */
-            public static function write($handle, int $previousLength): void
+            /** "pid 4242 (php-fpm: pool www) for 31.2 s"; null when it cannot be seen. @param resource $handle */
+            public static function of($handle): ?string
             {
-                $record = sprintf("%s pid=%d since=%.3f sapi=%s%s\n", self::TAG, getmypid(), hrtime(true) / 1e9, PHP_SAPI, self::pool());
-                if (@fseek($handle, 0) === 0 && @fwrite($handle, $record) === \strlen($record) && $previousLength > \strlen($record)) {
-                    @ftruncate($handle, \strlen($record));
-                }
-                @fflush($handle);
-            }
-
-            /** "pid 4242 (fpm-fcgi, pool www) for 31.2 s"; null without a record. @param resource $handle */
-            public static function read($handle): ?string
-            {
-                $record = @fseek($handle, 0) === 0 ? (string) @fread($handle, 512) : '';
-                $line = strtok($record, "\n");
-                if ($line === false || !preg_match('~^joinblock-holder pid=(\d+) since=([0-9.]+) sapi=(\S+)( pool=(.+))?$~', $line, $m)) {
+                $stat = fstat($handle);
+                $locks = @file_get_contents('/proc/locks');
+                if ($stat === false || $locks === false) {
                     return null;
                 }
-                $what = isset($m[5]) ? "{$m[3]}, pool {$m[5]}" : $m[3];
-                return sprintf('pid %d (%s) for %.1f s', $m[1], $what, max(0.0, hrtime(true) / 1e9 - (float) $m[2]));
+                // Linux's dev_t: the major number in bits 8-19 and 32-43, the minor in 0-7 and 20-31.
+                $dev = $stat['dev'];
+                $major = (($dev >> 8) & 0xfff) | (($dev >> 32) & ~0xfff);
+                $minor = ($dev & 0xff) | (($dev >> 12) & ~0xff);
+                $file = sprintf('%02x:%02x:%d', $major, $minor, $stat['ino']);
+                foreach (explode("\n", $locks) as $line) {
+                    $fields = preg_split('/\s+/', trim($line));
+                    if (($fields[1] ?? '') === 'FLOCK' && ($fields[5] ?? '') === $file) {
+                        $pid = (int) $fields[4];
+                        return sprintf('pid %d (%s) for %.1f s', $pid, self::name($pid), max(0.0, microtime(true) - $stat['ctime']));
+                    }
+                }
+                return null;
             }
 
-            /** php-fpm names its workers `php-fpm: pool <name>`. */
-            private static function pool(): string
+            private static function name(int $pid): string
             {
-                static $pool = [];
-                $pid = getmypid();
-                if (!isset($pool[$pid])) {
-                    $title = PHP_SAPI === 'fpm-fcgi' ? (string) @file_get_contents('/proc/self/cmdline') : '';
-                    $name = str_starts_with($title, 'php-fpm: pool ') ? trim(explode("\0", substr($title, 14))[0]) : '';
-                    $pool = [$pid => $name === '' ? '' : " pool=$name"];
+                $title = explode("\0", (string) @file_get_contents("/proc/$pid/cmdline"))[0];
+                if (str_starts_with($title, 'php-fpm: pool ')) {
+                    return trim($title);
                 }
-                return $pool[$pid];
+                $comm = @file_get_contents("/proc/$pid/comm");
+                return $comm === false ? 'unknown program' : trim($comm);
             }
         }
 
@@ -549,11 +545,11 @@ namespace JoinBlock\Polyfill {
                 $deadline = $timeout === null ? null : $started + $timeout;
                 $backoff = new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF);
                 while (true) {
-                    [$lock, $length] = self::open($path);
+                    $lock = self::open($path);
                     if (!$lock->flock($deadline === null)) {
                         $now = Clock::now();
                         if ($now >= $deadline) {
-                            $holder = Holder::read($lock->handle);
+                            $holder = Holder::of($lock->handle);
                             $lock->close();
                             throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', $now - $started, $path)
                                 . ($holder === null ? '' : ", held by $holder"));
@@ -564,7 +560,6 @@ namespace JoinBlock\Polyfill {
                         continue;
                     }
                     if ($lock->stillNamed()) {
-                        Holder::write($lock->handle, $length);
                         return $lock;
                     }
                     // We locked a file the previous holder already unlinked: start again.
@@ -608,8 +603,7 @@ namespace JoinBlock\Polyfill {
                 }
             }
 
-            /** @return array{self, int} the lock and the file's length before */
-            private static function open(string $path): array
+            private static function open(string $path): self
             {
                 $before = self::lstat($path);
                 if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
@@ -657,7 +651,7 @@ namespace JoinBlock\Polyfill {
                 }
                 $lock = new self($path, $handle, $id, getmypid());
                 Claims::taken($id, $lock);
-                return [$lock, $stat['size']];
+                return $lock;
             }
 
             /**

@@ -37,6 +37,7 @@ use std::{
 };
 
 use fs2::FileExt;
+use parking_lot::Mutex;
 
 use super::{holder, lock_name, record_acquired, record_timeout, release_watch::ReleaseWatch, Claim, LockError, LockId, Wait};
 use crate::backoff::Backoff;
@@ -85,7 +86,7 @@ impl FileLock {
         loop {
             // Until both checks pass, leaving this loop body closes the descriptor (dropping
             // any lock on it) and never touches the path.
-            let (file, id, len) = open_lock_file(path)?;
+            let (file, id) = open_lock_file(path)?;
             let claim = Claim::new(id.clone(), thread, pid).ok_or_else(|| LockError::AlreadyHeld { lock: describe(path) })?;
             // Waits on this inode until it is ours, or until the name moves on from it.
             let locked = loop {
@@ -99,7 +100,7 @@ impl FileLock {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     record_timeout();
-                    return Err(LockError::Timeout { lock: describe(path), waited: started.elapsed(), holder: holder::read(&file) });
+                    return Err(LockError::Timeout { lock: describe(path), waited: started.elapsed(), holder: holder::of(&file) });
                 }
                 match &watch {
                     // Watching from now on, and trying once more before the first wait.
@@ -113,7 +114,6 @@ impl FileLock {
             };
             if locked && path_names(path, &id)? {
                 record_acquired(had_to_wait);
-                holder::write(&file, len);
                 return Ok(FileLock { path: path.to_owned(), held: Some((file, claim)) });
             }
             // The name moved on from the inode we waited for (or locked): start again.
@@ -182,8 +182,8 @@ fn path_names(path: &Path, id: &LockId) -> Result<bool, LockError> {
 }
 
 /// Opens (creating if needed) the lock file, refusing anything but a regular file of ours on
-/// a local file system. Returns the file, its identity and its length.
-fn open_lock_file(path: &Path) -> Result<(File, LockId, u64), LockError> {
+/// a local file system.
+fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -197,7 +197,7 @@ fn open_lock_file(path: &Path) -> Result<(File, LockId, u64), LockError> {
     if !meta.file_type().is_file() {
         return Err(LockError::NotARegularFile { path: path.to_owned(), kind: kind_name(&meta.file_type()) });
     }
-    if let Some(fs) = network_file_system(&file) {
+    if let Some(fs) = network_file_system(&file, meta.dev()) {
         return Err(LockError::NetworkFileSystem { path: path.to_owned(), fs });
     }
     // Only PHP's user and the lock directory's owner may have files here; root hands what it
@@ -212,7 +212,7 @@ fn open_lock_file(path: &Path) -> Result<(File, LockId, u64), LockError> {
             let _ = std::os::unix::fs::fchown(&file, Some(dir_uid), Some(dir_gid));
         }
     }
-    Ok((file, file_id(&meta), meta.len()))
+    Ok((file, file_id(&meta)))
 }
 
 /// (uid, gid) of the directory that holds `path`.
@@ -222,16 +222,23 @@ fn lock_dir_owner(path: &Path) -> Result<(u32, u32), LockError> {
     Ok((meta.uid(), meta.gid()))
 }
 
-/// The name of the network file system `file` lives on, if it does: there flock is emulated
-/// with POSIX locks, which belong to the process and end when it closes *any* descriptor of
-/// the file (the re-entry check opens and closes one), so no lock there can be trusted.
-fn network_file_system(file: &File) -> Option<&'static str> {
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+/// The name of the network file system `file` (on device `dev`) lives on, if it does: there
+/// flock is emulated with POSIX locks, which belong to the process and end when it closes
+/// *any* descriptor of the file (the re-entry check opens and closes one), so no lock there
+/// can be trusted. Asked once per device: a device keeps its file system.
+fn network_file_system(file: &File, dev: u64) -> Option<&'static str> {
+    static KNOWN: Mutex<Vec<(u64, Option<&'static str>)>> = Mutex::new(Vec::new());
+    if let Some((_, fs)) = KNOWN.lock().iter().find(|(known, _)| *known == dev) {
+        return *fs;
+    }
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs fills the struct it is given for an open descriptor.
-    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(file), &mut fs) } != 0 {
+    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(file), &mut stats) } != 0 {
         return None;
     }
-    network_fs_name(fs.f_type as i64)
+    let fs = network_fs_name(stats.f_type as i64);
+    KNOWN.lock().push((dev, fs));
+    fs
 }
 
 /// Names the network file systems by their `statfs` magic numbers.

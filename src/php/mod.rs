@@ -57,11 +57,6 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
 
 extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
     config::register(module_number);
-    // SAFETY: PHP sets its SAPI's name before any module starts, and never frees it.
-    let sapi = unsafe { ext_php_rs::ffi::sapi_module.name };
-    if !sapi.is_null() {
-        crate::lock::holder::set_sapi(&unsafe { std::ffi::CStr::from_ptr(sapi) }.to_string_lossy());
-    }
     match std::panic::catch_unwind(exceptions::register) {
         Ok(Ok(())) => 0,
         Ok(Err(message)) => {

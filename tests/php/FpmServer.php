@@ -104,26 +104,39 @@ final class FpmServer
      */
     public function requestAll(array $requests, float $limit = 60): array
     {
-        $running = [];
-        foreach ($requests as $i => [$script, $query]) {
-            $running[$i] = proc_open($this->command($script, $query), [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
-            $running[$i] = [$running[$i], $pipes];
-        }
+        $running = array_map(fn (array $request) => $this->send(...$request), $requests);
         $deadline = microtime(true) + $limit;
-        $answers = [];
-        foreach ($running as $i => [$proc, $pipes]) {
-            stream_set_timeout($pipes[1], max(1, (int) ($deadline - microtime(true))));
-            $raw = stream_get_contents($pipes[1]);
-            stream_set_timeout($pipes[2], max(1, (int) ($deadline - microtime(true))));
-            $stderr = (string) stream_get_contents($pipes[2]);
-            fclose($pipes[1]);
-            fclose($pipes[2]);
-            proc_close($proc);
-            [$head, $body] = array_pad(explode("\r\n\r\n", (string) $raw, 2), 2, '');
-            $status = preg_match('~^Status: (\d+)~mi', $head, $m) ? (int) $m[1] : 200;
-            $answers[$i] = ['status' => $status, 'body' => $body, 'stderr' => $stderr];
-        }
-        return $answers;
+        return array_map(fn (array $sent) => $this->answer($sent, $deadline), $running);
+    }
+
+    /**
+     * Sends one request without waiting for it; answer() waits.
+     *
+     * @return array{resource, array<int, resource>}
+     */
+    public function send(string $script, array $query): array
+    {
+        $proc = proc_open($this->command($script, $query), [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+        return [$proc, $pipes];
+    }
+
+    /**
+     * @param array{resource, array<int, resource>} $sent
+     * @return array{status: int, body: string, stderr: string}
+     */
+    public function answer(array $sent, float $deadline): array
+    {
+        [$proc, $pipes] = $sent;
+        stream_set_timeout($pipes[1], max(1, (int) ($deadline - microtime(true))));
+        $raw = stream_get_contents($pipes[1]);
+        stream_set_timeout($pipes[2], max(1, (int) ($deadline - microtime(true))));
+        $stderr = (string) stream_get_contents($pipes[2]);
+        fclose($pipes[1]);
+        fclose($pipes[2]);
+        proc_close($proc);
+        [$head, $body] = array_pad(explode("\r\n\r\n", (string) $raw, 2), 2, '');
+        $status = preg_match('~^Status: (\d+)~mi', $head, $m) ? (int) $m[1] : 200;
+        return ['status' => $status, 'body' => $body, 'stderr' => $stderr];
     }
 
     /** @return array{status: int, body: string, stderr: string} */
