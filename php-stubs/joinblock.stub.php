@@ -64,6 +64,24 @@ namespace {
     function joinblock_configure(array $settings): void {}
 
     /**
+     * What this process's implementation is doing, for dashboards such as WordPress's Site
+     * Health: never a password or an API key.
+     *
+     * @return array{implementation: 'extension'|'polyfill', version: string,
+     *   lock_backend: 'file'|'mysql'|null, lock_dir: string|null, mysql_server: string|null,
+     *   action_network_url: string, counters: array{locks_acquired: int, locks_waited: int,
+     *   lock_timeouts: int, action_network_requests: int}|null, problems: array<string, string>}
+     *   - `lock_backend`, `lock_dir`: in effect when a call names none (joinblock_configure(),
+     *     else INI; the directory from INI `joinblock.lock_dir`, else `sys_get_temp_dir()`).
+     *   - `mysql_server`: the mysql backend's server as `user@host:port/dbname` (or
+     *     `user@host:/socket/dbname`); null when none is configured.
+     *   - `counters`: this process's locks and Action Network requests since it started; null
+     *     for the polyfill, which keeps nothing beyond one request.
+     *   - `problems`: setting => why it is unusable (that setting's value is then null).
+     */
+    function joinblock_status(): array {}
+
+    /**
      * Whether the Action Network person with this email has the tag named `$tag` (names compare
      * case-insensitively, as Action Network does); null when no person has that email.
      *

@@ -129,6 +129,9 @@ namespace JoinBlock\Polyfill {
         /** How the API's exceptions look: thrown by the API function itself, as the extension's are. */
         final class Api
         {
+            /** The extension's version whose contract this file implements. */
+            public const VERSION = '0.1.0';
+
             /**
              * Re-aims $e, thrown somewhere in this file, at the caller of the API function or
              * method $function: its file, line and trace start where PHP's own function would
@@ -1302,6 +1305,31 @@ namespace JoinBlock\Polyfill {
                 );
                 return MysqlTarget::fromUrl($url, static fn (string $problem) => new LockException("INI joinblock.mysql_url $problem"));
             }
+
+            /**
+             * joinblock_status()'s lock part: the settings in effect, each null with a problem
+             * when unusable; the server without its password.
+             */
+            public static function status(): array
+            {
+                $problems = [];
+                $value = static function (string $name, callable $read) use (&$problems): ?string {
+                    try {
+                        return $read();
+                    } catch (LockException $e) {
+                        $problems[$name] = $e->getMessage();
+                        return null;
+                    }
+                };
+                $status = [
+                    'lock_backend' => $value('lock_backend', static fn () => self::backend()),
+                    'lock_dir' => Options::ini('joinblock.lock_dir') ?? sys_get_temp_dir(),
+                    'mysql_server' => self::$mysql === null && Options::ini('joinblock.mysql_url') === null
+                        ? null
+                        : $value('mysql_server', static fn () => self::mysqlTarget()->describe()),
+                ];
+                return $status + ['problems' => $problems];
+            }
         }
 
         /** Why a tag check's answer cannot be known; becomes an ActionNetworkException. */
@@ -1476,7 +1504,7 @@ namespace JoinBlock\Polyfill {
         final class Settings
         {
             private const FUNCTION = 'joinblock_person_has_tag';
-            private const DEFAULT_BASE_URL = 'https://actionnetwork.org/api/v2/';
+            public const DEFAULT_BASE_URL = 'https://actionnetwork.org/api/v2/';
 
             private function __construct(
                 public readonly string $baseUrl,
@@ -2107,6 +2135,8 @@ namespace {
     use JoinBlock\LockException;
     use JoinBlock\Polyfill\Api;
     use JoinBlock\Polyfill\Locking;
+    use JoinBlock\Polyfill\Options;
+    use JoinBlock\Polyfill\Settings;
     use JoinBlock\Polyfill\TagCheck;
 
     if (!\function_exists('joinblock_acquire_lock')) {
@@ -2144,6 +2174,22 @@ namespace {
             } catch (ActionNetworkException | \ValueError | \TypeError $e) {
                 throw Api::raised($e, __FUNCTION__);
             }
+        }
+
+        function joinblock_status(): array
+        {
+            $lock = Locking::status();
+            return [
+                'implementation' => 'polyfill',
+                'version' => Api::VERSION,
+                'lock_backend' => $lock['lock_backend'],
+                'lock_dir' => $lock['lock_dir'],
+                'mysql_server' => $lock['mysql_server'],
+                'action_network_url' => Options::ini('joinblock.action_network_url') ?? Settings::DEFAULT_BASE_URL,
+                // Nothing outlives a request here: there are no process counters to show.
+                'counters' => null,
+                'problems' => $lock['problems'],
+            ];
         }
     }
 }

@@ -5,39 +5,28 @@ mod action_network;
 mod exceptions;
 mod lock;
 mod options;
-
-use std::os::unix::ffi::OsStrExt;
+mod status;
 
 use ext_php_rs::{info_table_end, info_table_row, info_table_start, prelude::*, zend::ModuleEntry};
 
-use crate::{config, lock::counters};
-
-/// A value as `php --ri` can print it (the table's C strings stop at NUL).
-fn shown(text: impl AsRef<[u8]>) -> String {
-    String::from_utf8_lossy(text.as_ref()).replace('\0', "")
-}
+use crate::config;
+use status::{shown, Status};
 
 /// `php --ri joinblock` and `phpinfo()`. Never shows a password or an API key.
 extern "C" fn module_info(_module: *mut ModuleEntry) {
-    let counters = counters();
-    let dir = lock::lock_dir().map_or_else(
+    let status = Status::read();
+    let dir = status.lock_dir.map_or_else(
         |_| "(unavailable)".into(),
         |dir| {
-            let shared = crate::lock::file::shared_with_others(std::path::Path::new(std::ffi::OsStr::from_bytes(&dir)));
-            let dir = shown(dir);
-            if shared {
+            if crate::lock::file::shared_with_others(std::path::Path::new(&dir)) {
                 format!("{dir} (shared with other local users: set joinblock.lock_dir)")
             } else {
                 dir
             }
         },
     );
-    let backend = config::lock_backend().map_or_else(shown, |b| b.name().into());
-    let mysql = match config::mysql_target() {
-        Ok(target) => shown(target.describe()),
-        Err(_) if config::ini_bytes(config::MYSQL_URL).is_none() => "(not set)".into(),
-        Err(problem) => shown(problem),
-    };
+    let backend = status.backend.map_or_else(|problem| problem, String::from);
+    let mysql = status.mysql.map_or_else(|problem| problem, |server| server.unwrap_or_else(|| "(not set)".into()));
     info_table_start!();
     info_table_row!("joinblock support", "enabled");
     info_table_row!("version", env!("CARGO_PKG_VERSION"));
@@ -46,12 +35,11 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("MySQL server for locks", mysql.as_str());
     let connect = config::mysql_connect_timeout().map_or_else(shown, |bound| format!("{} s", bound.as_secs_f64()));
     info_table_row!("MySQL connect timeout", connect.as_str());
-    info_table_row!("locks acquired (this process)", counters.acquired.to_string());
-    info_table_row!("locks that waited (this process)", counters.waited.to_string());
-    info_table_row!("lock timeouts (this process)", counters.timed_out.to_string());
-    let url = config::ini_bytes(config::ACTION_NETWORK_URL).map_or_else(String::new, shown);
-    info_table_row!("Action Network URL", url.as_str());
-    info_table_row!("Action Network requests (this process)", crate::action_network::requests_sent().to_string());
+    info_table_row!("locks acquired (this process)", status.counters.acquired.to_string());
+    info_table_row!("locks that waited (this process)", status.counters.waited.to_string());
+    info_table_row!("lock timeouts (this process)", status.counters.timed_out.to_string());
+    info_table_row!("Action Network URL", status.action_network_url.as_str());
+    info_table_row!("Action Network requests (this process)", status.requests.to_string());
     info_table_end!();
 }
 
@@ -75,7 +63,7 @@ extern "C" fn request_shutdown(_type: i32, _module_number: i32) -> i32 {
 #[php_module]
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
-    action_network::register(lock::register(module))
+    status::register(action_network::register(lock::register(module)))
         .info_function(module_info)
         .request_shutdown_function(request_shutdown)
 }

@@ -90,7 +90,7 @@ final class DocumentedSettingsTest extends JoinBlockTestCase
         }
         $setting = str_starts_with($documented, 'php_admin_value[') ? preg_replace('~^php_admin_value\[([\w.]+)\]~', '$1', $documented) : $documented;
         file_put_contents("$dir/conf.d/20-joinblock.ini", implode("\n", [...$loading, self::aimed($setting), 'joinblock.lock_backend = mysql', '']));
-        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillFile(), true) . ';' : '';
+        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillEntry(), true) . ';' : '';
         $result = self::runPhp(['env', "PHP_INI_SCAN_DIR=$dir/conf.d", PHP_BINARY, '-c', "$dir/php.ini", '-r', $require . 'echo joinblock_acquire_lock("documented@example.org")->path();']);
         $this->assertSame('', $result['err'], 'PHP read the file without complaint');
         $this->assertSame(0, $result['exit'], $result['out']);

@@ -97,6 +97,12 @@ abstract class JoinBlockTestCase extends TestCase
         return dirname(__DIR__, 2) . '/php/joinblock.php';
     }
 
+    /** What loads the polyfill in the polyfill run: the Composer autoloader bootstrap.php made. */
+    protected static function polyfillEntry(): string
+    {
+        return \defined('JOINBLOCK_POLYFILL_AUTOLOAD') ? JOINBLOCK_POLYFILL_AUTOLOAD : self::polyfillFile();
+    }
+
     /** Skips a test of what only the extension can have (phpinfo, INI entries), in the polyfill run. */
     protected static function extensionOnly(string $why): void
     {
@@ -117,7 +123,7 @@ abstract class JoinBlockTestCase extends TestCase
     protected static function phpArgs(?string $implementation = null): array
     {
         if (($implementation ?? self::implementation()) === 'polyfill') {
-            return self::polyfillArgs(self::POLYFILL_EXTENSIONS);
+            return self::polyfillArgs(self::POLYFILL_EXTENSIONS, self::polyfillEntry());
         }
         return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
     }
@@ -169,7 +175,7 @@ abstract class JoinBlockTestCase extends TestCase
             array_push($ini, '-d', "$name=$value");
         }
         // auto_prepend_file does not apply to -r code.
-        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillFile(), true) . ';' : '';
+        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillEntry(), true) . ';' : '';
         return [PHP_BINARY, ...self::phpArgs(), ...$ini, '-r', $require . $code];
     }
 
@@ -264,6 +270,39 @@ abstract class JoinBlockTestCase extends TestCase
         self::assertDoesNotMatchRegularExpression('~\b[A-Z][A-Za-z]+ \{ ~', $message, 'a Debug shape in the message');
         self::assertStringNotContainsString(MariaDbServer::PASSWORD, $message);
         self::assertStringNotContainsString(rawurlencode(MariaDbServer::PASSWORD), $message);
+    }
+
+    /**
+     * One member's log events ([role, event], in time order, logged around the lock as the
+     * plugin logs them); returns the roles in the order they held the lock. Every event between
+     * a role's "Locked key" and its "Unlocked" is its alone. The next holder may log "Locked
+     * key" before the last one logs "Unlocked" (that line follows the release call, and a MySQL
+     * waiter is woken before the releaser has its reply), but then the last one may log nothing
+     * else.
+     */
+    protected function assertSectionsNeverInterleave(array $events): array
+    {
+        $holder = null;
+        $releasing = [];
+        $order = [];
+        foreach ($events as [$role, $event]) {
+            if (str_starts_with($event, 'Locked key')) {
+                if ($holder !== null) {
+                    $releasing[$holder] = true;
+                }
+                $holder = $role;
+                $order[] = $role;
+            } elseif ($event === 'Unlocked' && isset($releasing[$role])) {
+                unset($releasing[$role]);
+            } elseif ($event === 'Unlocked') {
+                $this->assertSame($holder, $role);
+                $holder = null;
+            } elseif (!str_starts_with($event, 'Locking key')) {
+                $this->assertSame($holder, $role, "$role: '$event' outside its lock" . ($holder === null ? '' : ", which $holder held"));
+            }
+        }
+        $this->assertSame([], $releasing, 'every holder logged "Unlocked"');
+        return $order;
     }
 
     /** @return array{acquired: int, waited: int, 'timed out': int} */

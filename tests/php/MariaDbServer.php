@@ -138,7 +138,7 @@ final class MariaDbServer
         return posix_geteuid() === 0 ? ['--user=root'] : [];
     }
 
-    private static function freePort(): int
+    public static function freePort(): int
     {
         $probe = stream_socket_server('tcp://127.0.0.1:0');
         $port = (int) substr(strrchr(stream_socket_get_name($probe, false), ':'), 1);

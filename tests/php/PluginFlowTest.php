@@ -88,37 +88,6 @@ final class PluginFlowTest extends JoinBlockTestCase
     }
 
     /**
-     * The roles in the order they held the lock: every event between a role's "Locked key" and
-     * its "Unlocked" is its alone. The next holder may log "Locked key" before the last one
-     * logs "Unlocked" (that line follows the release call, and a MySQL waiter is woken before
-     * the releaser has its reply), but then the last one may log nothing else.
-     */
-    private function assertSectionsNeverInterleave(array $events): array
-    {
-        $holder = null;
-        $releasing = [];
-        $order = [];
-        foreach ($events as [$role, $event]) {
-            if (str_starts_with($event, 'Locked key')) {
-                if ($holder !== null) {
-                    $releasing[$holder] = true;
-                }
-                $holder = $role;
-                $order[] = $role;
-            } elseif ($event === 'Unlocked' && isset($releasing[$role])) {
-                unset($releasing[$role]);
-            } elseif ($event === 'Unlocked') {
-                $this->assertSame($holder, $role);
-                $holder = null;
-            } elseif (!str_starts_with($event, 'Locking key')) {
-                $this->assertSame($holder, $role, "$role: '$event' outside its lock" . ($holder === null ? '' : ", which $holder held"));
-            }
-        }
-        $this->assertSame([], $releasing, 'every holder logged "Unlocked"');
-        return $order;
-    }
-
-    /**
      * The guide's own calls, unchanged, under either backend: only the site's ini differs.
      *
      * @dataProvider backends

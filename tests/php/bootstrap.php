@@ -1,7 +1,8 @@
 <?php
 // PHPUnit runs inside a PHP that has the implementation under test (see scripts/test): the
-// extension, or with JOINBLOCK_IMPL=polyfill php/joinblock.php instead. Child processes get a
-// bare PHP (`-n`) with only that implementation, so no php.ini can interfere.
+// extension, or with JOINBLOCK_IMPL=polyfill php/joinblock.php instead, loaded by Composer.
+// Child processes get a bare PHP (`-n`) with only that implementation, so no php.ini can
+// interfere.
 
 declare(strict_types=1);
 
@@ -11,7 +12,20 @@ if ($implementation === 'polyfill') {
         fwrite(STDERR, "JOINBLOCK_IMPL=polyfill: run PHPUnit without the extension loaded\n");
         exit(1);
     }
-    require dirname(__DIR__, 2) . '/php/joinblock.php';
+    // As a site gets it: `composer require` of the package through a path repository (a
+    // symlink to this checkout), then Composer's autoloader; child processes prepend the same.
+    require __DIR__ . '/ComposerProject.php';
+    $project = sys_get_temp_dir() . '/joinblock-composer-' . bin2hex(random_bytes(4));
+    mkdir($project, 0755);
+    register_shutdown_function(static fn () => exec('rm -rf ' . escapeshellarg($project)));
+    try {
+        JoinBlock\Tests\ComposerProject::create($project, dirname(__DIR__, 2), true);
+    } catch (RuntimeException $e) {
+        fwrite(STDERR, $e->getMessage() . "\n");
+        exit(1);
+    }
+    define('JOINBLOCK_POLYFILL_AUTOLOAD', "$project/vendor/autoload.php");
+    require JOINBLOCK_POLYFILL_AUTOLOAD;
 } elseif ($implementation !== 'extension') {
     fwrite(STDERR, "JOINBLOCK_IMPL must be extension (the default) or polyfill\n");
     exit(1);
@@ -29,3 +43,6 @@ require __DIR__ . '/JoinBlockTestCase.php';
 require __DIR__ . '/StandInServer.php';
 require __DIR__ . '/FpmServer.php';
 require __DIR__ . '/MariaDbServer.php';
+require_once __DIR__ . '/ComposerProject.php';
+require __DIR__ . '/WordPressSite.php';
+require __DIR__ . '/HeadlessChromium.php';

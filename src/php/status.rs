@@ -1,0 +1,79 @@
+//! What the extension is doing, for `php --ri joinblock` and `joinblock_status()`: the
+//! version, the settings in effect and this process's counters. Never a password or an API key.
+
+use ext_php_rs::{prelude::*, types::ZendHashTable, boxed::ZBox};
+
+use super::lock;
+use crate::{
+    action_network::{requests_sent, DEFAULT_BASE_URL},
+    config,
+    lock::{counters, Counters},
+};
+
+/// A value as PHP strings carry it to `php --ri` (its C strings stop at NUL).
+pub fn shown(text: impl AsRef<[u8]>) -> String {
+    String::from_utf8_lossy(text.as_ref()).replace('\0', "")
+}
+
+/// The settings in effect and the counters, read once.
+pub struct Status {
+    pub backend: Result<&'static str, String>,
+    pub lock_dir: Result<String, String>,
+    /// `Ok(None)`: no server configured.
+    pub mysql: Result<Option<String>, String>,
+    pub action_network_url: String,
+    pub counters: Counters,
+    pub requests: u64,
+}
+
+impl Status {
+    pub fn read() -> Status {
+        let mysql = match config::mysql_target() {
+            Ok(target) => Ok(Some(shown(target.describe()))),
+            Err(_) if config::ini_bytes(config::MYSQL_URL).is_none() => Ok(None),
+            Err(problem) => Err(shown(problem)),
+        };
+        Status {
+            backend: config::lock_backend().map(|b| b.name()).map_err(shown),
+            lock_dir: lock::lock_dir().map(shown).map_err(|_| "sys_get_temp_dir() could not be read".into()),
+            mysql,
+            action_network_url: shown(config::ini_bytes(config::ACTION_NETWORK_URL).unwrap_or_else(|| DEFAULT_BASE_URL.into())),
+            counters: counters(),
+            requests: requests_sent(),
+        }
+    }
+}
+
+/// What this process's implementation is doing: for WordPress's Site Health and other
+/// dashboards. The polyfill answers the same keys.
+#[php_function]
+pub fn joinblock_status() -> PhpResult<ZBox<ZendHashTable>> {
+    let status = Status::read();
+    let mut problems = ZendHashTable::new();
+    let mut value = |name: &str, result: Result<Option<String>, String>| -> PhpResult<Option<String>> {
+        result.or_else(|problem| problems.insert(name, problem).map(|()| None)).map_err(Into::into)
+    };
+    let backend = value("lock_backend", status.backend.map(|b| Some(b.to_owned())))?;
+    let lock_dir = value("lock_dir", status.lock_dir.map(Some))?;
+    let mysql = value("mysql_server", status.mysql)?;
+    let mut counters = ZendHashTable::new();
+    counters.insert("locks_acquired", status.counters.acquired as i64)?;
+    counters.insert("locks_waited", status.counters.waited as i64)?;
+    counters.insert("lock_timeouts", status.counters.timed_out as i64)?;
+    counters.insert("action_network_requests", status.requests as i64)?;
+    let mut array = ZendHashTable::new();
+    array.insert("implementation", "extension")?;
+    array.insert("version", env!("CARGO_PKG_VERSION"))?;
+    array.insert("lock_backend", backend)?;
+    array.insert("lock_dir", lock_dir)?;
+    array.insert("mysql_server", mysql)?;
+    array.insert("action_network_url", status.action_network_url)?;
+    array.insert("counters", counters)?;
+    array.insert("problems", problems)?;
+    Ok(array)
+}
+
+/// Adds `joinblock_status` to the module.
+pub fn register(module: ModuleBuilder) -> ModuleBuilder {
+    module.function(wrap_function!(joinblock_status))
+}
