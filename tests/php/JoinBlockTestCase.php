@@ -57,14 +57,15 @@ abstract class JoinBlockTestCase extends TestCase
 
     /**
      * PHP's options for a bare PHP (no php.ini) with only one implementation: the one under
-     * test unless named. The polyfill's lock needs mysqli for its mysql backend, its tag check curl.
+     * test unless named. The polyfill's lock needs mysqli for its mysql backend, its tag check curl,
+     * and mbstring to compare non-ASCII tag names as the extension does.
      *
      * @return list<string>
      */
     protected static function phpArgs(?string $implementation = null): array
     {
         if (($implementation ?? self::implementation()) === 'polyfill') {
-            return ['-n', '-d', 'extension=curl', '-d', 'extension=mysqlnd', '-d', 'extension=mysqli', '-d', 'auto_prepend_file=' . self::polyfillFile()];
+            return ['-n', '-d', 'extension=curl', '-d', 'extension=mbstring', '-d', 'extension=mysqlnd', '-d', 'extension=mysqli', '-d', 'auto_prepend_file=' . self::polyfillFile()];
         }
         return ['-n', '-d', 'extension=' . getenv('JOINBLOCK_SO')];
     }
