@@ -1144,7 +1144,7 @@ namespace JoinBlock\Polyfill {
         /** Why a tag check's answer cannot be known; becomes an ActionNetworkException. */
         final class Failure extends \Exception
         {
-            private function __construct(string $message, public readonly int $status = 0)
+            private function __construct(string $message)
             {
                 parent::__construct($message);
             }
@@ -1166,7 +1166,7 @@ namespace JoinBlock\Polyfill {
 
             public static function status(string $what, int $status, ?string $message): self
             {
-                return new self("Action Network answered HTTP $status to the $what" . ($message === null ? '' : ": $message"), $status);
+                return new self("Action Network answered HTTP $status to the $what" . ($message === null ? '' : ": $message"));
             }
 
             public static function pageCap(int $maxPages): self
@@ -1914,17 +1914,10 @@ namespace JoinBlock\Polyfill {
                 }
             }
 
+            /** Any failure, 404 included, fails the call and teaches nothing (mod.rs says why). */
             private function lookUp(string $href): void
             {
-                try {
-                    $name = Json::get($this->session->getJson($href, 'tag lookup'), 'name');
-                } catch (Failure $e) {
-                    if ($e->status !== 404) {
-                        throw $e;
-                    }
-                    // A tagging whose tag was deleted: it is not the tag asked about.
-                    $name = '';
-                }
+                $name = Json::get($this->session->getJson($href, 'tag lookup'), 'name');
                 if (!\is_string($name)) {
                     throw Failure::badShape('tag lookup', 'no "name"');
                 }

@@ -247,16 +247,12 @@ fn resolve(
             list.read_next(session, knowledge)?;
             continue;
         }
-        let url = parse_link(first_unnamed, "tag lookup")?;
-        match session.get_json(&url, "tag lookup") {
-            Ok(tag) => {
-                let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
-                knowledge.learn(name, first_unnamed);
-            }
-            // A tagging whose tag was deleted: it is not the tag asked about.
-            Err(Error::Status { status: 404, .. }) => knowledge.learn("", first_unnamed),
-            Err(e) => return Err(e),
-        }
+        // Any failure, 404 included, fails the call and teaches nothing: a 404 can be passing
+        // (a replica behind), and taking it for "not the tag" would answer false for as long
+        // as the cache kept that.
+        let tag = session.get_json(&parse_link(first_unnamed, "tag lookup")?, "tag lookup")?;
+        let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
+        knowledge.learn(name, first_unnamed);
     }
 }
 
