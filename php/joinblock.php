@@ -1873,14 +1873,17 @@ namespace JoinBlock\Polyfill {
                 }, self::embedded($page, 'osdi:taggings', 'taggings page'));
             }
 
-            /** How many taggings a page says come after it: exact with total_records, else estimated. */
+            /**
+             * How many taggings a page says come after it: exact with total_records, else estimated.
+             * The server's totals are only numbers: past PHP_INT_MAX the product saturates.
+             */
             private static function taggingsAfter(mixed $page, int $onPage): int
             {
                 $total = Json::count($page, 'total_records');
                 $pages = Json::count($page, 'total_pages');
                 return match (true) {
                     $total !== null => max(0, $total - $onPage),
-                    $pages !== null => max(0, $pages - 1) * 25,
+                    $pages !== null => min(PHP_INT_MAX, max(0, $pages - 1) * 25),
                     default => Json::link($page, 'next') === null ? 0 : 25,
                 };
             }

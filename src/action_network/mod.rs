@@ -189,9 +189,7 @@ fn check(
             // A person with many unknown tags will need the tag list anyway; reading its first
             // page now may name the tag at once, and paging can then stop at the first match.
             let unnamed = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).count();
-            // The pages after this one are guessed to be as unknown as this one.
-            let expected = unnamed + taggings_after(&page, hrefs.len()) * unnamed / hrefs.len().max(1);
-            if list.is_cheaper(knowledge, expected) {
+            if list.is_cheaper(knowledge, expected_unnamed(&page, hrefs.len(), unnamed)) {
                 list.read_next(session, knowledge)?;
                 target_href = knowledge.href_of(target).map(str::to_owned);
             }
@@ -215,15 +213,27 @@ fn check(
     resolve(session, target, &seen, knowledge, &mut list).map(Some)
 }
 
+/// The person's unnamed tags, guessing that the pages after the first are as unknown as it is.
+/// The server's totals are only numbers: the arithmetic saturates.
+fn expected_unnamed(first_page: &Value, on_page: usize, unnamed: usize) -> usize {
+    unnamed.saturating_add(taggings_after(first_page, on_page).saturating_mul(unnamed) / on_page.max(1))
+}
+
 /// How many taggings a page says come after it: exact with `total_records`, else estimated.
 fn taggings_after(page: &Value, on_page: usize) -> usize {
-    let number = |key: &str| page.get(key).and_then(Value::as_u64).map(|n| n as usize);
+    let number = |key: &str| count(page, key).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     match (number("total_records"), number("total_pages"), link(page, "next")) {
         (Some(total), _, _) => total.saturating_sub(on_page),
-        (None, Some(pages), _) => pages.saturating_sub(1) * 25,
+        (None, Some(pages), _) => pages.saturating_sub(1).saturating_mul(25),
         (None, None, Some(_)) => 25,
         (None, None, None) => 0,
     }
+}
+
+/// A count a page states: an integer from 0 to 2^63 - 1, which a PHP int holds too, so that both
+/// implementations read the same numbers; anything else counts as absent.
+fn count(page: &Value, key: &str) -> Option<u64> {
+    page.get(key)?.as_i64().and_then(|n| u64::try_from(n).ok())
 }
 
 /// Is one of `hrefs` the href of `target`? Learns the names still unknown by the cheaper of
@@ -289,7 +299,7 @@ impl TagList {
         for (name, href) in list_tags(&page)? {
             knowledge.learn(&name, &href);
         }
-        let total = page.get("total_pages").and_then(Value::as_u64).map(|n| n.try_into().unwrap_or(u32::MAX));
+        let total = count(&page, "total_pages").map(|n| n.try_into().unwrap_or(u32::MAX));
         knowledge.learn_list_page(total, self.pages.next.clone());
         Ok(())
     }
@@ -429,6 +439,26 @@ mod tests {
         let status = Error::Status { what: "person lookup".into(), status: 403, message: Some("API Key invalid or not present".into()) };
         assert_eq!(status.to_string(), "Action Network answered HTTP 403 to the person lookup: API Key invalid or not present");
         assert!(Error::PageCap { max_pages: 10 }.to_string().contains("more than 10 pages"));
+    }
+
+    #[test]
+    fn server_totals_saturate() {
+        let page = |totals: Value| {
+            let mut page = serde_json::json!({"_links": {}});
+            page.as_object_mut().unwrap().extend(totals.as_object().unwrap().clone());
+            page
+        };
+        let huge_pages = page(serde_json::json!({"total_pages": 1u64 << 62}));
+        assert_eq!(taggings_after(&huge_pages, 25), usize::MAX);
+        // 4 unnamed of 4, then as many of the (saturated) rest.
+        let saturated = 4 + usize::MAX / 4;
+        assert_eq!(expected_unnamed(&huge_pages, 4, 4), saturated);
+        // 2^62 + 1 pages: 25 × 2^62 would wrap to 2^62, and × 4 to 0.
+        assert_eq!(expected_unnamed(&page(serde_json::json!({"total_pages": (1u64 << 62) + 1})), 4, 4), saturated);
+        assert_eq!(expected_unnamed(&page(serde_json::json!({"total_records": (1u64 << 62) + 4})), 4, 4), saturated);
+        // Past what a PHP int holds, or not an integer: absent, as in the polyfill.
+        assert_eq!(taggings_after(&page(serde_json::json!({"total_pages": 1u64 << 63})), 25), 0);
+        assert_eq!(taggings_after(&page(serde_json::json!({"total_records": -5, "total_pages": 2.5})), 25), 0);
     }
 
     #[test]
