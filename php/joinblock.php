@@ -1185,6 +1185,11 @@ namespace JoinBlock\Polyfill {
                     . " stays with base_url's origin");
             }
 
+            public static function tooManyRedirects(string $what, int $max): self
+            {
+                return new self("Action Network redirected the $what more than $max times; stopped to avoid a loop");
+            }
+
             public static function badJson(string $what, string $detail): self
             {
                 return new self("the Action Network $what answer is not valid JSON: $detail");
@@ -1424,13 +1429,22 @@ namespace JoinBlock\Polyfill {
                         continue;
                     }
                     if ($status >= 300 && $status < 400) {
+                        // A redirect the extension's client does not follow (300, 304, no usable
+                        // Location) is an error status; one to another origin or one hop too
+                        // many says so.
                         $target = isset($headers['location']) ? Url::resolve($url, $headers['location']) : null;
-                        $origin = $target === null ? null : Url::origin($target);
-                        if ($origin === $this->origin && \in_array($status, [301, 302, 303, 307, 308], true) && $redirects++ < self::MAX_REDIRECTS) {
-                            $url = $target;
-                            continue;
+                        if ($target === null || !\in_array($status, [301, 302, 303, 307, 308], true)) {
+                            throw Failure::status($what, $status, self::errorText($body));
                         }
-                        throw Failure::foreignLink("redirect of the $what", $origin ?? 'an unreadable location');
+                        $origin = Url::origin($target);
+                        if ($origin !== $this->origin) {
+                            throw Failure::foreignLink("redirect of the $what", $origin ?? 'an unreadable location');
+                        }
+                        if ($redirects++ === self::MAX_REDIRECTS) {
+                            throw Failure::tooManyRedirects($what, self::MAX_REDIRECTS);
+                        }
+                        $url = $target;
+                        continue;
                     }
                     if ($status < 200 || $status >= 300) {
                         throw Failure::status($what, $status, self::errorText($body));

@@ -22,6 +22,9 @@ pub const BODY_CAP: u64 = 4 << 20;
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
 
+/// Same-origin redirects followed at most in one request.
+pub const MAX_REDIRECTS: usize = 4;
+
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// Requests sent by this process.
@@ -53,7 +56,8 @@ fn client() -> Result<Client, Error> {
         .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
         .redirect(redirect::Policy::custom(|attempt| {
             let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
-            if same_origin && attempt.previous().len() < 5 {
+            // `previous()` holds the request's own URL, then one per redirect followed.
+            if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
                 attempt.follow()
             } else {
                 attempt.stop()
@@ -109,20 +113,41 @@ impl Session<'_> {
                         what: format!("{what} (Action Network answered {status} and asked to wait {:.1} s)", wait.as_secs_f64()),
                     });
                 }
+                // Read to its end and let go, the answer leaves its connection to the pool for the
+                // retry; held over the wait, it would be closed and the retry would open another.
+                // Whether the read succeeds does not matter: the request is sent again.
+                let _ = read_capped(response, what, self);
                 thread::sleep(wait);
                 continue;
             }
             if status.is_redirection() {
-                // The redirect policy only stops at a redirect to another origin.
-                let target = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
-                let origin = target.and_then(|t| url.join(t).ok()).map_or("an unreadable location".into(), |u| u.origin().ascii_serialization());
-                return Err(Error::ForeignLink { what: format!("redirect of the {what}"), origin });
+                return Err(self.unfollowed_redirect(response, what));
             }
             let body = read_capped(response, what, self)?;
             if !status.is_success() {
                 return Err(Error::Status { what: what.into(), status: status.as_u16(), message: error_text(&body) });
             }
             return serde_json::from_slice(&body).map_err(|e| Error::BadJson { what: what.into(), detail: e.to_string() });
+        }
+    }
+
+    /// Says why a 3xx answer ends the call. The client follows same-origin 301, 302, 303, 307
+    /// and 308 itself, so one that gets here points elsewhere, is one hop too many, or is not
+    /// a redirect the client follows (300, 304, or no usable `Location`).
+    fn unfollowed_redirect(&self, response: reqwest::blocking::Response, what: &str) -> Error {
+        let status = response.status();
+        let followed = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+        let location = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
+        // Relative to the URL that answered, which a redirect already followed may have changed.
+        match location.and_then(|l| response.url().join(l).ok()) {
+            Some(target) if followed && target.origin() != self.origin.origin() => {
+                Error::ForeignLink { what: format!("redirect of the {what}"), origin: target.origin().ascii_serialization() }
+            }
+            Some(_) if followed => Error::TooManyRedirects { what: what.into(), max: MAX_REDIRECTS },
+            _ => {
+                let message = read_capped(response, what, self).ok().and_then(|body| error_text(&body));
+                Error::Status { what: what.into(), status: status.as_u16(), message }
+            }
         }
     }
 

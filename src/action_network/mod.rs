@@ -106,6 +106,7 @@ pub enum Error {
     PageCap { max_pages: u32 },
     RepeatedNext { what: String },
     ForeignLink { what: String, origin: String },
+    TooManyRedirects { what: String, max: usize },
     BadJson { what: String, detail: String },
     BadShape { what: String, detail: String },
     TooLarge { what: String, cap: u64 },
@@ -135,6 +136,9 @@ impl fmt::Display for Error {
                 f,
                 "the Action Network {what} points to another origin ({origin}); not followed, so the API key stays with base_url's origin"
             ),
+            Error::TooManyRedirects { what, max } => {
+                write!(f, "Action Network redirected the {what} more than {max} times; stopped to avoid a loop")
+            }
             Error::BadJson { what, detail } => write!(f, "the Action Network {what} answer is not valid JSON: {detail}"),
             Error::BadShape { what, detail } => write!(f, "the Action Network {what} answer has an unexpected shape: {detail}"),
             Error::TooLarge { what, cap } => {
