@@ -1789,10 +1789,7 @@ namespace JoinBlock\Polyfill {
             {
                 self::requireText(1, 'email', $email);
                 self::requireText(2, 'tag', $tag);
-                self::requireText(3, 'apiKey', $apiKey);
-                if (preg_match('/[\x{0}-\x{1f}\x{7f}-\x{9f}]/u', $apiKey)) {
-                    throw new \ValueError(self::FUNCTION . '(): Argument #3 ($apiKey) must not contain control characters');
-                }
+                self::requireKey($apiKey);
                 $settings = Settings::from($options);
                 $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps);
                 $group = "{$settings->baseUrl} " . sha1($apiKey);
@@ -1814,6 +1811,23 @@ namespace JoinBlock\Polyfill {
             {
                 $list = Json::get($page, '_embedded', $key);
                 return \is_array($list) ? $list : throw Failure::badShape($what, "no _embedded.$key list");
+            }
+
+            /**
+             * The key becomes an HTTP header: CR or LF in it would add headers of the caller's
+             * making. preg_match() with /u answers false, not 1, on invalid UTF-8, so the encoding
+             * is checked first and only 0 (no match) lets a key through.
+             */
+            private static function requireKey(string $apiKey): void
+            {
+                $unfit = static fn () => new \ValueError(self::FUNCTION . '(): Argument #3 ($apiKey) must be valid UTF-8 without control characters');
+                if (preg_match('//u', $apiKey) !== 1) {
+                    throw $unfit();
+                }
+                self::requireText(3, 'apiKey', $apiKey);
+                if (preg_match('/[\x{0}-\x{1f}\x{7f}-\x{9f}]/u', $apiKey) !== 0) {
+                    throw $unfit();
+                }
             }
 
             private static function requireText(int $position, string $name, string $value): void
