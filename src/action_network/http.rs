@@ -52,7 +52,8 @@ fn client() -> Result<Client, Error> {
     if let Some(inherited) = slot.take() {
         std::mem::forget(inherited);
     }
-    let client = Client::builder()
+    let client = with_signals_blocked(|| {
+        Client::builder()
         .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
         .redirect(redirect::Policy::custom(|attempt| {
             let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
@@ -65,9 +66,36 @@ fn client() -> Result<Client, Error> {
         }))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| Error::Transport { what: "creating the HTTP client".into(), cause: describe(&e) })?;
+    })
+    .map_err(|e| Error::Transport { what: "creating the HTTP client".into(), cause: describe(&e) })?;
     *slot = Some((pid, client.clone()));
     Ok(client)
+}
+
+/// Runs `make` with every signal blocked on this thread, then restores its mask. The client's
+/// runtime thread, started by `build()`, inherits the mask, and so do the threads it starts in
+/// turn: a process-directed signal (SIGPROF of `max_execution_time`, SIGALRM, SIGTERM or SIGCHLD
+/// with a pcntl handler) then always lands on PHP's thread, never runs PHP's handler on one of
+/// ours. glibc keeps its own two signals (32 and 33) unblocked whatever it is asked: `setuid()`
+/// waits for every thread to take 33, and no PHP handler can be installed for either.
+fn with_signals_blocked<T>(make: impl FnOnce() -> T) -> T {
+    /// Restores the mask, also if `make` panics.
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: `self.0` is the mask pthread_sigmask returned for this thread.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
+    // SAFETY: plain sigset_t values, filled by sigfillset and pthread_sigmask before use.
+    let _restore = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        Restore(old)
+    };
+    make()
 }
 
 /// One call's budget and manners.
