@@ -1,8 +1,9 @@
 //! "Does this Action Network person have tag T?" in as few requests as the API allows.
 //!
-//! A tagging names its tag only by href, so the answer needs T's href. With it (cached from an
-//! earlier call of this process) the cost is the person lookup plus the person's taggings pages
-//! up to the first match: `1 + pages`. Without it, but with the name of every tag the person
+//! A tagging names its tag only by href, so the answer needs T's href (or hrefs: a group that
+//! holds two tags whose names differ only in case has two, and a person with either has T). With
+//! it (cached from an earlier call of this process) the cost is the person lookup plus the
+//! person's taggings pages up to the first match: `1 + pages`. Without it, but with the name of every tag the person
 //! has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
 //! of unknown tags makes the call read the next unread page of the group's tag list early (25
 //! names, and the list's length); the hrefs still unknown at the end are resolved by whichever
@@ -30,6 +31,7 @@ use serde_json::Value;
 use cache::{normalize_name, GroupKey, Knowledge, ListProgress};
 use http::Session;
 
+pub use cache::entries as tag_cache_entries;
 pub use http::requests_sent;
 
 /// A person with more unknown tag hrefs than this makes the call look at the group's tag
@@ -159,11 +161,10 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
         deadline: far_future_if_none(Instant::now().checked_add(settings.deadline)),
         min_interval: Duration::try_from_secs_f64(1.0 / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
     };
-    let group = GroupKey::new(settings.base_url.as_str(), api_key);
-    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl);
+    let mut knowledge = Knowledge::load(&GroupKey::new(settings.base_url.as_str(), api_key), settings.tag_cache_ttl);
     let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
     // Whatever was learned stays useful, even when this call failed.
-    knowledge.save(&group);
+    knowledge.save();
     answer
 }
 
@@ -182,28 +183,26 @@ fn check(
     let Some(taggings) = find_person(session, settings, email)? else {
         return Ok(None);
     };
-    let mut target_href = knowledge.href_of(target).map(str::to_owned);
+    // Every href known to be the asked tag: one, unless the group holds two tags whose names
+    // differ only in case; a person with any of them has the tag.
+    let mut target_hrefs = knowledge.hrefs_of(target);
     let mut list = TagList::new(session, knowledge)?;
     // Every tag href of the person met so far, in order.
     let mut seen: Vec<String> = Vec::new();
     let mut pages = Pages::new(taggings, "taggings page", Some(settings.max_pages));
     while let Some(page) = pages.next(session)? {
         let hrefs = tagging_hrefs(&page)?;
-        if target_href.is_none() && seen.is_empty() {
+        if target_hrefs.is_empty() && seen.is_empty() {
             // A person with many unknown tags will need the tag list anyway; reading its first
             // page now may name the tag at once, and paging can then stop at the first match.
             let unnamed = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).count();
             if list.is_cheaper(knowledge, expected_unnamed(&page, hrefs.len(), unnamed)) {
                 list.read_next(session, knowledge)?;
-                target_href = knowledge.href_of(target).map(str::to_owned);
+                target_hrefs = knowledge.hrefs_of(target);
             }
         }
         for href in hrefs {
-            let matches = match (&target_href, knowledge.name_of(&href)) {
-                (Some(known), _) => *known == href,
-                (None, name) => name == Some(target),
-            };
-            if matches {
+            if target_hrefs.contains(&href) {
                 return Ok(Some(true));
             }
             if !seen.contains(&href) {
@@ -211,7 +210,7 @@ fn check(
             }
         }
     }
-    if target_href.is_some() {
+    if !target_hrefs.is_empty() {
         return Ok(Some(false));
     }
     resolve(session, target, &seen, knowledge, &mut list).map(Some)
@@ -250,8 +249,9 @@ fn resolve(
     list: &mut TagList,
 ) -> Result<bool, Error> {
     loop {
-        if let Some(href) = knowledge.href_of(target) {
-            return Ok(hrefs.iter().any(|h| h == href));
+        let target_hrefs = knowledge.hrefs_of(target);
+        if !target_hrefs.is_empty() {
+            return Ok(hrefs.iter().any(|h| target_hrefs.contains(h)));
         }
         let unnamed: Vec<&String> = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).collect();
         let Some(first_unnamed) = unnamed.first() else {

@@ -39,6 +39,7 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     let url = config::ini_bytes(config::ACTION_NETWORK_URL).map_or_else(String::new, shown);
     info_table_row!("Action Network URL", url.as_str());
     info_table_row!("Action Network requests (this process)", crate::action_network::requests_sent().to_string());
+    info_table_row!("tag cache entries (this process)", crate::action_network::tag_cache_entries().to_string());
     info_table_end!();
 }
 
