@@ -1622,10 +1622,10 @@ namespace JoinBlock\Polyfill {
                 return $knowledge;
             }
 
-            /** Keeps what this call learned for the calls after it. */
+            /** Keeps what this call learned for the calls after it; with tag_cache_ttl = 0 no call would trust it. */
             public function save(): void
             {
-                if ($this->learned === [] && !$this->listAdvanced) {
+                if ($this->ttl <= 0.0 || $this->learned === [] && !$this->listAdvanced) {
                     return;
                 }
                 $now = Clock::now();

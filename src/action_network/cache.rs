@@ -195,9 +195,10 @@ impl Knowledge {
         }
     }
 
-    /// Keeps what this call learned for the calls after it.
+    /// Keeps what this call learned for the calls after it; with `tag_cache_ttl = 0` no call
+    /// would trust it, and it would only take room.
     pub fn save(&self) {
-        if self.learned.is_empty() && !self.list_advanced {
+        if self.ttl.is_zero() || self.learned.is_empty() && !self.list_advanced {
             return;
         }
         let now = Instant::now();
@@ -342,12 +343,19 @@ mod tests {
     #[test]
     fn an_entry_lives_for_the_ttl_of_the_call_that_learned_it() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-3");
-        let mut brief = Knowledge::load(&group, Duration::ZERO);
+        let mut brief = Knowledge::load(&group, Duration::from_millis(100));
         brief.learn("Brief", "http://x/tags/1");
-        // A call uses what it learned itself, whatever its ttl.
-        assert_eq!(brief.hrefs_of("brief"), ["http://x/tags/1"]);
         brief.save();
-        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/1"), None);
+        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/1").as_deref(), Some("brief"));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/1"), None, "a longer ttl does not revive it");
+
+        let mut uncached = Knowledge::load(&group, Duration::ZERO);
+        uncached.learn("Uncached", "http://x/tags/2");
+        // A call uses what it learned itself, whatever its ttl.
+        assert_eq!(uncached.hrefs_of("uncached"), ["http://x/tags/2"]);
+        uncached.save();
+        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/2"), None);
     }
 
     #[test]
