@@ -1,5 +1,6 @@
-//! The HTTP side of the Action Network client: one connection pool per process, pacing,
-//! retries on "slow down" answers, body caps, and the origin rule that keeps the API key home.
+//! The HTTP side of the Action Network client: one connection pool per process, whose threads
+//! take no signals, pacing, retries on "slow down" answers, body caps, and the origin rule that
+//! keeps the API key home.
 
 use std::{
     io::Read,
@@ -23,7 +24,7 @@ const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
 
 /// Same-origin redirects followed at most in one request.
-pub const MAX_REDIRECTS: usize = 4;
+const MAX_REDIRECTS: usize = 4;
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
@@ -54,18 +55,18 @@ fn client() -> Result<Client, Error> {
     }
     let client = with_signals_blocked(|| {
         Client::builder()
-        .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
-        .redirect(redirect::Policy::custom(|attempt| {
-            let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
-            // `previous()` holds the request's own URL, then one per redirect followed.
-            if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
-                attempt.follow()
-            } else {
-                attempt.stop()
-            }
-        }))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
+            .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect::Policy::custom(|attempt| {
+                let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
+                // `previous()` holds the request's own URL, then one per redirect followed.
+                if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
     })
     .map_err(|e| Error::Transport { what: "creating the HTTP client".into(), cause: describe(&e) })?;
     *slot = Some((pid, client.clone()));
@@ -141,7 +142,7 @@ impl Session<'_> {
                         what: format!("{what} (Action Network answered {status} and asked to wait {:.1} s)", wait.as_secs_f64()),
                     });
                 }
-                // Read to its end and let go, the answer leaves its connection to the pool for the
+                // Read to its end and dropped, the answer leaves its connection to the pool for the
                 // retry; held over the wait, it would be closed and the retry would open another.
                 // Whether the read succeeds does not matter: the request is sent again.
                 let _ = read_capped(response, what, self);

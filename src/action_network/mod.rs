@@ -3,8 +3,8 @@
 //! A tagging names its tag only by href, so the answer needs T's href (or hrefs: a group that
 //! holds two tags whose names differ only in case has two, and a person with either has T). With
 //! it (cached from an earlier call of this process) the cost is the person lookup plus the
-//! person's taggings pages up to the first match: `1 + pages`. Without it, but with the name of every tag the person
-//! has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
+//! person's taggings pages up to the first match: `1 + pages`. Without it, but with the name of
+//! every tag the person has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
 //! of unknown tags makes the call read the next unread page of the group's tag list early (25
 //! names, and the list's length); the hrefs still unknown at the end are resolved by whichever
 //! is cheaper: one `GET` per unknown tag href (never more than the plugin's one per tagging), or
