@@ -99,8 +99,8 @@ namespace {
      *   - `tag_cache_ttl`: seconds a learned tag name stays trusted in this process, default 600.
      *   - `max_rps`: requests per second this process sends at most, default 4.
      *
-     * @throws \TypeError wrong argument or option types
-     * @throws \ValueError empty email, tag or key, a key with control characters, unknown
+     * @throws \TypeError wrong argument or option types, an email or tag that is not UTF-8
+     * @throws \ValueError empty email, tag or key, a key that is not UTF-8 or has control characters, unknown
      *   option, bad `base_url`, non-positive `timeout`, `deadline`, `max_pages` or `max_rps`
      * @throws \JoinBlock\ActionNetworkException the answer cannot be known: transport error,
      *   timeout, deadline, error status, page cap, looping or foreign link, bad or oversized body

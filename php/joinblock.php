@@ -1335,7 +1335,7 @@ namespace JoinBlock\Polyfill {
         /** Why a tag check's answer cannot be known; becomes an ActionNetworkException. */
         final class Failure extends \Exception
         {
-            private function __construct(string $message, public readonly int $status = 0)
+            private function __construct(string $message)
             {
                 parent::__construct($message);
             }
@@ -1357,7 +1357,7 @@ namespace JoinBlock\Polyfill {
 
             public static function status(string $what, int $status, ?string $message): self
             {
-                return new self("Action Network answered HTTP $status to the $what" . ($message === null ? '' : ": $message"), $status);
+                return new self("Action Network answered HTTP $status to the $what" . ($message === null ? '' : ": $message"));
             }
 
             public static function pageCap(int $maxPages): self
@@ -1374,6 +1374,11 @@ namespace JoinBlock\Polyfill {
             {
                 return new self("the Action Network $what points to another origin ($origin); not followed, so the API key"
                     . " stays with base_url's origin");
+            }
+
+            public static function tooManyRedirects(string $what, int $max): self
+            {
+                return new self("Action Network redirected the $what more than $max times; stopped to avoid a loop");
             }
 
             public static function badJson(string $what, string $detail): self
@@ -1615,13 +1620,22 @@ namespace JoinBlock\Polyfill {
                         continue;
                     }
                     if ($status >= 300 && $status < 400) {
+                        // A redirect the extension's client does not follow (300, 304, no usable
+                        // Location) is an error status; one to another origin or one hop too
+                        // many says so.
                         $target = isset($headers['location']) ? Url::resolve($url, $headers['location']) : null;
-                        $origin = $target === null ? null : Url::origin($target);
-                        if ($origin === $this->origin && \in_array($status, [301, 302, 303, 307, 308], true) && $redirects++ < self::MAX_REDIRECTS) {
-                            $url = $target;
-                            continue;
+                        if ($target === null || !\in_array($status, [301, 302, 303, 307, 308], true)) {
+                            throw Failure::status($what, $status, self::errorText($body));
                         }
-                        throw Failure::foreignLink("redirect of the $what", $origin ?? 'an unreadable location');
+                        $origin = Url::origin($target);
+                        if ($origin !== $this->origin) {
+                            throw Failure::foreignLink("redirect of the $what", $origin ?? 'an unreadable location');
+                        }
+                        if ($redirects++ === self::MAX_REDIRECTS) {
+                            throw Failure::tooManyRedirects($what, self::MAX_REDIRECTS);
+                        }
+                        $url = $target;
+                        continue;
                     }
                     if ($status < 200 || $status >= 300) {
                         throw Failure::status($what, $status, self::errorText($body));
@@ -1744,78 +1758,106 @@ namespace JoinBlock\Polyfill {
 
         /**
          * What this process knows of each group's tags (name <-> href), learned while answering
-         * calls, and how far it has read the group's tag list, trusted for tag_cache_ttl. One call
-         * works on a copy and saves what it learned. The reading position expires with the names
-         * of the first page it covers, so the pages a call skips are pages whose names are known.
+         * calls, and how far it has read the group's tag list: the extension's cache
+         * (src/action_network/cache.rs, which says why), with the same rules, so that both send
+         * the same requests. An entry lives for the tag_cache_ttl of the call that learned it and
+         * a call trusts entries younger than its own; expired entries go whenever a call saves;
+         * at most MAX_ENTRIES entries of at most MAX_ENTRY_BYTES each, the oldest learned going
+         * first (a PHP-FPM request is short, but a CLI process or a long request is not); a call
+         * reads entries in place and keeps what it learns apart, saved at its end; a name leads
+         * to every href learned with it; the reading position is dropped with an entry of its
+         * group evicted for room or not kept.
          */
         final class Knowledge
         {
-            /** @var array<string, array{names: array<string, array{string, float}>, list: ?array{array{read: int, total: ?int, next: ?string}, float}}> */
-            private static array $groups = [];
+            private const MAX_ENTRIES = 4096;
+            private const MAX_ENTRY_BYTES = 1024;
 
-            /** @var array<string, string> name => href */
-            private array $byName = [];
-            /** @var array<string, string> href => name */
-            private array $byHref = [];
+            /**
+             * @var array<string, array{names: array<string, array{string, float, float}>, hrefs: array<string, array<string, true>>, list: ?array{array{read: int, total: ?int, next: ?string}, float, float}}>
+             *   group => href => [name, learned, expires]; name => hrefs; [reading position, learned, expires]
+             */
+            private static array $groups = [];
+            /** @var array<string, array{string, string}> every entry, oldest learned first: "group\nhref" => [group, href] */
+            private static array $order = [];
+
+            /** @var array<string, string> href => name, as this call learned them */
+            private array $ownNames = [];
+            /** @var array<string, array<string, true>> name => hrefs, as this call learned them */
+            private array $ownHrefs = [];
+            /** @var list<array{string, string}> [href, name], in the order learned */
+            private array $learned = [];
             /** @var ?array{read: int, total: ?int, next: ?string} pages read, the list's length, the page to read next */
             private ?array $list = null;
-            /** When the loaded reading position was first saved; null for a reading begun by this call. */
-            private ?float $listSince = null;
-            /** @var list<array{string, string}> [href, name] */
-            private array $learned = [];
+            /** @var ?array{float, float} learned and expiry of the loaded reading position; null for a reading begun by this call */
+            private ?array $listAge = null;
             private bool $listAdvanced = false;
 
-            /** The entries of $group learned less than $ttl seconds ago. */
+            private function __construct(private string $group, private float $ttl) {}
+
+            /** Entries the process keeps now, over all groups (what the extension shows in php --ri). */
+            public static function entries(): int
+            {
+                return \count(self::$order);
+            }
+
+            /** $group's knowledge as a call with this $ttl trusts it. */
             public static function load(string $group, float $ttl): self
             {
-                $knowledge = new self();
-                $cached = self::$groups[$group] ?? null;
-                if ($cached === null) {
-                    return $knowledge;
-                }
-                $now = Clock::now();
-                $fresh = array_filter($cached['names'], static fn (array $entry): bool => $now - $entry[1] < $ttl);
-                // Oldest first, so that when a rename left two hrefs with one name the newest wins.
-                uasort($fresh, static fn (array $a, array $b): int => $a[1] <=> $b[1]);
-                foreach ($fresh as $href => [$name]) {
-                    $knowledge->byName[$name] = (string) $href;
-                    $knowledge->byHref[$href] = $name;
-                }
-                if ($cached['list'] !== null && $now - $cached['list'][1] < $ttl) {
-                    [$knowledge->list, $knowledge->listSince] = $cached['list'];
+                $knowledge = new self($group, $ttl);
+                $list = self::$groups[$group]['list'] ?? null;
+                if ($list !== null && self::trusted($list[1], $list[2], $ttl)) {
+                    $knowledge->list = $list[0];
+                    $knowledge->listAge = [$list[1], $list[2]];
                 }
                 return $knowledge;
             }
 
-            /** Keeps what this call learned for the calls after it. */
-            public function save(string $group): void
+            /** Keeps what this call learned for the calls after it; with tag_cache_ttl = 0 no call would trust it. */
+            public function save(): void
             {
+                if ($this->ttl <= 0.0 || $this->learned === [] && !$this->listAdvanced) {
+                    return;
+                }
                 $now = Clock::now();
-                self::$groups[$group] ??= ['names' => [], 'list' => null];
+                $expires = $now + $this->ttl;
+                self::removeExpired($now);
+                $allKept = true;
                 foreach ($this->learned as [$href, $name]) {
-                    self::$groups[$group]['names'][$href] = [$name, $now];
+                    if (\strlen($href) + \strlen($name) <= self::MAX_ENTRY_BYTES) {
+                        self::insert($this->group, $href, $name, $now, $expires);
+                    } else {
+                        $allKept = false;
+                    }
                 }
-                if ($this->listAdvanced) {
-                    // A resumed reading keeps its first page's age, so it never outlives those names.
-                    self::$groups[$group]['list'] = [$this->list, $this->listSince ?? $now];
+                if ($this->listAdvanced || !$allKept) {
+                    // A resumed reading keeps its first page's age, and expires with the shortest-lived page.
+                    $age = $this->listAge === null ? [$now, $expires] : [$this->listAge[0], min($this->listAge[1], $expires)];
+                    self::$groups[$this->group] ??= ['names' => [], 'hrefs' => [], 'list' => null];
+                    self::$groups[$this->group]['list'] = $allKept && $this->list !== null ? [$this->list, ...$age] : null;
                 }
+                self::makeRoom();
             }
 
-            /** Action Network compares tag names without regard to case. */
+            /**
+             * Action Network compares tag names without regard to case: full Unicode lowercasing,
+             * with the final sigma as any sigma (PHP 8.3 lowercases a word-final Σ to ς, earlier
+             * versions and the extension to σ).
+             */
             public static function normalize(string $name): string
             {
-                return mb_strtolower($name, 'UTF-8');
+                return str_replace('ς', 'σ', mb_strtolower($name, 'UTF-8'));
             }
 
             public function learn(string $name, string $href): void
             {
                 $name = self::normalize($name);
-                $old = $this->byHref[$href] ?? null;
-                if ($old !== null && $old !== $name && ($this->byName[$old] ?? null) === $href) {
-                    unset($this->byName[$old]);
+                $old = $this->ownNames[$href] ?? null;
+                if ($old !== null) {
+                    unset($this->ownHrefs[$old][$href]);
                 }
-                $this->byHref[$href] = $name;
-                $this->byName[$name] = $href;
+                $this->ownNames[$href] = $name;
+                $this->ownHrefs[$name][$href] = true;
                 $this->learned[] = [$href, $name];
             }
 
@@ -1829,20 +1871,86 @@ namespace JoinBlock\Polyfill {
                 $this->listAdvanced = true;
             }
 
-            public function hrefOf(string $name): ?string
+            /** @return list<string> every href known to be called $name */
+            public function hrefsOf(string $name): array
             {
-                return $this->byName[$name] ?? null;
+                $hrefs = array_keys($this->ownHrefs[$name] ?? []);
+                foreach (self::$groups[$this->group]['hrefs'][$name] ?? [] as $href => $_) {
+                    [, $learned, $expires] = self::$groups[$this->group]['names'][$href];
+                    // This call's own knowledge of an href (a rename) comes first.
+                    if (!isset($this->ownNames[$href]) && self::trusted($learned, $expires, $this->ttl)) {
+                        $hrefs[] = $href;
+                    }
+                }
+                return $hrefs;
             }
 
             public function nameOf(string $href): ?string
             {
-                return $this->byHref[$href] ?? null;
+                if (isset($this->ownNames[$href])) {
+                    return $this->ownNames[$href];
+                }
+                $entry = self::$groups[$this->group]['names'][$href] ?? null;
+                return $entry !== null && self::trusted($entry[1], $entry[2], $this->ttl) ? $entry[0] : null;
             }
 
             /** @return ?array{read: int, total: ?int, next: ?string} */
             public function listProgress(): ?array
             {
                 return $this->list;
+            }
+
+            private static function trusted(float $learned, float $expires, float $ttl): bool
+            {
+                $now = Clock::now();
+                return $now < $expires && $now - $learned < $ttl;
+            }
+
+            private static function insert(string $group, string $href, string $name, float $learned, float $expires): void
+            {
+                self::remove($group, $href);
+                self::$groups[$group] ??= ['names' => [], 'hrefs' => [], 'list' => null];
+                self::$groups[$group]['names'][$href] = [$name, $learned, $expires];
+                self::$groups[$group]['hrefs'][$name][$href] = true;
+                self::$order["$group\n$href"] = [$group, $href];
+            }
+
+            private static function remove(string $group, string $href): void
+            {
+                $name = self::$groups[$group]['names'][$href][0] ?? null;
+                if ($name === null) {
+                    return;
+                }
+                unset(self::$groups[$group]['names'][$href], self::$groups[$group]['hrefs'][$name][$href], self::$order["$group\n$href"]);
+                if (self::$groups[$group]['hrefs'][$name] === []) {
+                    unset(self::$groups[$group]['hrefs'][$name]);
+                }
+            }
+
+            private static function removeExpired(float $now): void
+            {
+                foreach (self::$groups as $group => $cached) {
+                    foreach ($cached['names'] as $href => [, , $expires]) {
+                        if ($now >= $expires) {
+                            self::remove((string) $group, (string) $href);
+                        }
+                    }
+                    if ($cached['list'] !== null && $now >= $cached['list'][2]) {
+                        self::$groups[$group]['list'] = null;
+                    }
+                    if (self::$groups[$group]['names'] === [] && self::$groups[$group]['list'] === null) {
+                        unset(self::$groups[$group]);
+                    }
+                }
+            }
+
+            /** Removes the oldest entries past MAX_ENTRIES; their groups forget their reading position. */
+            private static function makeRoom(): void
+            {
+                foreach (array_slice(self::$order, 0, max(0, \count(self::$order) - self::MAX_ENTRIES)) as [$group, $href]) {
+                    self::$groups[$group]['list'] = null;
+                    self::remove($group, $href);
+                }
             }
         }
 
@@ -1966,10 +2074,7 @@ namespace JoinBlock\Polyfill {
             {
                 self::requireText(1, 'email', $email);
                 self::requireText(2, 'tag', $tag);
-                self::requireText(3, 'apiKey', $apiKey);
-                if (preg_match('/[\x{0}-\x{1f}\x{7f}-\x{9f}]/u', $apiKey)) {
-                    throw new \ValueError(self::FUNCTION . '(): Argument #3 ($apiKey) must not contain control characters');
-                }
+                self::requireKey($apiKey);
                 $settings = Settings::from($options);
                 if (!\function_exists('mb_strtolower')) {
                     // strtolower() folds ASCII only: "Élan" would not match "élan", a wrong answer.
@@ -1986,7 +2091,7 @@ namespace JoinBlock\Polyfill {
                     throw new ActionNetworkException($message);
                 } finally {
                     // Whatever was learned stays useful, even when this call failed.
-                    $knowledge->save($group);
+                    $knowledge->save();
                 }
             }
 
@@ -1995,6 +2100,23 @@ namespace JoinBlock\Polyfill {
             {
                 $list = Json::get($page, '_embedded', $key);
                 return \is_array($list) ? $list : throw Failure::badShape($what, "no _embedded.$key list");
+            }
+
+            /**
+             * The key becomes an HTTP header: CR or LF in it would add headers of the caller's
+             * making. preg_match() with /u answers false, not 1, on invalid UTF-8, so the encoding
+             * is checked first and only 0 (no match) lets a key through.
+             */
+            private static function requireKey(string $apiKey): void
+            {
+                $unfit = static fn () => new \ValueError(self::FUNCTION . '(): Argument #3 ($apiKey) must be valid UTF-8 without control characters');
+                if (preg_match('//u', $apiKey) !== 1) {
+                    throw $unfit();
+                }
+                self::requireText(3, 'apiKey', $apiKey);
+                if (preg_match('/[\x{0}-\x{1f}\x{7f}-\x{9f}]/u', $apiKey) !== 0) {
+                    throw $unfit();
+                }
             }
 
             private static function requireText(int $position, string $name, string $value): void
@@ -2013,14 +2135,16 @@ namespace JoinBlock\Polyfill {
                 if ($taggings === null) {
                     return null;
                 }
-                $targetHref = $this->knowledge->hrefOf($target);
+                // Every href known to be the asked tag: one, unless the group holds two tags whose
+                // names differ only in case; a person with any of them has the tag.
+                $targetHrefs = $this->knowledge->hrefsOf($target);
                 /** @var array<string, true> $seen every tag href of the person met so far, in order */
                 $seen = [];
                 $pages = new Pages($taggings, 'taggings page', $this->maxPages);
                 while (!$pages->finished()) {
                     $page = $pages->next($this->session);
                     $hrefs = self::taggingHrefs($page);
-                    if ($targetHref === null && $seen === []) {
+                    if ($targetHrefs === [] && $seen === []) {
                         // A person with many unknown tags will need the tag list anyway; its first
                         // page may name the tag at once, and paging can then stop at the first match.
                         $unnamed = \count($this->unnamed($hrefs));
@@ -2028,17 +2152,17 @@ namespace JoinBlock\Polyfill {
                         $expected = $unnamed + floor(self::taggingsAfter($page, \count($hrefs)) * $unnamed / max(1, \count($hrefs)));
                         if ($this->list->isCheaper($this->knowledge, $expected)) {
                             $this->list->readNext($this->session, $this->knowledge);
-                            $targetHref = $this->knowledge->hrefOf($target);
+                            $targetHrefs = $this->knowledge->hrefsOf($target);
                         }
                     }
                     foreach ($hrefs as $href) {
-                        if ($targetHref !== null ? $href === $targetHref : $this->knowledge->nameOf($href) === $target) {
+                        if (\in_array($href, $targetHrefs, true)) {
                             return true;
                         }
                         $seen[$href] = true;
                     }
                 }
-                return $targetHref === null ? $this->resolve($target, array_keys($seen)) : false;
+                return $targetHrefs === [] ? $this->resolve($target, array_keys($seen)) : false;
             }
 
             /** The person's taggings collection, or null when no person has that email. */
@@ -2068,14 +2192,17 @@ namespace JoinBlock\Polyfill {
                 }, self::embedded($page, 'osdi:taggings', 'taggings page'));
             }
 
-            /** How many taggings a page says come after it: exact with total_records, else estimated. */
+            /**
+             * How many taggings a page says come after it: exact with total_records, else estimated.
+             * The server's totals are only numbers: past PHP_INT_MAX the product saturates.
+             */
             private static function taggingsAfter(mixed $page, int $onPage): int
             {
                 $total = Json::count($page, 'total_records');
                 $pages = Json::count($page, 'total_pages');
                 return match (true) {
                     $total !== null => max(0, $total - $onPage),
-                    $pages !== null => max(0, $pages - 1) * 25,
+                    $pages !== null => min(PHP_INT_MAX, max(0, $pages - 1) * 25),
                     default => Json::link($page, 'next') === null ? 0 : 25,
                 };
             }
@@ -2093,9 +2220,9 @@ namespace JoinBlock\Polyfill {
             private function resolve(string $target, array $hrefs): bool
             {
                 while (true) {
-                    $targetHref = $this->knowledge->hrefOf($target);
-                    if ($targetHref !== null) {
-                        return \in_array($targetHref, $hrefs, true);
+                    $targetHrefs = $this->knowledge->hrefsOf($target);
+                    if ($targetHrefs !== []) {
+                        return array_intersect($targetHrefs, $hrefs) !== [];
                     }
                     $unnamed = $this->unnamed($hrefs);
                     if ($unnamed === []) {
@@ -2109,17 +2236,10 @@ namespace JoinBlock\Polyfill {
                 }
             }
 
+            /** Any failure, 404 included, fails the call and teaches nothing (mod.rs says why). */
             private function lookUp(string $href): void
             {
-                try {
-                    $name = Json::get($this->session->getJson($href, 'tag lookup'), 'name');
-                } catch (Failure $e) {
-                    if ($e->status !== 404) {
-                        throw $e;
-                    }
-                    // A tagging whose tag was deleted: it is not the tag asked about.
-                    $name = '';
-                }
+                $name = Json::get($this->session->getJson($href, 'tag lookup'), 'name');
                 if (!\is_string($name)) {
                     throw Failure::badShape('tag lookup', 'no "name"');
                 }

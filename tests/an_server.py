@@ -21,7 +21,10 @@ API (header OSDI-API-Token must equal the api key, else 403; errors are {"error"
 Control API (no token; JSON in and out):
     POST /_control/reset         clear people, tags, faults, counters, connections, writes, latency
     POST /_control/state         {"tags":[names], "people":[{"email":..,"tags":[names]}],
-                                  "latency_ms": n}  replaces people and tags; latency kept if absent
+                                  "latency_ms": n, "case_sensitive_names": bool}
+                                 replaces people and tags; latency kept if absent.
+                                 case_sensitive_names (default false) lets the group hold
+                                 tags whose names differ only in case ("Member", "member")
     GET  /_control/state         the current data set, same shape
     POST /_control/rename_tag    {"from": name, "to": name}  same uuid, new name
     POST /_control/fault         {"kind": K, "path": prefix, "times": N, ...}
@@ -31,7 +34,12 @@ Control API (no token; JSON in and out):
                                  502-html, invalid-json, wrong-shape ("body", default {"foo":1}),
                                  repeat-next, foreign-next, hang ("seconds", default 30),
                                  oversized ("bytes", default 8 MiB), trickle (a body of at
-                                 most 4 KiB, one byte every 0.1 s), redirect-foreign.
+                                 most 4 KiB, one byte every 0.1 s), redirect-foreign,
+                                 redirect-same (302 to the same URL), status (answers
+                                 "status", default 404, with {"error": ...}; no body for
+                                 304), totals (sets "total_pages" / "total_records" of a
+                                 collection page to the given integers, or decimal strings
+                                 for numbers past PHP's; null removes one).
                                  foreign-next / redirect-foreign take "origin"
                                  (default http://127.0.0.2:PORT).
                                  Only requests with a valid token consume a fault; the first
@@ -69,8 +77,10 @@ FILTER_RE = re.compile(r"\s*email_address\s+eq\s+'((?:[^']|'')*)'\s*")
 
 # Faults that replace the normal answer, and faults that alter it.
 REPLACING_FAULTS = {"429", "429-retry-after", "503", "500", "502-html", "wrong-shape",
-                    "oversized", "trickle", "redirect-foreign", "hang"}
-ALTERING_FAULTS = {"invalid-json", "repeat-next", "foreign-next"}
+                    "oversized", "trickle", "redirect-foreign", "redirect-same", "status", "hang"}
+ALTERING_FAULTS = {"invalid-json", "repeat-next", "foreign-next", "totals"}
+# Statuses whose answers carry no body (HTTP/1.1).
+BODILESS = {204, 304}
 
 
 class ApiError(Exception):
@@ -131,7 +141,8 @@ class State:
 
     def clear_data(self):
         self.tags = {}              # id -> Tag, creation order
-        self.tag_by_name = {}       # lower-case name -> Tag
+        self.tag_by_name = {}       # name_key(name) -> Tag
+        self.case_sensitive_names = False
         self.people = {}            # id -> Person
         self.person_by_email = {}   # lower-case email -> Person
 
@@ -141,17 +152,21 @@ class State:
 
     # --- data ---
 
+    def name_key(self, name):
+        """Action Network keeps tag names unique without regard to case; a test can lift that."""
+        return name if self.case_sensitive_names else name.lower()
+
     def tag(self, name, create):
-        tag = self.tag_by_name.get(name.lower())
+        tag = self.tag_by_name.get(self.name_key(name))
         if tag is None and create:
             tag = Tag(self.new_tag_id(name), name)
             self.tags[tag.id] = tag
-            self.tag_by_name[name.lower()] = tag
+            self.tag_by_name[self.name_key(name)] = tag
         return tag
 
     def new_tag_id(self, name):
         # Name-based so hrefs are predictable; a rename can leave the old name's id taken.
-        seed = f"tag:{name.lower()}"
+        seed = f"tag:{self.name_key(name)}"
         tag_id, n = str(uuid.uuid5(NAMESPACE, seed)), 0
         while tag_id in self.tags:
             n += 1
@@ -178,8 +193,9 @@ class State:
             person.tag_ids.remove(tag.id)
             person.tag_set.discard(tag.id)
 
-    def load(self, tags, people):
+    def load(self, tags, people, case_sensitive_names=False):
         self.clear_data()
+        self.case_sensitive_names = case_sensitive_names
         for name in tags:
             self.tag(name, create=True)
         for entry in people:
@@ -193,18 +209,19 @@ class State:
             "people": [{"email": p.email, "tags": [self.tags[i].name for i in p.tag_ids]}
                        for p in self.people.values()],
             "latency_ms": self.latency_ms,
+            "case_sensitive_names": self.case_sensitive_names,
         }
 
     def rename(self, old, new):
-        tag = self.tag_by_name.get(old.lower())
+        tag = self.tag_by_name.get(self.name_key(old))
         if tag is None:
             raise ApiError(404, f"No tag named {old}")
-        clash = self.tag_by_name.get(new.lower())
+        clash = self.tag_by_name.get(self.name_key(new))
         if clash is not None and clash is not tag:
             raise ApiError(409, f"A tag named {new} already exists")
-        del self.tag_by_name[old.lower()]
+        del self.tag_by_name[self.name_key(old)]
         tag.name = new
-        self.tag_by_name[new.lower()] = tag
+        self.tag_by_name[self.name_key(new)] = tag
 
     # --- faults and counters ---
 
@@ -344,10 +361,17 @@ def fault_from(data, port):
     if not isinstance(times, int) or not (times == -1 or times >= 1):
         raise ApiError(400, "times must be -1 or a positive integer")
     params = {"retry_after": 1, "seconds": 30, "bytes": 8 << 20, "body": {"foo": 1},
-              "origin": f"http://127.0.0.2:{port}"}
+              "origin": f"http://127.0.0.2:{port}", "status": 404,
+              "total_pages": None, "total_records": None}
     params.update({k: data[k] for k in params if k in data})
     if not isinstance(params["bytes"], int) or params["bytes"] < 16:
         raise ApiError(400, "bytes must be an integer >= 16")
+    if not isinstance(params["status"], int) or not 200 <= params["status"] <= 599:
+        raise ApiError(400, "status must be an integer from 200 to 599")
+    for key in ("total_pages", "total_records"):
+        value = params[key]
+        if value is not None and not (isinstance(value, int) or isinstance(value, str) and value.isdigit()):
+            raise ApiError(400, f"{key} must be an integer, a decimal string or null")
     return Fault(data["kind"], path, times, params)
 
 
@@ -381,6 +405,12 @@ def replacing_reply(fault, target):
             return Reply(200, pad_bytes=min(p["bytes"], 4096), trickle=True)
         case "redirect-foreign":
             return Reply(302, {"error": "Moved"}, headers={"Location": p["origin"] + target})
+        case "redirect-same":
+            return Reply(302, {"error": "Moved"}, headers={"Location": target})
+        case "status":
+            if p["status"] in BODILESS:
+                return Reply(p["status"], raw=b"")
+            return Reply(p["status"], {"error": f"Fault: HTTP {p['status']}"})
         case "hang":
             time.sleep(p["seconds"])
     return None
@@ -391,6 +421,15 @@ def alter_reply(fault, reply, self_url):
     if fault.kind == "invalid-json":
         body = json.dumps(reply.payload).encode()
         reply.raw = body[: max(1, len(body) // 2)]
+        return
+    if fault.kind == "totals":
+        if not isinstance(reply.payload, dict):
+            return
+        for key in ("total_pages", "total_records"):
+            if fault.params[key] is None:
+                reply.payload.pop(key, None)
+            else:
+                reply.payload[key] = int(fault.params[key])
         return
     links = reply.payload.get("_links") if isinstance(reply.payload, dict) else None
     if links is None:
@@ -613,9 +652,9 @@ class Handler(BaseHTTPRequestHandler):
                 with state.lock:
                     state.reset()
             case "POST", "/_control/state":
-                tags, people, latency = state_fields(parse_json(body))
+                tags, people, latency, case_sensitive = state_fields(parse_json(body))
                 with state.lock:
-                    state.load(tags, people)
+                    state.load(tags, people, case_sensitive)
                     if latency is not None:
                         state.latency_ms = latency
             case "GET", "/_control/state":
@@ -660,7 +699,10 @@ def state_fields(data):
     latency = data.get("latency_ms")
     if latency is not None and (not isinstance(latency, (int, float)) or latency < 0):
         raise ApiError(400, "latency_ms must be a number >= 0")
-    return tags, people, latency
+    case_sensitive = data.get("case_sensitive_names", False)
+    if not isinstance(case_sensitive, bool):
+        raise ApiError(400, "case_sensitive_names must be true or false")
+    return tags, people, latency, case_sensitive
 
 
 def rename_fields(data):

@@ -1,5 +1,6 @@
-//! The HTTP side of the Action Network client: one connection pool per process, pacing,
-//! retries on "slow down" answers, body caps, and the origin rule that keeps the API key home.
+//! The HTTP side of the Action Network client: one connection pool per process, whose threads
+//! take no signals, pacing, retries on "slow down" answers, body caps, and the origin rule that
+//! keeps the API key home.
 
 use std::{
     io::Read,
@@ -21,6 +22,9 @@ pub const BODY_CAP: u64 = 4 << 20;
 /// Waits after a 429/503 without `Retry-After`: jittered, doubling from the first to the last.
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
+
+/// Same-origin redirects followed at most in one request.
+const MAX_REDIRECTS: usize = 4;
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
@@ -49,21 +53,50 @@ fn client() -> Result<Client, Error> {
     if let Some(inherited) = slot.take() {
         std::mem::forget(inherited);
     }
-    let client = Client::builder()
-        .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
-        .redirect(redirect::Policy::custom(|attempt| {
-            let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
-            if same_origin && attempt.previous().len() < 5 {
-                attempt.follow()
-            } else {
-                attempt.stop()
-            }
-        }))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| Error::Transport { what: "creating the HTTP client".into(), cause: describe(&e) })?;
+    let client = with_signals_blocked(|| {
+        Client::builder()
+            .user_agent(concat!("joinblock/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect::Policy::custom(|attempt| {
+                let same_origin = attempt.previous().first().map(Url::origin) == Some(attempt.url().origin());
+                // `previous()` holds the request's own URL, then one per redirect followed.
+                if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+    })
+    .map_err(|e| Error::Transport { what: "creating the HTTP client".into(), cause: describe(&e) })?;
     *slot = Some((pid, client.clone()));
     Ok(client)
+}
+
+/// Runs `make` with every signal blocked on this thread, then restores its mask. The client's
+/// runtime thread, started by `build()`, inherits the mask, and so do the threads it starts in
+/// turn: a process-directed signal (SIGPROF of `max_execution_time`, SIGALRM, SIGTERM or SIGCHLD
+/// with a pcntl handler) then always lands on PHP's thread, never runs PHP's handler on one of
+/// ours. glibc keeps its own two signals (32 and 33) unblocked whatever it is asked: `setuid()`
+/// waits for every thread to take 33, and no PHP handler can be installed for either.
+fn with_signals_blocked<T>(make: impl FnOnce() -> T) -> T {
+    /// Restores the mask, also if `make` panics.
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: `self.0` is the mask pthread_sigmask returned for this thread.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
+    // SAFETY: plain sigset_t values, filled by sigfillset and pthread_sigmask before use.
+    let _restore = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        Restore(old)
+    };
+    make()
 }
 
 /// One call's budget and manners.
@@ -109,20 +142,41 @@ impl Session<'_> {
                         what: format!("{what} (Action Network answered {status} and asked to wait {:.1} s)", wait.as_secs_f64()),
                     });
                 }
+                // Read to its end and dropped, the answer leaves its connection to the pool for the
+                // retry; held over the wait, it would be closed and the retry would open another.
+                // Whether the read succeeds does not matter: the request is sent again.
+                let _ = read_capped(response, what, self);
                 thread::sleep(wait);
                 continue;
             }
             if status.is_redirection() {
-                // The redirect policy only stops at a redirect to another origin.
-                let target = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
-                let origin = target.and_then(|t| url.join(t).ok()).map_or("an unreadable location".into(), |u| u.origin().ascii_serialization());
-                return Err(Error::ForeignLink { what: format!("redirect of the {what}"), origin });
+                return Err(self.unfollowed_redirect(response, what));
             }
             let body = read_capped(response, what, self)?;
             if !status.is_success() {
                 return Err(Error::Status { what: what.into(), status: status.as_u16(), message: error_text(&body) });
             }
             return serde_json::from_slice(&body).map_err(|e| Error::BadJson { what: what.into(), detail: e.to_string() });
+        }
+    }
+
+    /// Says why a 3xx answer ends the call. The client follows same-origin 301, 302, 303, 307
+    /// and 308 itself, so one that gets here points elsewhere, is one hop too many, or is not
+    /// a redirect the client follows (300, 304, or no usable `Location`).
+    fn unfollowed_redirect(&self, response: reqwest::blocking::Response, what: &str) -> Error {
+        let status = response.status();
+        let followed = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+        let location = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
+        // Relative to the URL that answered, which a redirect already followed may have changed.
+        match location.and_then(|l| response.url().join(l).ok()) {
+            Some(target) if followed && target.origin() != self.origin.origin() => {
+                Error::ForeignLink { what: format!("redirect of the {what}"), origin: target.origin().ascii_serialization() }
+            }
+            Some(_) if followed => Error::TooManyRedirects { what: what.into(), max: MAX_REDIRECTS },
+            _ => {
+                let message = read_capped(response, what, self).ok().and_then(|body| error_text(&body));
+                Error::Status { what: what.into(), status: status.as_u16(), message }
+            }
         }
     }
 

@@ -1,9 +1,10 @@
 //! "Does this Action Network person have tag T?" in as few requests as the API allows.
 //!
-//! A tagging names its tag only by href, so the answer needs T's href. With it (cached from an
-//! earlier call of this process) the cost is the person lookup plus the person's taggings pages
-//! up to the first match: `1 + pages`. Without it, but with the name of every tag the person
-//! has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
+//! A tagging names its tag only by href, so the answer needs T's href (or hrefs: a group that
+//! holds two tags whose names differ only in case has two, and a person with either has T). With
+//! it (cached from an earlier call of this process) the cost is the person lookup plus the
+//! person's taggings pages up to the first match: `1 + pages`. Without it, but with the name of
+//! every tag the person has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
 //! of unknown tags makes the call read the next unread page of the group's tag list early (25
 //! names, and the list's length); the hrefs still unknown at the end are resolved by whichever
 //! is cheaper: one `GET` per unknown tag href (never more than the plugin's one per tagging), or
@@ -30,6 +31,7 @@ use serde_json::Value;
 use cache::{normalize_name, GroupKey, Knowledge, ListProgress};
 use http::Session;
 
+pub use cache::entries as tag_cache_entries;
 pub use http::requests_sent;
 
 /// A person with more unknown tag hrefs than this makes the call look at the group's tag
@@ -106,6 +108,7 @@ pub enum Error {
     PageCap { max_pages: u32 },
     RepeatedNext { what: String },
     ForeignLink { what: String, origin: String },
+    TooManyRedirects { what: String, max: usize },
     BadJson { what: String, detail: String },
     BadShape { what: String, detail: String },
     TooLarge { what: String, cap: u64 },
@@ -135,6 +138,9 @@ impl fmt::Display for Error {
                 f,
                 "the Action Network {what} points to another origin ({origin}); not followed, so the API key stays with base_url's origin"
             ),
+            Error::TooManyRedirects { what, max } => {
+                write!(f, "Action Network redirected the {what} more than {max} times; stopped to avoid a loop")
+            }
             Error::BadJson { what, detail } => write!(f, "the Action Network {what} answer is not valid JSON: {detail}"),
             Error::BadShape { what, detail } => write!(f, "the Action Network {what} answer has an unexpected shape: {detail}"),
             Error::TooLarge { what, cap } => {
@@ -155,11 +161,10 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
         deadline: far_future_if_none(Instant::now().checked_add(settings.deadline)),
         min_interval: Duration::try_from_secs_f64(1.0 / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
     };
-    let group = GroupKey::new(settings.base_url.as_str(), api_key);
-    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl);
+    let mut knowledge = Knowledge::load(&GroupKey::new(settings.base_url.as_str(), api_key), settings.tag_cache_ttl);
     let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
     // Whatever was learned stays useful, even when this call failed.
-    knowledge.save(&group);
+    knowledge.save();
     answer
 }
 
@@ -178,30 +183,26 @@ fn check(
     let Some(taggings) = find_person(session, settings, email)? else {
         return Ok(None);
     };
-    let mut target_href = knowledge.href_of(target).map(str::to_owned);
+    // Every href known to be the asked tag: one, unless the group holds two tags whose names
+    // differ only in case; a person with any of them has the tag.
+    let mut target_hrefs = knowledge.hrefs_of(target);
     let mut list = TagList::new(session, knowledge)?;
     // Every tag href of the person met so far, in order.
     let mut seen: Vec<String> = Vec::new();
     let mut pages = Pages::new(taggings, "taggings page", Some(settings.max_pages));
     while let Some(page) = pages.next(session)? {
         let hrefs = tagging_hrefs(&page)?;
-        if target_href.is_none() && seen.is_empty() {
+        if target_hrefs.is_empty() && seen.is_empty() {
             // A person with many unknown tags will need the tag list anyway; reading its first
             // page now may name the tag at once, and paging can then stop at the first match.
             let unnamed = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).count();
-            // The pages after this one are guessed to be as unknown as this one.
-            let expected = unnamed + taggings_after(&page, hrefs.len()) * unnamed / hrefs.len().max(1);
-            if list.is_cheaper(knowledge, expected) {
+            if list.is_cheaper(knowledge, expected_unnamed(&page, hrefs.len(), unnamed)) {
                 list.read_next(session, knowledge)?;
-                target_href = knowledge.href_of(target).map(str::to_owned);
+                target_hrefs = knowledge.hrefs_of(target);
             }
         }
         for href in hrefs {
-            let matches = match (&target_href, knowledge.name_of(&href)) {
-                (Some(known), _) => *known == href,
-                (None, name) => name == Some(target),
-            };
-            if matches {
+            if target_hrefs.contains(&href) {
                 return Ok(Some(true));
             }
             if !seen.contains(&href) {
@@ -209,21 +210,33 @@ fn check(
             }
         }
     }
-    if target_href.is_some() {
+    if !target_hrefs.is_empty() {
         return Ok(Some(false));
     }
     resolve(session, target, &seen, knowledge, &mut list).map(Some)
 }
 
+/// The person's unnamed tags, guessing that the pages after the first are as unknown as it is.
+/// The server's totals are only numbers: the arithmetic saturates.
+fn expected_unnamed(first_page: &Value, on_page: usize, unnamed: usize) -> usize {
+    unnamed.saturating_add(taggings_after(first_page, on_page).saturating_mul(unnamed) / on_page.max(1))
+}
+
 /// How many taggings a page says come after it: exact with `total_records`, else estimated.
 fn taggings_after(page: &Value, on_page: usize) -> usize {
-    let number = |key: &str| page.get(key).and_then(Value::as_u64).map(|n| n as usize);
+    let number = |key: &str| count(page, key).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     match (number("total_records"), number("total_pages"), link(page, "next")) {
         (Some(total), _, _) => total.saturating_sub(on_page),
-        (None, Some(pages), _) => pages.saturating_sub(1) * 25,
+        (None, Some(pages), _) => pages.saturating_sub(1).saturating_mul(25),
         (None, None, Some(_)) => 25,
         (None, None, None) => 0,
     }
+}
+
+/// A count a page states: an integer from 0 to 2^63 - 1, which a PHP int holds too, so that both
+/// implementations read the same numbers; anything else counts as absent.
+fn count(page: &Value, key: &str) -> Option<u64> {
+    page.get(key)?.as_i64().and_then(|n| u64::try_from(n).ok())
 }
 
 /// Is one of `hrefs` the href of `target`? Learns the names still unknown by the cheaper of
@@ -236,8 +249,9 @@ fn resolve(
     list: &mut TagList,
 ) -> Result<bool, Error> {
     loop {
-        if let Some(href) = knowledge.href_of(target) {
-            return Ok(hrefs.iter().any(|h| h == href));
+        let target_hrefs = knowledge.hrefs_of(target);
+        if !target_hrefs.is_empty() {
+            return Ok(hrefs.iter().any(|h| target_hrefs.contains(h)));
         }
         let unnamed: Vec<&String> = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).collect();
         let Some(first_unnamed) = unnamed.first() else {
@@ -247,16 +261,12 @@ fn resolve(
             list.read_next(session, knowledge)?;
             continue;
         }
-        let url = parse_link(first_unnamed, "tag lookup")?;
-        match session.get_json(&url, "tag lookup") {
-            Ok(tag) => {
-                let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
-                knowledge.learn(name, first_unnamed);
-            }
-            // A tagging whose tag was deleted: it is not the tag asked about.
-            Err(Error::Status { status: 404, .. }) => knowledge.learn("", first_unnamed),
-            Err(e) => return Err(e),
-        }
+        // Any failure, 404 included, fails the call and teaches nothing: a 404 can be passing
+        // (a replica behind), and taking it for "not the tag" would answer false for as long
+        // as the cache kept that.
+        let tag = session.get_json(&parse_link(first_unnamed, "tag lookup")?, "tag lookup")?;
+        let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| bad_shape("tag lookup", "no \"name\""))?;
+        knowledge.learn(name, first_unnamed);
     }
 }
 
@@ -293,7 +303,7 @@ impl TagList {
         for (name, href) in list_tags(&page)? {
             knowledge.learn(&name, &href);
         }
-        let total = page.get("total_pages").and_then(Value::as_u64).map(|n| n.try_into().unwrap_or(u32::MAX));
+        let total = count(&page, "total_pages").map(|n| n.try_into().unwrap_or(u32::MAX));
         knowledge.learn_list_page(total, self.pages.next.clone());
         Ok(())
     }
@@ -433,6 +443,26 @@ mod tests {
         let status = Error::Status { what: "person lookup".into(), status: 403, message: Some("API Key invalid or not present".into()) };
         assert_eq!(status.to_string(), "Action Network answered HTTP 403 to the person lookup: API Key invalid or not present");
         assert!(Error::PageCap { max_pages: 10 }.to_string().contains("more than 10 pages"));
+    }
+
+    #[test]
+    fn server_totals_saturate() {
+        let page = |totals: Value| {
+            let mut page = serde_json::json!({"_links": {}});
+            page.as_object_mut().unwrap().extend(totals.as_object().unwrap().clone());
+            page
+        };
+        let huge_pages = page(serde_json::json!({"total_pages": 1u64 << 62}));
+        assert_eq!(taggings_after(&huge_pages, 25), usize::MAX);
+        // 4 unnamed of 4, then as many of the (saturated) rest.
+        let saturated = 4 + usize::MAX / 4;
+        assert_eq!(expected_unnamed(&huge_pages, 4, 4), saturated);
+        // 2^62 + 1 pages: 25 × 2^62 would wrap to 2^62, and × 4 to 0.
+        assert_eq!(expected_unnamed(&page(serde_json::json!({"total_pages": (1u64 << 62) + 1})), 4, 4), saturated);
+        assert_eq!(expected_unnamed(&page(serde_json::json!({"total_records": (1u64 << 62) + 4})), 4, 4), saturated);
+        // Past what a PHP int holds, or not an integer: absent, as in the polyfill.
+        assert_eq!(taggings_after(&page(serde_json::json!({"total_pages": 1u64 << 63})), 25), 0);
+        assert_eq!(taggings_after(&page(serde_json::json!({"total_records": -5, "total_pages": 2.5})), 25), 0);
     }
 
     #[test]

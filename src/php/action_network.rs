@@ -5,7 +5,7 @@
 // glue code repeats the name, so the allowance has to cover the module.
 #![allow(non_snake_case)]
 
-use ext_php_rs::prelude::*;
+use ext_php_rs::{convert::FromZval, flags::DataType, prelude::*, types::Zval};
 
 use super::{
     exceptions::{value_error, ACTION_NETWORK_EXCEPTION},
@@ -18,17 +18,31 @@ use crate::{
 
 const FUNCTION: &str = "joinblock_person_has_tag";
 
+/// A `string` argument's bytes, whatever their encoding, so that the function itself judges them.
+pub struct Bytes<'a>(&'a [u8]);
+
+impl<'a> FromZval<'a> for Bytes<'a> {
+    const TYPE: DataType = DataType::String;
+
+    fn from_zval(zval: &'a Zval) -> Option<Self> {
+        zval.zend_str().map(|s| Bytes(s.as_bytes()))
+    }
+}
+
 /// Whether the Action Network person with this email has tag `$tag`; null when there is no
 /// such person.
 #[php_function]
 #[php(defaults(options = OptionsArg::default()))]
-pub fn joinblock_person_has_tag(email: &str, tag: &str, apiKey: &str, options: OptionsArg) -> PhpResult<Option<bool>> {
-    let api_key = apiKey;
+pub fn joinblock_person_has_tag(email: &str, tag: &str, apiKey: Bytes, options: OptionsArg) -> PhpResult<Option<bool>> {
     require_text(1, "email", email)?;
     require_text(2, "tag", tag)?;
+    // The key becomes an HTTP header: CR or LF in it would add headers of the caller's making.
+    // One rule for both ways a key can be unfit, as the polyfill words it.
+    let unfit = || value_error(format!("{FUNCTION}(): Argument #3 ($apiKey) must be valid UTF-8 without control characters"));
+    let api_key = std::str::from_utf8(apiKey.0).map_err(|_| unfit())?;
     require_text(3, "apiKey", api_key)?;
-    if api_key.chars().any(|c| c.is_control()) {
-        return Err(value_error(format!("{FUNCTION}(): Argument #3 ($apiKey) must not contain control characters")));
+    if api_key.chars().any(char::is_control) {
+        return Err(unfit());
     }
     let settings = settings(Options::parse(
         FUNCTION,

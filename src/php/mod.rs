@@ -40,6 +40,7 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("lock timeouts (this process)", status.counters.timed_out.to_string());
     info_table_row!("Action Network URL", status.action_network_url.as_str());
     info_table_row!("Action Network requests (this process)", status.requests.to_string());
+    info_table_row!("tag cache entries (this process)", crate::action_network::tag_cache_entries().to_string());
     info_table_end!();
 }
 

@@ -40,6 +40,33 @@ final class FpmTest extends JoinBlockTestCase
         }
     }
 
+    /**
+     * max_execution_time counts CPU time: a tag check waiting on the network does not use it up,
+     * and its signal (SIGPROF) must reach PHP's thread, not one of the HTTP client's, so that the
+     * request ends with PHP's own error and the worker lives on.
+     */
+    public function testMaxExecutionTimeAroundAStuckTagCheckIsPhpsOwnError(): void
+    {
+        $server = StandInServer::start();
+        $fpm = FpmServer::start($this->scratchDir(), 1, self::phpArgs(), null, ['php_admin_value[max_execution_time] = 1']);
+        try {
+            $server->load(['Member'], [['email' => 't@example.org', 'tags' => ['Member']]]);
+            $server->fault('hang', '/api/v2/', 1, ['seconds' => 5]);
+            $query = ['email' => 't@example.org', 'tag' => 'Member', 'key' => StandInServer::API_KEY, 'base' => $server->baseUrl()];
+            $stuck = $fpm->request('tag_timeout.php', $query);
+            $this->assertMatchesRegularExpression('~^tag check: JoinBlock\\\\ActionNetworkException: Action Network person lookup timed out~m', $stuck['body']);
+            $this->assertStringContainsString('Maximum execution time of 1 second exceeded', $stuck['body'] . $stuck['stderr'] . $fpm->log());
+            // The one worker serves the next request, with the same HTTP client.
+            $next = $fpm->request('tag.php', $query);
+            $this->assertSame(200, $next['status'], $next['body']);
+            $this->assertTrue(json_decode($next['body'], true)['result'] ?? null, $next['body']);
+            $this->assertDoesNotMatchRegularExpression('~SIGSEGV|SIGABRT|exited on signal|terminated~', $fpm->log());
+        } finally {
+            $fpm->stop();
+            $server->stop();
+        }
+    }
+
     public function testConcurrentRequestsOnFewEmailsNeverOverlap(): void
     {
         $locks = $this->webUserScratchDir();

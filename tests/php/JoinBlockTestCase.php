@@ -116,7 +116,8 @@ abstract class JoinBlockTestCase extends TestCase
 
     /**
      * PHP's options for a bare PHP (no php.ini) with only one implementation: the one under
-     * test unless named.
+     * test unless named. The polyfill's lock needs mysqli for its mysql backend, its tag check curl,
+     * and mbstring to compare non-ASCII tag names as the extension does.
      *
      * @return list<string>
      */

@@ -72,11 +72,14 @@ final class StandInServer
         return json_decode($answer, true, 512, JSON_THROW_ON_ERROR);
     }
 
-    /** Replaces the data set; also clears faults and counters. */
-    public function load(array $tags, array $people, int $latencyMs = 0): void
+    /**
+     * Replaces the data set; also clears faults and counters. `$caseSensitiveNames` lets the
+     * group hold tags whose names differ only in case, which Action Network says it refuses.
+     */
+    public function load(array $tags, array $people, int $latencyMs = 0, bool $caseSensitiveNames = false): void
     {
         $this->control('POST', 'reset');
-        $this->control('POST', 'state', ['tags' => $tags, 'people' => $people, 'latency_ms' => $latencyMs]);
+        $this->control('POST', 'state', ['tags' => $tags, 'people' => $people, 'latency_ms' => $latencyMs, 'case_sensitive_names' => $caseSensitiveNames]);
     }
 
     public function fault(string $kind, string $path = '/api/v2/', int $times = 1, array $extra = []): void
@@ -93,6 +96,15 @@ final class StandInServer
     public function resetCounts(): void
     {
         $this->control('POST', 'counts/reset');
+    }
+
+    /** The path of the taggings collection of the person with `$email` (asks the API once). */
+    public function taggingsPath(string $email): string
+    {
+        $context = stream_context_create(['http' => ['header' => 'OSDI-API-Token: ' . self::API_KEY]]);
+        $filter = rawurlencode("email_address eq '$email'");
+        $people = json_decode(file_get_contents($this->baseUrl() . "people/?filter=$filter", false, $context), true);
+        return parse_url($people['_embedded']['osdi:people'][0]['_links']['osdi:taggings']['href'], PHP_URL_PATH);
     }
 
     /** "Tag 001" .. "Tag <n>" */

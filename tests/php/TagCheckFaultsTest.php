@@ -67,6 +67,8 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
             'redirect to another origin' => ['redirect-foreign', $taggings, ['origin' => 'http://localhost:1'], '~^the Action Network redirect of the person lookup points to another origin \(http://localhost:1\)~'],
             'oversized body' => ['oversized', $taggings, ['bytes' => 6 << 20], '~^the Action Network person lookup answer is larger than 4 MiB; not read$~'],
             'hanging response' => ['hang', $taggings, ['seconds' => 5], '~^Action Network person lookup timed out \(the request timeout\)$~'],
+            '300 Multiple Choices' => ['status', $taggings, ['status' => 300], '~^Action Network answered HTTP 300 to the person lookup: Fault: HTTP 300$~'],
+            '304 Not Modified' => ['status', $taggings, ['status' => 304], '~^Action Network answered HTTP 304 to the person lookup$~'],
         ];
     }
 
@@ -75,7 +77,7 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
     {
         if ($path === '/api/v2/people/0') {
             // The taggings collection of the member, whatever its uuid.
-            $path = parse_url(self::taggingsHref(), PHP_URL_PATH);
+            $path = self::$server->taggingsPath('m@example.org');
         }
         self::$server->fault($kind, $path, 1, $extra);
         $started = microtime(true);
@@ -83,12 +85,19 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
         $this->assertLessThan(4, microtime(true) - $started);
     }
 
-    private static function taggingsHref(): string
+    public function testSameOriginRedirectsStopAtTheHopLimit(): void
     {
-        $context = stream_context_create(['http' => ['header' => 'OSDI-API-Token: ' . self::KEY]]);
-        $filter = rawurlencode("email_address eq 'm@example.org'");
-        $people = json_decode(file_get_contents(self::$server->baseUrl() . "people/?filter=$filter", false, $context), true);
-        return $people['_embedded']['osdi:people'][0]['_links']['osdi:taggings']['href'];
+        self::$server->fault('redirect-same', '/api/v2/people/', -1);
+        self::assertFails('~^Action Network redirected the person lookup more than 4 times; stopped to avoid a loop$~', fn () => self::ask());
+        $this->assertSame(5, self::$server->counts()['by_path']['/api/v2/people/'], 'the request and 4 redirects followed');
+    }
+
+    public function testASlowDownAnswerLeavesItsConnectionToTheRetry(): void
+    {
+        self::$server->fault('429', '/api/v2/people/', 1);
+        $code = sprintf('var_export(joinblock_person_has_tag("m@example.org", "Tag 001", %s, %s));', var_export(self::KEY, true), var_export(self::options(), true));
+        $this->assertSame('true', self::runPhpOk(self::phpCode($code)));
+        $this->assertSame(1, self::$server->control('GET', 'connections')['connections'], 'the retry went on the connection of the 429');
     }
 
     public function testWrongTokenIsReportedWithActionNetworksText(): void
@@ -197,7 +206,10 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
             'empty email' => [\ValueError::class, '~^joinblock_person_has_tag\(\): Argument #1 \(\$email\) must not be empty$~', $f(' ', 'T', $k)],
             'empty tag' => [\ValueError::class, '~Argument #2 \(\$tag\) must not be empty~', $f('a@b.org', '', $k)],
             'empty key' => [\ValueError::class, '~Argument #3 \(\$apiKey\) must not be empty~', $f('a@b.org', 'T', '')],
-            'key with a newline' => [\ValueError::class, '~Argument #3 \(\$apiKey\) must not contain control characters~', $f('a@b.org', 'T', "k\r\nX-Evil: 1")],
+            'key with a newline' => [\ValueError::class, '~^joinblock_person_has_tag\(\): Argument #3 \(\$apiKey\) must be valid UTF-8 without control characters$~', $f('a@b.org', 'T', "k\r\nX-Evil: 1")],
+            'key with a C1 control' => [\ValueError::class, '~Argument #3 \(\$apiKey\) must be valid UTF-8 without control characters~', $f('a@b.org', 'T', "k\u{85}ey")],
+            'key not UTF-8' => [\ValueError::class, '~Argument #3 \(\$apiKey\) must be valid UTF-8 without control characters~', $f('a@b.org', 'T', "k\xffey")],
+            'key not UTF-8, with a newline' => [\ValueError::class, '~Argument #3 \(\$apiKey\) must be valid UTF-8 without control characters~', $f('a@b.org', 'T', "k\xff\r\nX-Evil: 1")],
             'email not a string' => [\TypeError::class, '~email~', $f([], 'T', $k)],
             'unknown option' => [\ValueError::class, '~^joinblock_person_has_tag\(\): Argument #4 \(\$options\) has an unknown option "timout"; known options are: base_url, timeout, deadline, max_pages, tag_cache_ttl, max_rps$~', $f('a@b.org', 'T', $k, ['timout' => 1])],
             'plain http to another host' => [\ValueError::class, '~^joinblock_person_has_tag\(\): option "base_url" uses plain http:// to a host other than loopback; use https://$~', $f('a@b.org', 'T', $k, ['base_url' => 'http://actionnetwork.org/api/v2/'])],

@@ -35,7 +35,7 @@ final class TagCheckTest extends JoinBlockTestCase
      *
      * @param list<array{string, string}|array{string, string, array}> $calls [email, tag, options]
      * @param list<string>|null $phpArgs the PHP to run them in; null: phpArgs()
-     * @return list<array{result?: ?bool, exception?: string, message?: string, requests: int, by_path: array, urls: list<string>, seconds: float}>
+     * @return list<array{result?: ?bool, exception?: string, message?: string, requests: int, by_path: array, urls: list<string>, started: float, seconds: float}>
      */
     private static function inOneProcess(array $calls, ?array $phpArgs = null): array
     {
@@ -264,7 +264,150 @@ final class TagCheckTest extends JoinBlockTestCase
         $calls = self::inOneProcess(array_fill(0, 6, ['p@example.org', 'Member', ['max_rps' => 4, 'base_url' => self::$server->baseUrl()]]));
         $requests = array_sum(array_column($calls, 'requests'));
         $this->assertSame(13, $requests);
-        $this->assertGreaterThanOrEqual(($requests - 1) / 4 - 0.01, array_sum(array_column($calls, 'seconds')));
+        // Pacing spaces the process's requests, not its calls: the gaps between calls count too,
+        // so the span from the first call's start to the last call's end is what it bounds. The
+        // allowance is the clocks' rounding (the polyfill sleeps in whole microseconds).
+        $last = $calls[count($calls) - 1];
+        $this->assertGreaterThanOrEqual(($requests - 1) / 4 - 0.005, $last['started'] + $last['seconds'] - $calls[0]['started']);
+    }
+
+    public function testAFailedTagLookupIsNotCached(): void
+    {
+        self::loadMember(3, 3);
+        // The first tag lookup answers 404 once, as a passing fault (or a replica behind) would.
+        self::$server->fault('status', '/api/v2/tags/', 1, ['status' => 404]);
+        [$failed, $again] = self::inOneProcess([['member@example.org', 'Tag 001'], ['member@example.org', 'Tag 001']]);
+        $this->assertSame(
+            ['exception' => 'JoinBlock\ActionNetworkException', 'message' => 'Action Network answered HTTP 404 to the tag lookup: Fault: HTTP 404'],
+            array_intersect_key($failed, ['result' => 0, 'exception' => 0, 'message' => 0]),
+            'the call cannot know the answer'
+        );
+        $this->assertTrue($again['result'] ?? null, 'the 404 was not kept as the tag\'s name: ' . json_encode($again));
+    }
+
+    /** @return array<string, array{int|string|null, int|null, int}> total_pages (a decimal string past PHP's ints), total_records, requests */
+    public static function hugeTotals(): array
+    {
+        // Person, taggings page 1, then either the tag list's first page (a huge remainder makes
+        // the list worth reading) or, when a total is ignored, one lookup per tag.
+        return [
+            'total_pages 2^62' => [2 ** 62, null, 3],
+            'total_pages 2^62 + 1 (25 × 2^62 wraps to a multiple of 2^64 / 4)' => [2 ** 62 + 1, null, 3],
+            'total_records 2^62 + 4' => [null, 2 ** 62 + 4, 3],
+            'total_pages 2^63: not an integer PHP can hold, ignored' => ['9223372036854775808', null, 6],
+        ];
+    }
+
+    /**
+     * Totals from the server are arithmetic's input: they saturate rather than wrap, and both
+     * implementations read the same numbers.
+     *
+     * @dataProvider hugeTotals
+     */
+    public function testHugeTotalsFromTheServerSaturate(int|string|null $totalPages, ?int $totalRecords, int $requests): void
+    {
+        self::loadMember(4, 103);
+        $taggings = self::$server->taggingsPath('member@example.org');
+        self::$server->fault('totals', $taggings, 1, ['total_pages' => $totalPages, 'total_records' => $totalRecords]);
+        [$call] = self::inOneProcess([['member@example.org', 'Tag 004']]);
+        $this->assertTrue($call['result'] ?? null, json_encode($call));
+        $this->assertSame($requests, $call['requests'], implode(' ', $call['urls']));
+    }
+
+    /**
+     * Every name the process learns goes through its tag cache, which stays at its bound (4096
+     * entries): here the whole list of a 10^4-tag group, read to name the member's tags.
+     */
+    public function testTheTagCacheStaysWithinItsBound(): void
+    {
+        $tags = StandInServer::tagNames(10000);
+        // The last 425 tags (17 taggings pages): more unnamed tags than unread list pages, all along.
+        self::$server->load($tags, [['email' => 'big@example.org', 'tags' => array_slice($tags, -425)]]);
+        $entries = self::implementation() === 'polyfill'
+            ? '\JoinBlock\Polyfill\Knowledge::entries()'
+            : '(function () { ob_start(); phpinfo(INFO_MODULES); preg_match("~^tag cache entries \\(this process\\) => (\\d+)$~m", ob_get_clean(), $m); return (int) $m[1]; })()';
+        $script = sprintf(
+            'echo json_encode(["before" => %1$s, "result" => joinblock_person_has_tag("big@example.org", "Not In Group", %2$s, %3$s), "after" => %1$s]);',
+            $entries,
+            var_export(StandInServer::API_KEY, true),
+            var_export(self::options(['max_pages' => 20]), true)
+        );
+        $out = json_decode(self::runPhpOk(self::phpCode($script), 120), true);
+        $this->assertSame(400, self::$server->counts()['by_path']['/api/v2/tags'] ?? 0, 'every page of the tag list was read');
+        $this->assertSame(['before' => 0, 'result' => false, 'after' => 4096], $out);
+    }
+
+    /** Every thread but PHP's blocks every signal it can, so that no PHP signal handler runs on it. */
+    public function testHttpClientThreadsBlockSignals(): void
+    {
+        self::$server->load(['Member'], [['email' => 's@example.org', 'tags' => ['Member']]]);
+        $script = sprintf(<<<'PHP'
+            joinblock_person_has_tag('s@example.org', 'Member', %s, %s);
+            $masks = [];
+            foreach (glob('/proc/self/task/*/status') as $status) {
+                preg_match('/^SigBlk:\s*(\S+)$/m', file_get_contents($status), $m);
+                $masks[basename(dirname($status))] = $m[1];
+            }
+            echo json_encode(['pid' => getmypid(), 'masks' => $masks]);
+            PHP, var_export(StandInServer::API_KEY, true), var_export(self::options(), true));
+        $out = json_decode(self::runPhpOk(self::phpCode($script)), true);
+        $others = array_diff_key($out['masks'], [$out['pid'] => true]);
+        if (self::implementation() === 'extension') {
+            $this->assertNotEmpty($others, 'the HTTP client runs threads of its own');
+        }
+        // Signals 1 to 64 but SIGKILL (9) and SIGSTOP (19), which nothing can block, and glibc's
+        // own 32 and 33, which it never lets a thread block (setuid() waits for every thread to
+        // take 33) and for which no PHP handler can be installed.
+        foreach ($others as $tid => $mask) {
+            $this->assertSame('fffffffe7ffbfeff', $mask, "thread $tid of the PHP process");
+        }
+    }
+
+    /** @return array<string, array{string, string, string}> two tags differing only in case, and a third spelling asked */
+    public static function caseTwins(): array
+    {
+        return [
+            'ASCII' => ['Member', 'member', 'MEMBER'],
+            'non-ASCII: ß and its capital ẞ' => ['Straße', 'STRAẞE', 'straße'],
+        ];
+    }
+
+    /**
+     * Action Network says it keeps tag names unique without regard to case; should a group still
+     * hold two that differ only in case, a person with either has the tag, and the cache keeps
+     * both hrefs. Here the tag list's first page names both at once.
+     *
+     * @dataProvider caseTwins
+     */
+    public function testTagsWhoseNamesDifferOnlyInCaseAreOneTag(string $one, string $other, string $asked): void
+    {
+        $fillers = StandInServer::tagNames(40);
+        // More than a taggings page of unknown tags: the call reads the tag list's first page early.
+        self::$server->load([$one, $other, ...$fillers], [
+            ['email' => 'one@example.org', 'tags' => [...array_slice($fillers, 0, 30), $one]],
+            ['email' => 'other@example.org', 'tags' => [...array_slice($fillers, 0, 30), $other]],
+            ['email' => 'neither@example.org', 'tags' => array_slice($fillers, 0, 30)],
+        ], 0, true);
+        $calls = self::inOneProcess([
+            ['one@example.org', $asked], ['other@example.org', $asked], ['neither@example.org', $asked],
+            ['one@example.org', $other], ['other@example.org', $one],
+        ]);
+        $this->assertSame([true, true, false, true, true], array_map(fn ($c) => $c['result'] ?? $c, $calls));
+    }
+
+    /**
+     * Names compare by Unicode lowercasing, as Action Network is assumed to (README): "STRASSE"
+     * is not "Straße" (ß lowercases to itself), and the forms of sigma are one letter.
+     */
+    public function testNonAsciiNamesCompareByLowercasing(): void
+    {
+        self::$server->load(['Straße', 'STRASSE', 'ΟΔΟΣ'], [['email' => 'x@example.org', 'tags' => ['Straße', 'ΟΔΟΣ']]]);
+        $asked = ['STRAßE', 'straẞe', 'STRASSE', 'strasse', 'οδος', 'ΟΔΟΣ', 'οδοσ'];
+        $calls = self::inOneProcess(array_map(fn ($tag) => ['x@example.org', $tag], $asked));
+        $this->assertSame(
+            array_combine($asked, [true, true, false, false, true, true, true]),
+            array_combine($asked, array_map(fn ($c) => $c['result'] ?? $c, $calls))
+        );
     }
 
     /** Paths of single-tag lookups among counted requests. */
