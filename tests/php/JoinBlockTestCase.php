@@ -138,7 +138,10 @@ abstract class JoinBlockTestCase extends TestCase
     protected function webUserPhpArgs(): array
     {
         if (self::implementation() === 'polyfill') {
-            return self::polyfillArgs(self::POLYFILL_EXTENSIONS, $this->webUserCopies(self::polyfillFile())[0]);
+            // The entry file and the parts it requires, side by side as in php/.
+            $copy = $this->scratchDir(0755);
+            exec('cp -R ' . escapeshellarg(\dirname(self::polyfillFile())) . '/. ' . escapeshellarg($copy) . ' && chmod -R a+rX ' . escapeshellarg($copy));
+            return self::polyfillArgs(self::POLYFILL_EXTENSIONS, $copy . '/' . basename(self::polyfillFile()));
         }
         return ['-n', '-d', 'extension=' . $this->webUserCopies((string) getenv('JOINBLOCK_SO'))[0]];
     }

@@ -1,0 +1,925 @@
+<?php
+
+// Part of the polyfill, loaded by php/joinblock.php only where the extension is not:
+// Joinblock_person_has_tag(): the Action Network client, the tag cache and the algorithm.
+
+declare(strict_types=1);
+
+namespace JoinBlock\Polyfill;
+
+use JoinBlock\ActionNetworkException;
+
+/** Why a tag check's answer cannot be known; becomes an ActionNetworkException. */
+final class Failure extends \Exception
+{
+    private function __construct(string $message)
+    {
+        parent::__construct($message);
+    }
+
+    public static function transport(string $what, string $cause): self
+    {
+        return new self("Action Network $what failed: $cause");
+    }
+
+    public static function timeout(string $what, string $limit): self
+    {
+        return new self("Action Network $what timed out ($limit)");
+    }
+
+    public static function deadline(string $what): self
+    {
+        return new self("the call's deadline passed before the Action Network $what");
+    }
+
+    public static function status(string $what, int $status, ?string $message): self
+    {
+        return new self("Action Network answered HTTP $status to the $what" . ($message === null ? '' : ": $message"));
+    }
+
+    public static function pageCap(int $maxPages): self
+    {
+        return new self("the person has more than $maxPages pages of taggings (max_pages); the answer is unknown");
+    }
+
+    public static function repeatedNext(string $what): self
+    {
+        return new self("Action Network's $what links back to a page already read; stopped to avoid a loop");
+    }
+
+    public static function foreignLink(string $what, string $origin): self
+    {
+        return new self("the Action Network $what points to another origin ($origin); not followed, so the API key"
+            . " stays with base_url's origin");
+    }
+
+    public static function tooManyRedirects(string $what, int $max): self
+    {
+        return new self("Action Network redirected the $what more than $max times; stopped to avoid a loop");
+    }
+
+    public static function badJson(string $what, string $detail): self
+    {
+        return new self("the Action Network $what answer is not valid JSON: $detail");
+    }
+
+    public static function badShape(string $what, string $detail): self
+    {
+        return new self("the Action Network $what answer has an unexpected shape: $detail");
+    }
+
+    public static function tooLarge(string $what, int $cap): self
+    {
+        return new self("the Action Network $what answer is larger than " . ($cap >> 20) . ' MiB; not read');
+    }
+}
+
+/** URLs as the extension's client compares them: scheme and host lower-cased, default ports dropped. */
+final class Url
+{
+    /** `scheme://host[:port]`; null when $url names no scheme and host. */
+    public static function origin(string $url): ?string
+    {
+        $parts = parse_url($url);
+        if (!isset($parts['scheme'], $parts['host'])) {
+            return null;
+        }
+        $scheme = strtolower($parts['scheme']);
+        $port = $parts['port'] ?? null;
+        $default = ['http' => 80, 'https' => 443][$scheme] ?? null;
+        return "$scheme://" . strtolower($parts['host']) . ($port === null || $port === $default ? '' : ":$port");
+    }
+
+    /** A link from an answer, in the one spelling it is compared and requested in. */
+    public static function link(string $href, string $what): string
+    {
+        $origin = self::origin($href) ?? throw Failure::badShape($what, sprintf('link "%s" is not a URL', addcslashes($href, '"\\')));
+        $parts = parse_url($href);
+        return $origin . ($parts['path'] ?? '/') . (isset($parts['query']) ? "?{$parts['query']}" : '');
+    }
+
+    /** A Location header resolved against the URL that answered it; null if unreadable. */
+    public static function resolve(string $base, string $location): ?string
+    {
+        if (parse_url($location, PHP_URL_SCHEME) !== null) {
+            return self::origin($location) === null ? null : $location;
+        }
+        $path = parse_url($base, PHP_URL_PATH) ?? '/';
+        return match (true) {
+            str_starts_with($location, '//') => parse_url($base, PHP_URL_SCHEME) . ":$location",
+            str_starts_with($location, '/') => self::origin($base) . $location,
+            str_starts_with($location, '?') => self::origin($base) . $path . $location,
+            default => self::origin($base) . substr($path, 0, strrpos($path, '/') + 1) . $location,
+        };
+    }
+
+    /**
+     * An API root: absolute http(s) without credentials, query or fragment; plain http only
+     * to loopback (the key would cross the network in clear). Returned ending in "/".
+     */
+    public static function base(string $text, \Closure $fail): string
+    {
+        if (!preg_match('//u', $text)) {
+            throw $fail('is not valid UTF-8');
+        }
+        $parts = parse_url($text);
+        if ($parts === false || !isset($parts['scheme'])) {
+            throw $fail('is not a valid URL (' . ($parts === false ? 'cannot be parsed' : 'relative URL without a base') . ')');
+        }
+        $scheme = strtolower($parts['scheme']);
+        $host = $parts['host'] ?? '';
+        if ($scheme === 'http' && !self::isLoopback($host)) {
+            throw $fail('uses plain http:// to a host other than loopback; use https://');
+        }
+        if ($scheme !== 'http' && $scheme !== 'https') {
+            throw $fail("has scheme \"$scheme\"; only https:// (or http:// to loopback) is allowed");
+        }
+        if ($host === '' || isset($parts['user']) || isset($parts['pass'])) {
+            throw $fail('must name a host and carry no user name or password');
+        }
+        if (isset($parts['query']) || isset($parts['fragment'])) {
+            throw $fail('must not have a query or fragment');
+        }
+        $path = $parts['path'] ?? '/';
+        return self::origin($text) . (str_ends_with($path, '/') ? $path : "$path/");
+    }
+
+    private static function isLoopback(string $host): bool
+    {
+        $ip = inet_pton(trim($host, '[]'));
+        return strcasecmp($host, 'localhost') === 0
+            || ($ip !== false && (\strlen($ip) === 4 ? $ip[0] === "\x7f" : $ip === inet_pton('::1')));
+    }
+}
+
+/** Reading decoded JSON (objects as stdClass, so that objects and lists stay apart). */
+final class Json
+{
+    /** $value->a->b…, or null where a step is missing or not an object. */
+    public static function get(mixed $value, string ...$path): mixed
+    {
+        foreach ($path as $key) {
+            if (!$value instanceof \stdClass || !property_exists($value, $key)) {
+                return null;
+            }
+            $value = $value->{$key};
+        }
+        return $value;
+    }
+
+    /** `resource._links.<rel>.href`, when it is a string. */
+    public static function link(mixed $resource, string $rel): ?string
+    {
+        $href = self::get($resource, '_links', $rel, 'href');
+        return \is_string($href) ? $href : null;
+    }
+
+    /** A non-negative integer field, as the extension reads counts. */
+    public static function count(mixed $value, string $key): ?int
+    {
+        $number = self::get($value, $key);
+        return \is_int($number) && $number >= 0 ? $number : null;
+    }
+}
+
+/** How one tag check talks to Action Network. */
+final class Settings
+{
+    private const FUNCTION = 'joinblock_person_has_tag';
+    public const DEFAULT_BASE_URL = 'https://actionnetwork.org/api/v2/';
+
+    private function __construct(
+        public readonly string $baseUrl,
+        public readonly float $timeout,
+        public readonly float $deadline,
+        public readonly float $tagCacheTtl,
+        public readonly int $maxPages,
+        public readonly float $maxRps,
+    ) {}
+
+    public static function from(array $given): self
+    {
+        $known = ['base_url', 'timeout', 'deadline', 'max_pages', 'tag_cache_ttl', 'max_rps'];
+        $options = new Options(self::FUNCTION, '#4 ($options)', $given, $known);
+        $url = $options->bytes('base_url');
+        $source = $url === null ? 'INI joinblock.action_network_url' : 'option "base_url"';
+        $url ??= Options::ini('joinblock.action_network_url') ?? self::DEFAULT_BASE_URL;
+        $baseUrl = Url::base($url, static fn (string $problem) => new \ValueError(self::FUNCTION . "(): $source $problem"));
+        $positive = static function (string $name, float $default) use ($options): float {
+            $seconds = $options->seconds($name);
+            return $seconds === 0.0 ? throw $options->valueError($name, 'must be greater than 0') : $seconds ?? $default;
+        };
+        $timeout = $positive('timeout', 10.0);
+        $deadline = $positive('deadline', 30.0);
+        $tagCacheTtl = $options->seconds('tag_cache_ttl') ?? 600.0;
+        $maxPages = $options->int('max_pages') ?? 10;
+        if ($maxPages < 1 || $maxPages > 4294967295) {
+            throw $options->valueError('max_pages', 'must be between 1 and 4294967295');
+        }
+        $maxRps = $options->number('max_rps') ?? 4.0;
+        if ($maxRps === 0.0) {
+            throw $options->valueError('max_rps', 'must be greater than 0');
+        }
+        return new self($baseUrl, $timeout, $deadline, $tagCacheTtl, $maxPages, $maxRps);
+    }
+}
+
+/**
+ * One call's requests: the origin rule that keeps the API key home, pacing, retries on
+ * "slow down" answers, the body cap, timeouts and the call's deadline.
+ */
+final class Session
+{
+    /** Largest body read; a page of 25 resources is a few tens of KiB. */
+    private const BODY_CAP = 4 << 20;
+    /** Waits after a 429/503 without Retry-After: jittered, doubling from first to last. */
+    private const FIRST_RETRY_WAIT = 0.5;
+    private const MAX_RETRY_WAIT = 8.0;
+    private const SLOW_DOWN = [429 => 'Too Many Requests', 503 => 'Service Unavailable'];
+    /** Same-origin redirects followed at most, as the extension's client. */
+    private const MAX_REDIRECTS = 4;
+    /** Pacing never spaces requests further apart than an hour, whatever max_rps says. */
+    private const MAX_INTERVAL = 3600.0;
+
+    /** This process's handle: its connection cache keeps connections alive across calls. */
+    private static ?\CurlHandle $curl = null;
+    private static int $curlPid = 0;
+
+    /** When this process sent (or scheduled) its last request; each call spaces its own requests from it. */
+    private static ?float $lastRequest = null;
+
+    private string $origin;
+    private float $deadline;
+    private float $minInterval;
+
+    public function __construct(
+        public readonly string $baseUrl,
+        private string $apiKey,
+        private float $timeout,
+        float $deadline,
+        float $maxRps,
+    ) {
+        $this->origin = Url::origin($baseUrl);
+        $this->deadline = Clock::now() + $deadline;
+        $this->minInterval = min(1 / $maxRps, self::MAX_INTERVAL);
+    }
+
+    /** Refuses a URL that the API key may not go to: another scheme, host or port. */
+    public function sameOrigin(string $url, string $what): void
+    {
+        $origin = Url::origin($url);
+        if ($origin !== $this->origin) {
+            throw Failure::foreignLink($what, $origin ?? 'null');
+        }
+    }
+
+    /** GETs $url and decodes its JSON, retrying 429/503 within the deadline. */
+    public function getJson(string $url, string $what): mixed
+    {
+        $this->sameOrigin($url, $what);
+        $backoff = new Backoff(self::FIRST_RETRY_WAIT, self::MAX_RETRY_WAIT);
+        $redirects = 0;
+        while (true) {
+            $this->pace($what);
+            [$status, $headers, $body] = $this->send($url, $what, min($this->timeout, $this->remaining($what)));
+            if (isset(self::SLOW_DOWN[$status])) {
+                $wait = self::retryAfter($headers['retry-after'] ?? null) ?? $backoff->next();
+                if (Clock::now() + $wait >= $this->deadline) {
+                    throw Failure::deadline(sprintf(
+                        '%s (Action Network answered %d %s and asked to wait %.1f s)',
+                        $what,
+                        $status,
+                        self::SLOW_DOWN[$status],
+                        $wait
+                    ));
+                }
+                Clock::sleep($wait);
+                continue;
+            }
+            if ($status >= 300 && $status < 400) {
+                // A redirect the extension's client does not follow (300, 304, no usable
+                // Location) is an error status; one to another origin or one hop too
+                // many says so.
+                $target = isset($headers['location']) ? Url::resolve($url, $headers['location']) : null;
+                if ($target === null || !\in_array($status, [301, 302, 303, 307, 308], true)) {
+                    throw Failure::status($what, $status, self::errorText($body));
+                }
+                $origin = Url::origin($target);
+                if ($origin !== $this->origin) {
+                    throw Failure::foreignLink("redirect of the $what", $origin ?? 'an unreadable location');
+                }
+                if ($redirects++ === self::MAX_REDIRECTS) {
+                    throw Failure::tooManyRedirects($what, self::MAX_REDIRECTS);
+                }
+                $url = $target;
+                continue;
+            }
+            if ($status < 200 || $status >= 300) {
+                throw Failure::status($what, $status, self::errorText($body));
+            }
+            try {
+                return json_decode($body, false, 512, JSON_THROW_ON_ERROR);
+            } catch (\JsonException $e) {
+                throw Failure::badJson($what, $e->getMessage());
+            }
+        }
+    }
+
+    private function remaining(string $what): float
+    {
+        $left = $this->deadline - Clock::now();
+        return $left > 0 ? $left : throw Failure::deadline($what);
+    }
+
+    /** Waits for this process's next request slot; never past the deadline. */
+    private function pace(string $what): void
+    {
+        $now = Clock::now();
+        $slot = self::$lastRequest === null ? $now : max(self::$lastRequest + $this->minInterval, $now);
+        if ($slot >= $this->deadline) {
+            throw Failure::deadline("$what (waiting for a request slot under max_rps)");
+        }
+        self::$lastRequest = $slot;
+        Clock::sleep($slot - Clock::now());
+    }
+
+    /** @return array{int, array<string, string>, string} status, headers (lower-case names), body */
+    private function send(string $url, string $what, float $timeout): array
+    {
+        [$headers, $body, $tooLarge] = [[], '', false];
+        $curl = self::curl($what);
+        curl_setopt_array($curl, [
+            CURLOPT_URL => $url,
+            CURLOPT_HTTPHEADER => ["OSDI-API-Token: {$this->apiKey}", 'Accept: application/json'],
+            CURLOPT_TIMEOUT_MS => Clock::ms($timeout),
+            CURLOPT_HEADERFUNCTION => static function ($curl, string $line) use (&$headers): int {
+                if (str_starts_with($line, 'HTTP/')) {
+                    $headers = [];
+                } elseif (str_contains($line, ':')) {
+                    [$name, $value] = explode(':', $line, 2);
+                    $headers[strtolower(trim($name))] = trim($value);
+                }
+                return \strlen($line);
+            },
+            CURLOPT_WRITEFUNCTION => static function ($curl, string $chunk) use (&$body, &$tooLarge): int {
+                if (\strlen($body) + \strlen($chunk) > self::BODY_CAP) {
+                    $tooLarge = true;
+                    return 0;
+                }
+                $body .= $chunk;
+                return \strlen($chunk);
+            },
+        ]);
+        if (curl_exec($curl) === false) {
+            $errno = curl_errno($curl);
+            $limit = Clock::now() + 0.005 >= $this->deadline ? "the call's deadline" : 'the request timeout';
+            throw match (true) {
+                $tooLarge, $errno === CURLE_FILESIZE_EXCEEDED => Failure::tooLarge($what, self::BODY_CAP),
+                $errno === CURLE_OPERATION_TIMEDOUT => Failure::timeout($what, $limit),
+                default => Failure::transport($what, self::describe($curl, $errno)),
+            };
+        }
+        return [curl_getinfo($curl, CURLINFO_RESPONSE_CODE), $headers, $body];
+    }
+
+    /** This process's curl handle; a child made by fork makes its own (the parent's shares its sockets). */
+    private static function curl(string $what): \CurlHandle
+    {
+        if (self::$curl !== null && self::$curlPid === getmypid()) {
+            return self::$curl;
+        }
+        if (!\function_exists('curl_init')) {
+            throw Failure::transport($what, "PHP's curl extension is not loaded");
+        }
+        self::$curl = curl_init();
+        self::$curlPid = getmypid();
+        curl_setopt_array(self::$curl, [
+            CURLOPT_FOLLOWLOCATION => false,
+            CURLOPT_SSL_VERIFYPEER => true,
+            CURLOPT_SSL_VERIFYHOST => 2,
+            CURLOPT_MAXFILESIZE => self::BODY_CAP,
+            CURLOPT_USERAGENT => 'joinblock-polyfill',
+        ]);
+        return self::$curl;
+    }
+
+    /** What went wrong, in the extension's words where they differ from curl's. */
+    private static function describe(\CurlHandle $curl, int $errno): string
+    {
+        $kind = match ($errno) {
+            CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_SSL_CONNECT_ERROR => 'cannot connect',
+            CURLE_SSL_CACERT => 'cannot connect: TLS certificate verify failed',
+            CURLE_RECV_ERROR, CURLE_PARTIAL_FILE, CURLE_BAD_CONTENT_ENCODING => 'reading the answer failed',
+            CURLE_URL_MALFORMAT => 'invalid request',
+            default => 'request failed',
+        };
+        // curl keeps the OS error of the handle's last failed connect: only that one has it.
+        $os = $errno === CURLE_COULDNT_CONNECT ? curl_getinfo($curl, CURLINFO_OS_ERRNO) : 0;
+        return "$kind: " . curl_error($curl) . ($os > 0 ? ': ' . Os::describeErrno($os) : '');
+    }
+
+    /** Action Network's `{"error": "..."}` text, when the body has one. */
+    private static function errorText(string $body): ?string
+    {
+        $error = Json::get(json_decode($body), 'error');
+        return \is_string($error) && preg_match('/^.{0,300}/su', $error, $m) ? $m[0] : null;
+    }
+
+    /** `Retry-After` in seconds (the HTTP-date form is treated as absent), at most an hour. */
+    private static function retryAfter(?string $header): ?float
+    {
+        $seconds = $header !== null && is_numeric(trim($header)) ? (float) trim($header) : null;
+        return $seconds !== null && is_finite($seconds) && $seconds >= 0 ? min($seconds, 3600.0) : null;
+    }
+}
+
+/**
+ * What this process knows of each group's tags (name <-> href), learned while answering
+ * calls, and how far it has read the group's tag list: the extension's cache
+ * (src/action_network/cache.rs, which says why), with the same rules, so that both send
+ * the same requests. An entry lives for the tag_cache_ttl of the call that learned it and
+ * a call trusts entries younger than its own; expired entries go whenever a call saves;
+ * at most MAX_ENTRIES entries of at most MAX_ENTRY_BYTES each, the oldest learned going
+ * first (a PHP-FPM request is short, but a CLI process or a long request is not); a call
+ * reads entries in place and keeps what it learns apart, saved at its end; a name leads
+ * to every href learned with it; the reading position is dropped with an entry of its
+ * group evicted for room or not kept.
+ */
+final class Knowledge
+{
+    private const MAX_ENTRIES = 4096;
+    private const MAX_ENTRY_BYTES = 1024;
+
+    /**
+     * @var array<string, array{names: array<string, array{string, float, float}>, hrefs: array<string, array<string, true>>, list: ?array{array{read: int, total: ?int, next: ?string}, float, float}}>
+     *   group => href => [name, learned, expires]; name => hrefs; [reading position, learned, expires]
+     */
+    private static array $groups = [];
+    /** @var array<string, array{string, string}> every entry, oldest learned first: "group\nhref" => [group, href] */
+    private static array $order = [];
+
+    /** @var array<string, string> href => name, as this call learned them */
+    private array $ownNames = [];
+    /** @var array<string, array<string, true>> name => hrefs, as this call learned them */
+    private array $ownHrefs = [];
+    /** @var list<array{string, string}> [href, name], in the order learned */
+    private array $learned = [];
+    /** @var ?array{read: int, total: ?int, next: ?string} pages read, the list's length, the page to read next */
+    private ?array $list = null;
+    /** @var ?array{float, float} learned and expiry of the loaded reading position; null for a reading begun by this call */
+    private ?array $listAge = null;
+    private bool $listAdvanced = false;
+
+    private function __construct(private string $group, private float $ttl) {}
+
+    /** Entries the process keeps now, over all groups (what the extension shows in php --ri). */
+    public static function entries(): int
+    {
+        return \count(self::$order);
+    }
+
+    /** $group's knowledge as a call with this $ttl trusts it. */
+    public static function load(string $group, float $ttl): self
+    {
+        $knowledge = new self($group, $ttl);
+        $list = self::$groups[$group]['list'] ?? null;
+        if ($list !== null && self::trusted($list[1], $list[2], $ttl)) {
+            $knowledge->list = $list[0];
+            $knowledge->listAge = [$list[1], $list[2]];
+        }
+        return $knowledge;
+    }
+
+    /** Keeps what this call learned for the calls after it; with tag_cache_ttl = 0 no call would trust it. */
+    public function save(): void
+    {
+        if ($this->ttl <= 0.0 || $this->learned === [] && !$this->listAdvanced) {
+            return;
+        }
+        $now = Clock::now();
+        $expires = $now + $this->ttl;
+        self::removeExpired($now);
+        $allKept = true;
+        foreach ($this->learned as [$href, $name]) {
+            if (\strlen($href) + \strlen($name) <= self::MAX_ENTRY_BYTES) {
+                self::insert($this->group, $href, $name, $now, $expires);
+            } else {
+                $allKept = false;
+            }
+        }
+        if ($this->listAdvanced || !$allKept) {
+            // A resumed reading keeps its first page's age, and expires with the shortest-lived page.
+            $age = $this->listAge === null ? [$now, $expires] : [$this->listAge[0], min($this->listAge[1], $expires)];
+            self::$groups[$this->group] ??= ['names' => [], 'hrefs' => [], 'list' => null];
+            self::$groups[$this->group]['list'] = $allKept && $this->list !== null ? [$this->list, ...$age] : null;
+        }
+        self::makeRoom();
+    }
+
+    /**
+     * Action Network compares tag names without regard to case: full Unicode lowercasing,
+     * with the final sigma as any sigma (PHP 8.3 lowercases a word-final Σ to ς, earlier
+     * versions and the extension to σ).
+     */
+    public static function normalize(string $name): string
+    {
+        return str_replace('ς', 'σ', mb_strtolower($name, 'UTF-8'));
+    }
+
+    public function learn(string $name, string $href): void
+    {
+        $name = self::normalize($name);
+        $old = $this->ownNames[$href] ?? null;
+        if ($old !== null) {
+            unset($this->ownHrefs[$old][$href]);
+        }
+        $this->ownNames[$href] = $name;
+        $this->ownHrefs[$name][$href] = true;
+        $this->learned[] = [$href, $name];
+    }
+
+    /**
+     * One more page of the tag list was read (its names learned): $total is the length it
+     * states, if any, and $next the page after it.
+     */
+    public function learnListPage(?int $total, ?string $next): void
+    {
+        $this->list = ['read' => ($this->list['read'] ?? 0) + 1, 'total' => $total ?? $this->list['total'] ?? null, 'next' => $next];
+        $this->listAdvanced = true;
+    }
+
+    /** @return list<string> every href known to be called $name */
+    public function hrefsOf(string $name): array
+    {
+        $hrefs = array_keys($this->ownHrefs[$name] ?? []);
+        foreach (self::$groups[$this->group]['hrefs'][$name] ?? [] as $href => $_) {
+            [, $learned, $expires] = self::$groups[$this->group]['names'][$href];
+            // This call's own knowledge of an href (a rename) comes first.
+            if (!isset($this->ownNames[$href]) && self::trusted($learned, $expires, $this->ttl)) {
+                $hrefs[] = $href;
+            }
+        }
+        return $hrefs;
+    }
+
+    public function nameOf(string $href): ?string
+    {
+        if (isset($this->ownNames[$href])) {
+            return $this->ownNames[$href];
+        }
+        $entry = self::$groups[$this->group]['names'][$href] ?? null;
+        return $entry !== null && self::trusted($entry[1], $entry[2], $this->ttl) ? $entry[0] : null;
+    }
+
+    /** @return ?array{read: int, total: ?int, next: ?string} */
+    public function listProgress(): ?array
+    {
+        return $this->list;
+    }
+
+    private static function trusted(float $learned, float $expires, float $ttl): bool
+    {
+        $now = Clock::now();
+        return $now < $expires && $now - $learned < $ttl;
+    }
+
+    private static function insert(string $group, string $href, string $name, float $learned, float $expires): void
+    {
+        self::remove($group, $href);
+        self::$groups[$group] ??= ['names' => [], 'hrefs' => [], 'list' => null];
+        self::$groups[$group]['names'][$href] = [$name, $learned, $expires];
+        self::$groups[$group]['hrefs'][$name][$href] = true;
+        self::$order["$group\n$href"] = [$group, $href];
+    }
+
+    private static function remove(string $group, string $href): void
+    {
+        $name = self::$groups[$group]['names'][$href][0] ?? null;
+        if ($name === null) {
+            return;
+        }
+        unset(self::$groups[$group]['names'][$href], self::$groups[$group]['hrefs'][$name][$href], self::$order["$group\n$href"]);
+        if (self::$groups[$group]['hrefs'][$name] === []) {
+            unset(self::$groups[$group]['hrefs'][$name]);
+        }
+    }
+
+    private static function removeExpired(float $now): void
+    {
+        foreach (self::$groups as $group => $cached) {
+            foreach ($cached['names'] as $href => [, , $expires]) {
+                if ($now >= $expires) {
+                    self::remove((string) $group, (string) $href);
+                }
+            }
+            if ($cached['list'] !== null && $now >= $cached['list'][2]) {
+                self::$groups[$group]['list'] = null;
+            }
+            if (self::$groups[$group]['names'] === [] && self::$groups[$group]['list'] === null) {
+                unset(self::$groups[$group]);
+            }
+        }
+    }
+
+    /** Removes the oldest entries past MAX_ENTRIES; their groups forget their reading position. */
+    private static function makeRoom(): void
+    {
+        foreach (array_slice(self::$order, 0, max(0, \count(self::$order) - self::MAX_ENTRIES)) as [$group, $href]) {
+            self::$groups[$group]['list'] = null;
+            self::remove($group, $href);
+        }
+    }
+}
+
+/** A paged collection, followed through `_links.next` with loop, origin and page-cap checks. */
+final class Pages
+{
+    private ?string $next;
+    /** @var array<string, true> */
+    private array $visited = [];
+
+    /** $readBefore: pages read by earlier calls, for numbering pages in messages. */
+    public function __construct(?string $first, private string $what, private ?int $cap, private int $readBefore = 0)
+    {
+        $this->next = $first;
+    }
+
+    public function finished(): bool
+    {
+        return $this->next === null;
+    }
+
+    /** The page next() reads; null once the last one is read. */
+    public function upcoming(): ?string
+    {
+        return $this->next;
+    }
+
+    /** The next page; call only while not finished(). */
+    public function next(Session $session): mixed
+    {
+        if ($this->cap !== null && \count($this->visited) >= $this->cap) {
+            throw Failure::pageCap($this->cap);
+        }
+        [$url, $this->next] = [$this->next, null];
+        $what = "{$this->what} " . ($this->readBefore + \count($this->visited) + 1);
+        $this->visited[$url] = true;
+        $page = $session->getJson($url, $what);
+        $next = Json::link($page, 'next');
+        if ($next !== null) {
+            $next = Url::link($next, $what);
+            if (isset($this->visited[$next])) {
+                throw Failure::repeatedNext($what);
+            }
+            $session->sameOrigin($next, "next link of the $what");
+            $this->next = $next;
+        }
+        return $page;
+    }
+}
+
+/**
+ * The group's tag list, 25 names a page, read one page at a time when that is worth it,
+ * from where this process stopped reading it.
+ */
+final class TagList
+{
+    /** Without the list's length, only more unknown tags than a page names justify a page. */
+    private const PROBE_ABOVE = 25;
+
+    private Pages $pages;
+
+    public function __construct(string $baseUrl, Knowledge $knowledge)
+    {
+        $progress = $knowledge->listProgress();
+        $first = $progress === null ? "{$baseUrl}tags" : $progress['next'];
+        $this->pages = new Pages($first, 'tag list page', null, $progress['read'] ?? 0);
+    }
+
+    /** Whether reading on is cheaper than looking up $unnamed tags one by one. */
+    public function isCheaper(Knowledge $knowledge, float $unnamed): bool
+    {
+        if ($this->pages->finished()) {
+            return false;
+        }
+        $progress = $knowledge->listProgress();
+        $total = $progress['total'] ?? null;
+        return $total === null ? $unnamed > self::PROBE_ABOVE : max(1, $total - $progress['read']) < $unnamed;
+    }
+
+    public function readNext(Session $session, Knowledge $knowledge): void
+    {
+        $page = $this->pages->next($session);
+        foreach (TagCheck::embedded($page, 'osdi:tags', 'tag list page') as $tag) {
+            $name = Json::get($tag, 'name');
+            if (!\is_string($name)) {
+                throw Failure::badShape('tag list page', 'a tag has no name');
+            }
+            $href = Json::link($tag, 'self') ?? throw Failure::badShape('tag list page', 'a tag has no self link');
+            $knowledge->learn($name, Url::link($href, 'tag list page'));
+        }
+        $total = Json::count($page, 'total_pages');
+        $knowledge->learnListPage($total === null ? null : min($total, 4294967295), $this->pages->upcoming());
+    }
+}
+
+/**
+ * "Does this person have tag T?" in as few requests as the API allows, as the extension
+ * answers it (src/action_network/mod.rs, which says why). A tagging names its tag only by
+ * href, so the answer needs T's href: with it, the person lookup plus the taggings pages up
+ * to the first match; without it but with every tag of the person named, false for as
+ * many. Otherwise a person with more than a page of unknown tags makes the call read the
+ * tag list's next unread page early; hrefs still unknown at the end are resolved the
+ * cheaper way: one GET per unknown tag, or more unread pages of the tag list. Reaching the
+ * list's end proves nothing (pages read earlier may have shifted): a tag still unnamed
+ * then is looked up.
+ */
+final class TagCheck
+{
+    private const FUNCTION = 'joinblock_person_has_tag';
+    /** What Rust's str::trim() strips: Unicode white space. */
+    private const BLANK = '/^[\s\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*$/u';
+
+    private TagList $list;
+
+    private function __construct(private Session $session, private Knowledge $knowledge, private int $maxPages)
+    {
+        $this->list = new TagList($session->baseUrl, $knowledge);
+    }
+
+    public static function run(string $email, string $tag, string $apiKey, array $options): ?bool
+    {
+        self::requireText(1, 'email', $email);
+        self::requireText(2, 'tag', $tag);
+        self::requireKey($apiKey);
+        $settings = Settings::from($options);
+        if (!\function_exists('mb_strtolower')) {
+            // strtolower() folds ASCII only: "Élan" would not match "élan", a wrong answer.
+            throw new ActionNetworkException("PHP's mbstring extension is not loaded: the tag check needs it to compare tag names without regard to case");
+        }
+        $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps);
+        $group = "{$settings->baseUrl} " . sha1($apiKey);
+        $knowledge = Knowledge::load($group, $settings->tagCacheTtl);
+        try {
+            return (new self($session, $knowledge, $settings->maxPages))->check($email, Knowledge::normalize($tag));
+        } catch (Failure $e) {
+            // Belt and braces: Action Network never echoes the key, but a message must never carry it.
+            $message = \strlen($apiKey) >= 4 ? str_replace($apiKey, '[API key]', $e->getMessage()) : $e->getMessage();
+            throw new ActionNetworkException($message);
+        } finally {
+            // Whatever was learned stays useful, even when this call failed.
+            $knowledge->save();
+        }
+    }
+
+    /** The list at `page._embedded.<key>`. */
+    public static function embedded(mixed $page, string $key, string $what): array
+    {
+        $list = Json::get($page, '_embedded', $key);
+        return \is_array($list) ? $list : throw Failure::badShape($what, "no _embedded.$key list");
+    }
+
+    /**
+     * The key becomes an HTTP header: CR or LF in it would add headers of the caller's
+     * making. preg_match() with /u answers false, not 1, on invalid UTF-8, so the encoding
+     * is checked first and only 0 (no match) lets a key through.
+     */
+    private static function requireKey(string $apiKey): void
+    {
+        $unfit = static fn () => new \ValueError(self::FUNCTION . '(): Argument #3 ($apiKey) must be valid UTF-8 without control characters');
+        if (preg_match('//u', $apiKey) !== 1) {
+            throw $unfit();
+        }
+        self::requireText(3, 'apiKey', $apiKey);
+        if (preg_match('/[\x{0}-\x{1f}\x{7f}-\x{9f}]/u', $apiKey) !== 0) {
+            throw $unfit();
+        }
+    }
+
+    private static function requireText(int $position, string $name, string $value): void
+    {
+        if (!preg_match('//u', $value)) {
+            throw new \TypeError(self::FUNCTION . "(): Argument #$position (\$$name) must be valid UTF-8");
+        }
+        if (preg_match(self::BLANK, $value)) {
+            throw new \ValueError(self::FUNCTION . "(): Argument #$position (\$$name) must not be empty");
+        }
+    }
+
+    private function check(string $email, string $target): ?bool
+    {
+        $taggings = $this->findPerson($email);
+        if ($taggings === null) {
+            return null;
+        }
+        // Every href known to be the asked tag: one, unless the group holds two tags whose
+        // names differ only in case; a person with any of them has the tag.
+        $targetHrefs = $this->knowledge->hrefsOf($target);
+        /** @var array<string, true> $seen every tag href of the person met so far, in order */
+        $seen = [];
+        $pages = new Pages($taggings, 'taggings page', $this->maxPages);
+        while (!$pages->finished()) {
+            $page = $pages->next($this->session);
+            $hrefs = self::taggingHrefs($page);
+            if ($targetHrefs === [] && $seen === []) {
+                // A person with many unknown tags will need the tag list anyway; its first
+                // page may name the tag at once, and paging can then stop at the first match.
+                $unnamed = \count($this->unnamed($hrefs));
+                // The pages after this one are guessed to be as unknown as this one.
+                $expected = $unnamed + floor(self::taggingsAfter($page, \count($hrefs)) * $unnamed / max(1, \count($hrefs)));
+                if ($this->list->isCheaper($this->knowledge, $expected)) {
+                    $this->list->readNext($this->session, $this->knowledge);
+                    $targetHrefs = $this->knowledge->hrefsOf($target);
+                }
+            }
+            foreach ($hrefs as $href) {
+                if (\in_array($href, $targetHrefs, true)) {
+                    return true;
+                }
+                $seen[$href] = true;
+            }
+        }
+        return $targetHrefs === [] ? $this->resolve($target, array_keys($seen)) : false;
+    }
+
+    /** The person's taggings collection, or null when no person has that email. */
+    private function findPerson(string $email): ?string
+    {
+        // OData string literal: quotes doubled. urlencode() also sends "+" as %2B.
+        $filter = "email_address eq '" . str_replace("'", "''", $email) . "'";
+        $answer = $this->session->getJson("{$this->session->baseUrl}people/?filter=" . urlencode($filter), 'person lookup');
+        $people = Json::get($answer, '_embedded', 'osdi:people');
+        if (!\is_array($people)) {
+            throw Failure::badShape('person lookup', 'no _embedded.osdi:people list');
+        }
+        // The people collection's next link is present even on its last page: never followed.
+        if ($people === []) {
+            return null;
+        }
+        $href = Json::link($people[0], 'osdi:taggings') ?? throw Failure::badShape('person lookup', 'the person has no osdi:taggings link');
+        return Url::link($href, 'person lookup');
+    }
+
+    /** The tag hrefs of a taggings page. */
+    private static function taggingHrefs(mixed $page): array
+    {
+        return array_map(static function (mixed $tagging): string {
+            $href = Json::link($tagging, 'osdi:tag') ?? throw Failure::badShape('taggings page', 'a tagging has no osdi:tag link');
+            return Url::link($href, 'taggings page');
+        }, self::embedded($page, 'osdi:taggings', 'taggings page'));
+    }
+
+    /**
+     * How many taggings a page says come after it: exact with total_records, else estimated.
+     * The server's totals are only numbers: past PHP_INT_MAX the product saturates.
+     */
+    private static function taggingsAfter(mixed $page, int $onPage): int
+    {
+        $total = Json::count($page, 'total_records');
+        $pages = Json::count($page, 'total_pages');
+        return match (true) {
+            $total !== null => max(0, $total - $onPage),
+            $pages !== null => min(PHP_INT_MAX, max(0, $pages - 1) * 25),
+            default => Json::link($page, 'next') === null ? 0 : 25,
+        };
+    }
+
+    /** @return list<string> the hrefs whose tag names are unknown */
+    private function unnamed(array $hrefs): array
+    {
+        return array_values(array_filter($hrefs, fn (string $href): bool => $this->knowledge->nameOf($href) === null));
+    }
+
+    /**
+     * Is one of $hrefs the href of $target? Learns the names still unknown by the cheaper of
+     * per-tag lookups and the tag list, deciding again after every request.
+     */
+    private function resolve(string $target, array $hrefs): bool
+    {
+        while (true) {
+            $targetHrefs = $this->knowledge->hrefsOf($target);
+            if ($targetHrefs !== []) {
+                return array_intersect($targetHrefs, $hrefs) !== [];
+            }
+            $unnamed = $this->unnamed($hrefs);
+            if ($unnamed === []) {
+                return false;
+            }
+            if ($this->list->isCheaper($this->knowledge, \count($unnamed))) {
+                $this->list->readNext($this->session, $this->knowledge);
+            } else {
+                $this->lookUp($unnamed[0]);
+            }
+        }
+    }
+
+    /** Any failure, 404 included, fails the call and teaches nothing (mod.rs says why). */
+    private function lookUp(string $href): void
+    {
+        $name = Json::get($this->session->getJson($href, 'tag lookup'), 'name');
+        if (!\is_string($name)) {
+            throw Failure::badShape('tag lookup', 'no "name"');
+        }
+        $this->knowledge->learn($name, $href);
+    }
+}

@@ -1,0 +1,387 @@
+<?php
+
+// Part of the polyfill, loaded by php/joinblock.php only where the extension is not:
+// The file backend: lock files, their protocol, who holds them, and this process's claims.
+
+declare(strict_types=1);
+
+namespace JoinBlock\Polyfill;
+
+use JoinBlock\LockException;
+use JoinBlock\LockTimeoutException;
+
+/** A held lock of either backend. */
+interface Held
+{
+    /** The lock file, or the `GET_LOCK` name. */
+    public function path(): string;
+
+    public function isHeld(): bool;
+
+    /** Releasing again, or from a forked child, does nothing. @throws LockException */
+    public function release(): void;
+}
+
+/**
+ * The locks this process claimed, from the first step of taking one until its release. A
+ * second claim on one lock is refused: with flock the process would wait for itself
+ * forever, and GET_LOCK would let it in twice (it is re-entrant per connection).
+ */
+final class Claims
+{
+    private const FATAL = E_ERROR | E_PARSE | E_CORE_ERROR | E_COMPILE_ERROR | E_USER_ERROR | E_RECOVERABLE_ERROR;
+
+    /** @var array<string, array{int, ?Held}> lock id => [owner pid, the lock once taken] */
+    private static array $claims = [];
+
+    private static bool $hooked = false;
+
+    /** @throws LockException when this process already claimed $id; $lock names it */
+    public static function take(string $id, string $lock): void
+    {
+        $pid = getmypid();
+        // Claims inherited across fork belong to the parent.
+        self::$claims = array_filter(self::$claims, static fn (array $claim): bool => $claim[0] === $pid);
+        if (isset(self::$claims[$id])) {
+            throw new LockException("$lock is already held by this thread; release it before acquiring it again");
+        }
+        self::$claims[$id] = [$pid, null];
+        if (!self::$hooked) {
+            register_shutdown_function([self::class, 'releaseAfterFatal']);
+            self::$hooked = true;
+        }
+    }
+
+    public static function taken(string $id, Held $lock): void
+    {
+        self::$claims[$id][1] = $lock;
+    }
+
+    public static function drop(string $id): void
+    {
+        unset(self::$claims[$id]);
+    }
+
+    /** After a fatal error PHP calls no destructor (it only closes files): release here. */
+    public static function releaseAfterFatal(): void
+    {
+        if (((error_get_last()['type'] ?? 0) & self::FATAL) === 0) {
+            return;
+        }
+        foreach (self::$claims as [$pid, $lock]) {
+            try {
+                if ($pid === getmypid()) {
+                    $lock?->release();
+                }
+            } catch (LockException) {
+                // The request is over; the next holder copes with what is left.
+            }
+        }
+    }
+}
+
+/**
+ * The file backend: flock on the plugin's own lock files, with the extension's protocol
+ * (src/lock/file.rs), so that both exclude each other:
+ * 1. open without truncating, mode 0600, close-on-exec, and never a FIFO's blocking open;
+ *    refuse anything but a regular file (a link, also before opening: fopen follows them);
+ * 2. flock(LOCK_EX), or LOCK_NB polled with jittered backoff up to the deadline;
+ * 3. check that the path still names the locked file; if not, the last holder unlinked it
+ *    while we waited on it: close and start again;
+ * 4. release unlinks the path while still holding the lock, then unlocks and closes.
+ * After fork only the process that took the lock unlocks or unlinks it; a child only
+ * closes its copy of the descriptor.
+ */
+/**
+ * Who holds a lock file, for a waiter that gives up: the pid in /proc/locks (the holder
+ * writes nothing), what it is (php-fpm's worker title, else its program's name: never
+ * its arguments) and how long the file has existed. As src/lock/holder.rs.
+ */
+final class Holder
+{
+    /** "pid 4242 (php-fpm: pool www) for 31.2 s"; null when it cannot be seen. @param resource $handle */
+    public static function of($handle): ?string
+    {
+        $stat = fstat($handle);
+        $locks = @file_get_contents('/proc/locks');
+        if ($stat === false || $locks === false) {
+            return null;
+        }
+        // Linux's dev_t: the major number in bits 8-19 and 32-43, the minor in 0-7 and 20-31.
+        $dev = $stat['dev'];
+        $major = (($dev >> 8) & 0xfff) | (($dev >> 32) & ~0xfff);
+        $minor = ($dev & 0xff) | (($dev >> 12) & ~0xff);
+        $file = sprintf('%02x:%02x:%d', $major, $minor, $stat['ino']);
+        foreach (explode("\n", $locks) as $line) {
+            $fields = preg_split('/\s+/', trim($line));
+            if (($fields[1] ?? '') === 'FLOCK' && ($fields[5] ?? '') === $file) {
+                $pid = (int) $fields[4];
+                return sprintf('pid %d (%s) for %.1f s', $pid, self::name($pid), max(0.0, microtime(true) - $stat['ctime']));
+            }
+        }
+        return null;
+    }
+
+    private static function name(int $pid): string
+    {
+        $title = explode("\0", (string) @file_get_contents("/proc/$pid/cmdline"))[0];
+        if (str_starts_with($title, 'php-fpm: pool ')) {
+            return trim($title);
+        }
+        $comm = @file_get_contents("/proc/$pid/comm");
+        return $comm === false ? 'unknown program' : trim($comm);
+    }
+}
+
+/** The users that lock files belong to. */
+final class Users
+{
+    /** The effective uid; without posix, the owner of a file this process makes. */
+    public static function me(): int
+    {
+        static $uid = null;
+        if ($uid === null && \function_exists('posix_geteuid')) {
+            $uid = posix_geteuid();
+        }
+        if ($uid === null) {
+            $probe = tmpfile();
+            $uid = fstat($probe)['uid'];
+            fclose($probe);
+        }
+        return $uid;
+    }
+
+    /** `uid 65534 (nobody)`, or `uid 1234` when the system has no name for it. */
+    public static function describe(int $uid): string
+    {
+        $entry = \function_exists('posix_getpwuid') ? posix_getpwuid($uid) : false;
+        return $entry === false ? "uid $uid" : "uid $uid ({$entry['name']})";
+    }
+}
+
+final class FileLock implements Held
+{
+    private const FIRST_BACKOFF = 0.001;
+    private const MAX_BACKOFF = 0.05;
+
+    /** @param resource|null $handle null once closed */
+    private function __construct(private string $file, public $handle, private string $id, private int $pid) {}
+
+    public static function acquire(string $path, ?float $timeout): self
+    {
+        $started = Clock::now();
+        $deadline = $timeout === null ? null : $started + $timeout;
+        $backoff = new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF);
+        while (true) {
+            $lock = self::open($path);
+            if (!$lock->flock($deadline === null)) {
+                $now = Clock::now();
+                if ($now >= $deadline) {
+                    $holder = Holder::of($lock->handle);
+                    $lock->close();
+                    throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', $now - $started, $path)
+                        . ($holder === null ? '' : ", held by $holder"));
+                }
+                $lock->close();
+                // PHP has no inotify: timed waits poll (README).
+                Clock::sleep($backoff->next($deadline - $now));
+                continue;
+            }
+            if ($lock->stillNamed()) {
+                return $lock;
+            }
+            // We locked a file the previous holder already unlinked: start again.
+            $lock->close();
+        }
+    }
+
+    public function path(): string
+    {
+        return $this->file;
+    }
+
+    public function isHeld(): bool
+    {
+        return $this->handle !== null && $this->pid === getmypid();
+    }
+
+    public function release(): void
+    {
+        if ($this->handle === null) {
+            return;
+        }
+        if ($this->pid !== getmypid()) {
+            // A forked child: closing its copy of the descriptor leaves the parent's lock alone.
+            $this->close();
+            return;
+        }
+        $error = null;
+        if ($this->stillNamed()) {
+            [$removed, $reason] = Os::attempt(fn () => unlink($this->file));
+            if (!$removed && Os::errno($reason) !== Os::ENOENT) {
+                $error = self::ioError('remove', $this->file, $reason);
+            }
+        }
+        if (!flock($this->handle, LOCK_UN)) {
+            $error ??= new LockException("cannot unlock lock file {$this->file}: flock() failed");
+        }
+        $this->close();
+        if ($error !== null) {
+            throw $error;
+        }
+    }
+
+    private static function open(string $path): self
+    {
+        $before = self::lstat($path);
+        if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
+            throw self::notRegular($path, $kind);
+        }
+        // 'c' never truncates; 'e' is O_CLOEXEC, 'n' O_NONBLOCK (a FIFO must not block the open).
+        $mask = umask(0077);
+        try {
+            [$handle, $reason] = Os::attempt(static fn () => fopen($path, 'c+en'));
+        } finally {
+            umask($mask);
+        }
+        if ($handle === false) {
+            $planted = self::lstat($path);
+            throw match (true) {
+                Os::errno($reason) === Os::ELOOP => self::notRegular($path, 'symbolic link'),
+                Os::errno($reason) === Os::EISDIR => self::notRegular($path, 'directory'),
+                \in_array(Os::errno($reason), [Os::EACCES, Os::EPERM], true) && $planted !== false && $planted['uid'] !== Users::me()
+                    => self::foreignOwner($path, $planted['uid']),
+                default => self::ioError('open', $path, $reason),
+            };
+        }
+        $stat = fstat($handle);
+        $id = "file {$stat['dev']}:{$stat['ino']}";
+        if (($kind = self::kind($stat['mode'])) !== null) {
+            fclose($handle);
+            throw self::notRegular($path, $kind);
+        }
+        if (($fs = self::networkFileSystem(\dirname($path))) !== null) {
+            fclose($handle);
+            throw new LockException("refusing lock file $path: the lock directory is on $fs, where flock is emulated with"
+                . ' locks that closing any descriptor of the file drops; use a local directory, or the mysql backend'
+                . ' to share locks between hosts');
+        }
+        // Only PHP's user and the lock directory's owner may have files here.
+        if ($stat['uid'] !== Users::me() && $stat['uid'] !== @fileowner(\dirname($path))) {
+            fclose($handle);
+            throw self::foreignOwner($path, $stat['uid']);
+        }
+        try {
+            Claims::take($id, "lock file $path");
+        } catch (LockException $e) {
+            fclose($handle);
+            throw $e;
+        }
+        $lock = new self($path, $handle, $id, getmypid());
+        Claims::taken($id, $lock);
+        return $lock;
+    }
+
+    /**
+     * The network file system $dir lives on, if it does (from /proc/self/mounts): there
+     * flock is emulated with POSIX locks, which closing any descriptor of the file drops.
+     */
+    private static function networkFileSystem(string $dir): ?string
+    {
+        static $known = [];
+        if (\array_key_exists($dir, $known)) {
+            return $known[$dir];
+        }
+        $real = realpath($dir) ?: $dir;
+        [$best, $type] = ['', null];
+        foreach (@file('/proc/self/mounts', FILE_IGNORE_NEW_LINES) ?: [] as $line) {
+            [, $mountPoint, $fsType] = array_pad(explode(' ', $line), 3, '');
+            $mountPoint = str_replace('\\040', ' ', $mountPoint);
+            $inside = $real === $mountPoint || str_starts_with($real, rtrim($mountPoint, '/') . '/');
+            if ($inside && \strlen($mountPoint) >= \strlen($best)) {
+                [$best, $type] = [$mountPoint, $fsType];
+            }
+        }
+        return $known[$dir] = match (true) {
+            $type === null => null,
+            str_starts_with($type, 'nfs') => 'NFS',
+            $type === 'cifs' => 'CIFS',
+            $type === 'smb3' || $type === 'smbfs' => 'SMB',
+            $type === '9p' => '9P',
+            default => null,
+        };
+    }
+
+    private static function foreignOwner(string $path, int $owner): LockException
+    {
+        return new LockException(sprintf(
+            "refusing lock file %s: it belongs to %s, not to PHP's user (%s); the lock directory is shared with other"
+            . " users, who can block or break any member's lock there: set joinblock.lock_dir to a directory only"
+            . " PHP's user can enter (scripts/install makes /run/joinblock)",
+            $path, Users::describe($owner), Users::describe(Users::me())
+        ));
+    }
+
+    /** One flock(LOCK_EX), blocking or not; false when another party holds it. */
+    private function flock(bool $block): bool
+    {
+        if (flock($this->handle, $block ? LOCK_EX : LOCK_EX | LOCK_NB, $busy)) {
+            return true;
+        }
+        if ($busy) {
+            return false;
+        }
+        $this->close();
+        throw new LockException("cannot lock lock file {$this->file}: flock() failed");
+    }
+
+    /** Whether the path (not following links) still names the file we opened. */
+    private function stillNamed(): bool
+    {
+        $stat = self::lstat($this->file);
+        return $stat !== false && "file {$stat['dev']}:{$stat['ino']}" === $this->id;
+    }
+
+    private function close(): void
+    {
+        Claims::drop($this->id);
+        fclose($this->handle);
+        $this->handle = null;
+    }
+
+    /** lstat() past PHP's stat cache, which may still hold what an earlier look saw. */
+    private static function lstat(string $path): array|false
+    {
+        clearstatcache();
+        return Os::attempt(static fn () => lstat($path))[0];
+    }
+
+    /** What a file that is not a regular file is; null for a regular file. */
+    private static function kind(int $mode): ?string
+    {
+        return match ($mode & 0170000) {
+            0100000 => null,
+            0120000 => 'symbolic link',
+            0040000 => 'directory',
+            0010000 => 'FIFO',
+            0140000 => 'socket',
+            0020000, 0060000 => 'device',
+            default => 'special file',
+        };
+    }
+
+    private static function notRegular(string $path, string $kind): LockException
+    {
+        return new LockException("refusing lock path $path: it is a $kind, not a regular file");
+    }
+
+    private static function ioError(string $action, string $path, ?string $reason): LockException
+    {
+        $hint = match (Os::errno($reason)) {
+            Os::ENOENT => ' (does the lock directory exist?)',
+            Os::EACCES, Os::EPERM => " (is the lock directory writable by PHP's user?)",
+            default => '',
+        };
+        return new LockException("cannot $action lock file $path: " . Os::describe($reason) . $hint);
+    }
+}

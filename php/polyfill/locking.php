@@ -1,0 +1,164 @@
+<?php
+
+// Part of the polyfill, loaded by php/joinblock.php only where the extension is not:
+// Joinblock_acquire_lock() and joinblock_configure(): arguments, settings, backends.
+
+declare(strict_types=1);
+
+namespace JoinBlock\Polyfill;
+
+use JoinBlock\Lock;
+use JoinBlock\LockException;
+
+/** joinblock_acquire_lock() and joinblock_configure(): arguments, settings, backends. */
+final class Locking
+{
+    /** What joinblock_configure() set, for the rest of this request. */
+    private static ?string $backend = null;
+    private static ?MysqlTarget $mysql = null;
+
+    private static ?\WeakMap $locks = null;
+
+    public static function acquire(string $key, array $options): Lock
+    {
+        $options = new Options('joinblock_acquire_lock', '#2 ($options)', $options, ['dir', 'timeout', 'backend']);
+        $timeout = $options->seconds('timeout');
+        $dir = $options->bytes('dir');
+        $backend = $options->bytes('backend');
+        if ($backend !== null) {
+            $backend = self::backendNamed($backend, static fn (string $problem) => $options->valueError('backend', $problem));
+            if ($backend === 'mysql' && $dir !== null) {
+                throw $options->valueError('dir', 'applies to the file backend only, and this call asks for mysql');
+            }
+        }
+        $backend ??= self::backend();
+        if ($backend === 'file') {
+            $dir ??= Options::ini('joinblock.lock_dir') ?? sys_get_temp_dir();
+            // PathBuf::join, as the extension builds the path: one "/" between.
+            $path = (str_ends_with($dir, '/') ? $dir : "$dir/") . self::name($key);
+            return self::wrap(FileLock::acquire($path, $timeout));
+        }
+        // A `dir` from a caller written for files is ignored: the site chose mysql.
+        return self::wrap(DbLock::acquire(self::mysqlTarget(), self::name($key), $timeout, self::connectTimeout()));
+    }
+
+    public static function configure(array $settings): void
+    {
+        $known = ['lock_backend', 'mysql_url', 'db_host', 'db_user', 'db_password', 'db_name'];
+        $given = new Options('joinblock_configure', '#1 ($settings)', $settings, $known);
+        $backend = $given->string('lock_backend');
+        $backend = $backend === null
+            ? null
+            : self::backendNamed($backend, static fn (string $problem) => $given->valueError('lock_backend', $problem));
+        $url = $given->string('mysql_url');
+        [$host, $user, $password, $name] = array_map([$given, 'string'], ['db_host', 'db_user', 'db_password', 'db_name']);
+        $wordpress = $host !== null || $user !== null || $password !== null || $name !== null;
+        if ($url !== null && $wordpress) {
+            throw $given->valueError('mysql_url', 'and db_host/db_user/db_password/db_name exclude each other');
+        }
+        if ($wordpress && ($host === null || $user === null || $name === null)) {
+            throw $given->valueError('db_host', 'needs db_user and db_name with it (db_password may be empty)');
+        }
+        $mysql = match (true) {
+            $url !== null => MysqlTarget::fromUrl($url, static fn (string $p) => $given->valueError('mysql_url', $p)),
+            $wordpress => MysqlTarget::fromWordpress($host, $user, $password ?? '', $name, static fn (string $p) => $given->valueError('db_host', $p)),
+            default => null,
+        };
+        [self::$backend, self::$mysql] = [$backend, $mysql];
+    }
+
+    /** The lock behind a JoinBlock\Lock; null for the copy a refused clone or unserialize() makes. */
+    public static function of(Lock $lock): ?Held
+    {
+        return self::$locks[$lock] ?? null;
+    }
+
+    /** JoinBlock\Lock has no constructor PHP code may call: the lock rides in a WeakMap. */
+    private static function wrap(Held $held): Lock
+    {
+        $lock = (new \ReflectionClass(Lock::class))->newInstanceWithoutConstructor();
+        self::$locks ??= new \WeakMap();
+        self::$locks[$lock] = $held;
+        return $lock;
+    }
+
+    /** `join-lock-<sha1>` of the key as the plugin normalises it, byte for byte. */
+    private static function name(string $key): string
+    {
+        $normalized = strtolower(trim($key));
+        if ($normalized === '') {
+            throw new \ValueError('joinblock_acquire_lock(): Argument #1 ($key) must not be empty after trimming white space');
+        }
+        return 'join-lock-' . sha1($normalized);
+    }
+
+    /** "file" or "mysql"; $fail makes the exception for anything else. */
+    private static function backendNamed(string $text, \Closure $fail): string
+    {
+        $name = trim($text);
+        if ($name !== 'file' && $name !== 'mysql') {
+            throw $fail(sprintf('is "%s"; expected "file" or "mysql"', Options::escape($name)));
+        }
+        return $name;
+    }
+
+    /** joinblock_configure()'s backend, else INI. */
+    private static function backend(): string
+    {
+        return self::$backend ?? self::backendNamed(
+            Options::ini('joinblock.lock_backend') ?? 'file',
+            static fn (string $problem) => new LockException("INI joinblock.lock_backend $problem")
+        );
+    }
+
+    /** INI joinblock.mysql_connect_timeout: seconds, greater than 0. */
+    private static function connectTimeout(): float
+    {
+        $text = Options::ini('joinblock.mysql_connect_timeout') ?? '3';
+        $seconds = is_numeric(trim($text)) ? (float) trim($text) : NAN;
+        if (!($seconds > 0.0) || !is_finite($seconds)) {
+            throw new LockException(sprintf(
+                'INI joinblock.mysql_connect_timeout is "%s"; expected seconds greater than 0, such as 3 or 0.5',
+                Options::escape($text)
+            ));
+        }
+        return $seconds;
+    }
+
+    /** joinblock_configure()'s server, else INI. */
+    private static function mysqlTarget(): MysqlTarget
+    {
+        if (self::$mysql !== null) {
+            return self::$mysql;
+        }
+        $url = Options::ini('joinblock.mysql_url') ?? throw new LockException(
+            'the mysql lock backend needs INI joinblock.mysql_url or joinblock_configure() with the database settings'
+        );
+        return MysqlTarget::fromUrl($url, static fn (string $problem) => new LockException("INI joinblock.mysql_url $problem"));
+    }
+
+    /**
+     * joinblock_status()'s lock part: the settings in effect, each null with a problem
+     * when unusable; the server without its password.
+     */
+    public static function status(): array
+    {
+        $problems = [];
+        $value = static function (string $name, callable $read) use (&$problems): ?string {
+            try {
+                return $read();
+            } catch (LockException $e) {
+                $problems[$name] = $e->getMessage();
+                return null;
+            }
+        };
+        $status = [
+            'lock_backend' => $value('lock_backend', static fn () => self::backend()),
+            'lock_dir' => Options::ini('joinblock.lock_dir') ?? sys_get_temp_dir(),
+            'mysql_server' => self::$mysql === null && Options::ini('joinblock.mysql_url') === null
+                ? null
+                : $value('mysql_server', static fn () => self::mysqlTarget()->describe()),
+        ];
+        return $status + ['problems' => $problems];
+    }
+}
