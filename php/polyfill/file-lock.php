@@ -144,9 +144,13 @@ final class Users
             $uid = posix_geteuid();
         }
         if ($uid === null) {
-            $probe = tmpfile();
-            $uid = fstat($probe)['uid'];
-            fclose($probe);
+            // A file of our own says who we are; where none may be made (open_basedir), the
+            // script's owner is the best guess left.
+            $probe = @tmpfile();
+            $uid = $probe === false ? getmyuid() : fstat($probe)['uid'];
+            if ($probe !== false) {
+                fclose($probe);
+            }
         }
         return $uid;
     }
