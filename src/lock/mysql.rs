@@ -245,8 +245,9 @@ impl Slot {
 }
 
 /// Runs `work` on this process's live connection to `target`, opening one if needed. A reused
-/// connection found dead is replaced and `work` run once more: it only ever asks for a lock,
-/// and whatever the dead connection held, the server freed with it.
+/// connection found dead is replaced and `work` run once more: it only asks for a lock or asks
+/// who holds one, which may be asked again, and whatever the dead connection held, the server
+/// freed with it.
 fn with_connection<T>(
     target: &MysqlTarget,
     connect_timeout: Duration,
