@@ -42,6 +42,9 @@ use parking_lot::Mutex;
 use super::{holder, lock_name, record_acquired, record_timeout, release_watch::ReleaseWatch, Claim, LockError, LockId, Wait};
 use crate::backoff::Backoff;
 
+/// Longest wait on a release watch between tries: a holder that dies without unlinking (killed)
+/// sends no event, so its lock is noticed free this late at most.
+const DEAD_HOLDER_CHECK: Duration = Duration::from_millis(50);
 /// Backoff between polled tries when waiting with a deadline and no inotify.
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
@@ -105,7 +108,7 @@ impl FileLock {
                 match &watch {
                     // Watching from now on, and trying once more before the first wait.
                     None => watch = Some(ReleaseWatch::new(path)),
-                    Some(Some(watch)) => watch.wait(remaining),
+                    Some(Some(watch)) => watch.wait(remaining.min(DEAD_HOLDER_CHECK)),
                     Some(None) => thread::sleep(backoff.next(Some(remaining))),
                 }
                 if !path_names(path, &id)? {

@@ -1,11 +1,13 @@
 //! Waking a timed waiter when a lock file may have been released, instead of polling.
 //!
-//! A holder releases by unlinking the name and then unlocking and closing (see `file.rs`), and
-//! a holder that dies closes its descriptor without unlinking. So an inotify watch on the lock
-//! directory for the name's `IN_DELETE`/`IN_MOVED_FROM` and its `IN_CLOSE_*` sees every
-//! release. Other waiters opening and closing the same file wake us too: a spurious wake only
-//! costs one `flock` try. The watch is set up, and events from before it drained, *before*
-//! the try that follows it, so a release between a failed try and the wait cannot be missed.
+//! A holder releases by unlinking the name and then unlocking and closing (see `file.rs`), so an
+//! inotify watch on the lock directory for the name's `IN_DELETE`/`IN_MOVED_FROM` sees every
+//! release of a live holder. Closes are not watched: every waiter closes a descriptor when it
+//! starts again, and waking all the others for each of those made the waits of 8 processes
+//! worse than blocking ones. A holder that dies without unlinking is noticed by the waiter's
+//! periodic try instead (`file.rs` caps each wait). The watch is set up, and events from before
+//! it drained, *before* the try that follows it, so a release between a failed try and the
+//! wait cannot be missed.
 //!
 //! Each thread keeps one inotify instance for good (per process: a forked child makes its
 //! own): closing an instance waits for an RCU grace period, measured at about 6 ms, which would
@@ -20,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const EVENTS: u32 = libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_DELETE_SELF;
+const EVENTS: u32 = libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_DELETE_SELF;
 
 thread_local! {
     /// This thread's inotify instance, with the pid it was made in.
