@@ -96,6 +96,21 @@ final class SharedStateTest extends JoinBlockTestCase
         }
     }
 
+    public function testExtensionAndPolyfillReadEachOthersMap(): void
+    {
+        $tags = self::loadMember();
+        $control = 'http://127.0.0.1:' . self::$server->port() . '/_control';
+        foreach ([['extension', 'polyfill'], ['polyfill', 'extension']] as [$writer, $reader]) {
+            $dir = $this->scratchDir();
+            $calls = json_encode([['member@example.org', $tags[199], StandInServer::API_KEY, ['base_url' => self::$server->baseUrl(), 'max_rps' => 1000]]]);
+            $run = fn (string $impl) => json_decode(self::runPhpOk([PHP_BINARY, ...self::phpArgs($impl), '-d', "joinblock.lock_dir=$dir", self::fixture('tag_checks.php'), $control, $calls], 120), true)[0];
+            $this->assertGreaterThan(9, $run($writer)['requests'], "$writer, cold");
+            $warm = $run($reader);
+            $this->assertTrue($warm['result']);
+            $this->assertSame(9, $warm['requests'], "$reader reads what $writer published");
+        }
+    }
+
     public function testEightProcessesTogetherKeepTheHostWideLimit(): void
     {
         $names = StandInServer::tagNames(40);
