@@ -33,12 +33,16 @@ pub const MYSQL_URL: &str = "joinblock.mysql_url";
 pub const MYSQL_CONNECT_TIMEOUT: &str = "joinblock.mysql_connect_timeout";
 const MYSQL_CONNECT_TIMEOUT_DEFAULT: &CStr = c"3";
 
-static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
+/// `0` (or `off`, `false`, `no`) keeps the tag map and request pacing per process.
+pub const SHARED_STATE: &str = "joinblock.shared_state";
+
+static INI_ENTRIES: IniEntryDefs<7> = IniEntryDefs::new([
     entry(c"joinblock.lock_dir", c""),
     entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
     entry(c"joinblock.lock_backend", c"file"),
     entry(c"joinblock.mysql_url", c""),
     entry(c"joinblock.mysql_connect_timeout", MYSQL_CONNECT_TIMEOUT_DEFAULT),
+    entry(c"joinblock.shared_state", c"1"),
     IniEntryDef::end(),
 ]);
 
@@ -78,6 +82,12 @@ pub fn ini_bytes(name: &str) -> Option<Vec<u8>> {
     let entry = unsafe { directives.get(name)?.ptr::<zend_ini_entry>()?.as_ref() }?;
     let value = unsafe { entry.value.as_ref() }?.as_bytes();
     (!value.is_empty()).then(|| value.to_vec())
+}
+
+/// Whether the host's shared state is on (INI `joinblock.shared_state`, default on).
+pub fn shared_state() -> bool {
+    let value = ini_bytes(SHARED_STATE).map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase());
+    !matches!(value.as_deref(), Some("0" | "off" | "false" | "no" | "none"))
 }
 
 /// What `joinblock_configure()` set; cleared at the end of each request.

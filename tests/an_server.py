@@ -44,8 +44,14 @@ Control API (no token; JSON in and out):
                                  (default http://127.0.0.2:PORT).
                                  Only requests with a valid token consume a fault; the first
                                  matching rule (in the order added) is used.
+    POST /_control/rate_limit    {"rps": R, "burst": B}  Action Network's limit, for every client
+                                 together: a token bucket of B tokens (default R) refilled at
+                                 R a second; a request with a valid token and no token left
+                                 is answered 429 with Retry-After (whole seconds until a
+                                 token). {"rps": null} lifts it; reset lifts it too.
     GET  /_control/counts        {"total", "by_path", "requests": [{method, path, query,
-                                  had_token, token_ok}]}  /api/v2 requests only
+                                  had_token, token_ok}], "rejected": 429s of the
+                                  rate limit}  /api/v2 requests only
     POST /_control/counts/reset  zero the request counters, keep the data and connection count
     GET  /_control/writes        [{"start", "end", "email", "add_tags", "remove_tags"}]
                                  (time.monotonic() seconds, comparable across processes)
@@ -137,6 +143,7 @@ class State:
         self.writes = []
         self.latency_ms = 0
         self.connections = 0
+        self.rate_limit = None      # [rps, burst, tokens, last refill (monotonic)]
         self.reset_counts()
 
     def clear_data(self):
@@ -149,6 +156,21 @@ class State:
     def reset_counts(self):
         self.requests = []
         self.by_path = {}
+        self.rejected = 0
+
+    def take_token(self):
+        """None when the request may pass, else the seconds until a token (the rate limit)."""
+        if self.rate_limit is None:
+            return None
+        rps, burst, tokens, last = self.rate_limit
+        now = time.monotonic()
+        tokens = min(burst, tokens + (now - last) * rps)
+        if tokens >= 1:
+            self.rate_limit = [rps, burst, tokens - 1, now]
+            return None
+        self.rate_limit = [rps, burst, tokens, now]
+        self.rejected += 1
+        return (1 - tokens) / rps
 
     # --- data ---
 
@@ -551,7 +573,10 @@ class Handler(BaseHTTPRequestHandler):
         if not token_ok:
             raise ApiError(403, "API Key invalid or not present")
         with state.lock:
-            fault = state.take_fault(url.path)
+            wait = state.take_token()
+            fault = state.take_fault(url.path) if wait is None else None
+        if wait is not None:
+            return Reply(429, {"error": "Too many requests"}, headers={"Retry-After": str(max(1, math.ceil(wait)))})
         if fault and fault.kind in REPLACING_FAULTS:
             reply = replacing_reply(fault, self.path)
             if reply is not None:
@@ -668,10 +693,19 @@ class Handler(BaseHTTPRequestHandler):
                 fault = fault_from(parse_json(body), self.server.port)
                 with state.lock:
                     state.faults.append(fault)
+            case "POST", "/_control/rate_limit":
+                data = parse_json(body)
+                rps = data.get("rps") if isinstance(data, dict) else None
+                burst = data.get("burst", rps) if isinstance(data, dict) else None
+                if rps is not None and not (isinstance(rps, (int, float)) and rps > 0
+                                            and isinstance(burst, (int, float)) and burst >= 1):
+                    raise ApiError(400, "rps must be > 0 and burst >= 1, or rps null")
+                with state.lock:
+                    state.rate_limit = None if rps is None else [float(rps), float(burst), float(burst), time.monotonic()]
             case "GET", "/_control/counts":
                 with state.lock:
                     return Reply(200, {"total": len(state.requests), "by_path": dict(state.by_path),
-                                       "requests": list(state.requests)})
+                                       "requests": list(state.requests), "rejected": state.rejected})
             case "POST", "/_control/counts/reset":
                 with state.lock:
                     state.reset_counts()

@@ -258,6 +258,7 @@ final class Session
         private float $timeout,
         float $deadline,
         float $maxRps,
+        private ?SharedStore $shared = null,
     ) {
         $this->origin = Url::origin($baseUrl);
         $this->deadline = Clock::now() + $deadline;
@@ -293,7 +294,11 @@ final class Session
                         $wait
                     ));
                 }
-                Clock::sleep($wait);
+                // Every process of the host waits, not only this one: the next pace() of any of
+                // them falls after the wait.
+                if ($this->shared === null || !$this->shared->pushBack(microtime(true) + $wait)) {
+                    Clock::sleep($wait);
+                }
                 continue;
             }
             if ($status >= 300 && $status < 400) {
@@ -334,6 +339,17 @@ final class Session
     /** Waits for this process's next request slot; never past the deadline. */
     private function pace(string $what): void
     {
+        if ($this->shared !== null) {
+            $latest = microtime(true) + ($this->deadline - Clock::now());
+            $slot = $this->shared->reserve($this->minInterval, $latest);
+            if ($slot === null) {
+                throw Failure::deadline("$what (waiting for a request slot under max_rps)");
+            }
+            if ($slot !== false) {
+                Clock::sleep($slot - microtime(true));
+                return;
+            }
+        }
         $now = Clock::now();
         $slot = self::$lastRequest === null ? $now : max(self::$lastRequest + $this->minInterval, $now);
         if ($slot >= $this->deadline) {
@@ -470,7 +486,10 @@ final class Knowledge
     private ?array $listAge = null;
     private bool $listAdvanced = false;
 
-    private function __construct(private string $group, private float $ttl) {}
+    /** Whether this call has read the host's shared map (at its first miss). */
+    private bool $sharedRead = false;
+
+    private function __construct(private string $group, private float $ttl, private ?SharedStore $shared) {}
 
     /** Entries the process keeps now, over all groups (what the extension shows in php --ri). */
     public static function entries(): int
@@ -479,9 +498,9 @@ final class Knowledge
     }
 
     /** $group's knowledge as a call with this $ttl trusts it. */
-    public static function load(string $group, float $ttl): self
+    public static function load(string $group, float $ttl, ?SharedStore $shared = null): self
     {
-        $knowledge = new self($group, $ttl);
+        $knowledge = new self($group, $ttl, $shared);
         $list = self::$groups[$group]['list'] ?? null;
         if ($list !== null && self::trusted($list[1], $list[2], $ttl)) {
             $knowledge->list = $list[0];
@@ -514,6 +533,35 @@ final class Knowledge
             self::$groups[$this->group]['list'] = $allKept && $this->list !== null ? [$this->list, ...$age] : null;
         }
         self::makeRoom();
+        [$wall, $ttl] = [microtime(true), $this->ttl];
+        $this->shared?->publish(array_map(static fn ($l) => [$l[0], $l[1], $wall, $wall + $ttl], $this->learned));
+    }
+
+    /**
+     * On a miss: once per call, adopts the host's shared entries this process lacks (or has
+     * older); true when it did, so the lookup is worth repeating.
+     */
+    private function readShared(): bool
+    {
+        if ($this->shared === null || $this->ttl <= 0.0 || $this->sharedRead) {
+            return false;
+        }
+        $this->sharedRead = true;
+        $entries = $this->shared->readTags();
+        [$mono, $wall] = [Clock::now(), microtime(true)];
+        foreach ($entries as [$href, $name, $learned, $expires]) {
+            // Wall-clock times become this process's clock; the future and the expired are not believed.
+            if ($learned > $wall || $expires <= $wall) {
+                continue;
+            }
+            $learned = $mono - ($wall - $learned);
+            $mine = self::$groups[$this->group]['names'][$href] ?? null;
+            if ($mine === null || $mine[1] < $learned) {
+                self::insert($this->group, $href, $name, $learned, $mono + ($expires - $wall));
+            }
+        }
+        self::makeRoom();
+        return $entries !== [];
     }
 
     /**
@@ -551,6 +599,13 @@ final class Knowledge
     /** @return list<string> every href known to be called $name */
     public function hrefsOf(string $name): array
     {
+        $hrefs = $this->hrefsInProcess($name);
+        return $hrefs === [] && $this->readShared() ? $this->hrefsInProcess($name) : $hrefs;
+    }
+
+    /** @return list<string> */
+    private function hrefsInProcess(string $name): array
+    {
         $hrefs = array_keys($this->ownHrefs[$name] ?? []);
         foreach (self::$groups[$this->group]['hrefs'][$name] ?? [] as $href => $_) {
             [, $learned, $expires] = self::$groups[$this->group]['names'][$href];
@@ -563,6 +618,11 @@ final class Knowledge
     }
 
     public function nameOf(string $href): ?string
+    {
+        return $this->nameInProcess($href) ?? ($this->readShared() ? $this->nameInProcess($href) : null);
+    }
+
+    private function nameInProcess(string $href): ?string
     {
         if (isset($this->ownNames[$href])) {
             return $this->ownNames[$href];
@@ -757,9 +817,10 @@ final class TagCheck
             // strtolower() folds ASCII only: "Élan" would not match "élan", a wrong answer.
             throw new ActionNetworkException("PHP's mbstring extension is not loaded: the tag check needs it to compare tag names without regard to case");
         }
-        $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps);
         $group = "{$settings->baseUrl} " . sha1($apiKey);
-        $knowledge = Knowledge::load($group, $settings->tagCacheTtl);
+        $shared = SharedStore::forGroup($group);
+        $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps, $shared);
+        $knowledge = Knowledge::load($group, $settings->tagCacheTtl, $shared);
         try {
             return (new self($session, $knowledge, $settings->maxPages))->check($email, Knowledge::normalize($tag));
         } catch (Failure $e) {

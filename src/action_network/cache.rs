@@ -27,8 +27,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::cell::Cell;
+
 use parking_lot::Mutex;
 use reqwest::Url;
+
+use super::shared::{unix_now, SharedEntry, Store};
 
 /// Entries the process keeps at most, over all groups: a few hundred KiB for usual names.
 pub const MAX_ENTRIES: usize = 4096;
@@ -42,6 +46,10 @@ pub struct GroupKey(Arc<str>);
 impl GroupKey {
     pub fn new(base_url: &str, api_key: &str) -> Self {
         GroupKey(format!("{base_url} {}", sha1_smol::Sha1::from(api_key).digest()).into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -173,11 +181,15 @@ pub struct Knowledge {
     /// The age of the loaded reading position; `None` for a reading begun by this call.
     list_age: Option<Age>,
     list_advanced: bool,
+    /// The host's shared map, read into the process cache at this call's first miss.
+    shared: Option<Store>,
+    shared_read: Cell<bool>,
 }
 
 impl Knowledge {
-    /// `group`'s knowledge as a call with this `ttl` trusts it.
-    pub fn load(group: &GroupKey, ttl: Duration) -> Self {
+    /// `group`'s knowledge as a call with this `ttl` trusts it, with the host's shared map
+    /// behind the process cache when `shared` is given.
+    pub fn load(group: &GroupKey, ttl: Duration, shared: Option<Store>) -> Self {
         let now = Instant::now();
         let list = with_cache(|cache| {
             let cached = cache.groups.get(group)?;
@@ -192,7 +204,38 @@ impl Knowledge {
             list_age: list.as_ref().map(|(_, age)| *age),
             list: list.map(|(progress, _)| progress),
             list_advanced: false,
+            shared,
+            shared_read: Cell::new(false),
         }
+    }
+
+    /// On a miss: once per call, adopts the host's shared entries the process does not have
+    /// (or has older); true when it did, so the lookup is worth repeating.
+    fn read_shared(&self) -> bool {
+        let Some(store) = &self.shared else { return false };
+        if self.ttl.is_zero() || self.shared_read.replace(true) {
+            return false;
+        }
+        let entries = store.read_tags();
+        if entries.is_empty() {
+            return false;
+        }
+        let (now, wall) = (Instant::now(), unix_now());
+        with_cache(|cache| {
+            for (href, name, learned, expires) in entries {
+                // Wall-clock times become this process's instants; the future and the expired are not believed.
+                let (Ok(ago), Ok(left)) = (Duration::try_from_secs_f64(wall - learned), Duration::try_from_secs_f64(expires - wall)) else {
+                    continue;
+                };
+                let (Some(learned), Some(expires)) = (now.checked_sub(ago), now.checked_add(left)) else { continue };
+                let newer = cache.groups.get(&self.group).and_then(|g| g.names.get(&href)).is_none_or(|e| e.age.learned < learned);
+                if newer && !left.is_zero() {
+                    cache.insert(&self.group, &href, &name, Age { learned, expires });
+                }
+            }
+            cache.make_room();
+        });
+        true
     }
 
     /// Keeps what this call learned for the calls after it; with `tag_cache_ttl = 0` no call
@@ -221,6 +264,12 @@ impl Knowledge {
             }
             cache.make_room();
         });
+        if let Some(store) = &self.shared {
+            let (wall, ttl) = (unix_now(), self.ttl.as_secs_f64().min(100.0 * 365.0 * 24.0 * 3600.0));
+            let learned: Vec<SharedEntry> =
+                self.learned.iter().map(|(href, name)| (href.clone(), name.clone(), wall, wall + ttl)).collect();
+            store.publish(&learned);
+        }
     }
 
     pub fn learn(&mut self, name: &str, href: &str) {
@@ -248,6 +297,14 @@ impl Knowledge {
 
     /// Every href known to be called `name`.
     pub fn hrefs_of(&self, name: &str) -> Vec<String> {
+        let hrefs = self.hrefs_in_process(name);
+        if hrefs.is_empty() && self.read_shared() {
+            return self.hrefs_in_process(name);
+        }
+        hrefs
+    }
+
+    fn hrefs_in_process(&self, name: &str) -> Vec<String> {
         let mut hrefs = self.own_hrefs.get(name).cloned().unwrap_or_default();
         let now = Instant::now();
         with_cache(|cache| {
@@ -264,6 +321,10 @@ impl Knowledge {
     }
 
     pub fn name_of(&self, href: &str) -> Option<String> {
+        self.name_in_process(href).or_else(|| if self.read_shared() { self.name_in_process(href) } else { None })
+    }
+
+    fn name_in_process(&self, href: &str) -> Option<String> {
         if let Some(name) = self.own_names.get(href) {
             return Some(name.clone());
         }
@@ -295,24 +356,24 @@ mod tests {
     #[test]
     fn learned_entries_are_shared_until_they_expire() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-1");
-        let mut first = Knowledge::load(&group, TTL);
+        let mut first = Knowledge::load(&group, TTL, None);
         assert_eq!(first.hrefs_of("member"), Vec::<String>::new());
         first.learn("Member", "http://x/tags/1");
         let page_2 = Url::parse("http://x/tags?page=2").unwrap();
         first.learn_list_page(Some(3), Some(page_2.clone()));
         first.save();
 
-        let second = Knowledge::load(&group, TTL);
+        let second = Knowledge::load(&group, TTL, None);
         assert_eq!(second.hrefs_of("member"), ["http://x/tags/1"]);
         assert_eq!(second.name_of("http://x/tags/1").as_deref(), Some("member"));
         let progress = ListProgress { read: 1, total: Some(3), next: Some(page_2) };
         assert_eq!(second.list_progress(), Some(&progress));
 
-        let expired = Knowledge::load(&group, Duration::ZERO);
+        let expired = Knowledge::load(&group, Duration::ZERO, None);
         assert_eq!(expired.hrefs_of("member"), Vec::<String>::new());
         assert_eq!(expired.list_progress(), None);
 
-        let other_key = Knowledge::load(&GroupKey::new("http://127.0.0.1:1/api/v2/", "another-key"), TTL);
+        let other_key = Knowledge::load(&GroupKey::new("http://127.0.0.1:1/api/v2/", "another-key"), TTL, None);
         assert_eq!(other_key.hrefs_of("member"), Vec::<String>::new());
     }
 
@@ -320,13 +381,13 @@ mod tests {
     fn a_resumed_list_reading_expires_with_its_first_page() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-2");
         let ttl = Duration::from_millis(300);
-        let mut first = Knowledge::load(&group, ttl);
+        let mut first = Knowledge::load(&group, ttl, None);
         first.learn("Tag 1", "http://x/tags/1");
         first.learn_list_page(Some(2), Some(Url::parse("http://x/tags?page=2").unwrap()));
         first.save();
         std::thread::sleep(Duration::from_millis(200));
 
-        let mut second = Knowledge::load(&group, ttl);
+        let mut second = Knowledge::load(&group, ttl, None);
         second.learn("Tag 2", "http://x/tags/2");
         second.learn_list_page(None, None);
         second.save();
@@ -334,7 +395,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
 
         // Page 1's names have expired: a position past page 1 must not be believed any longer.
-        let third = Knowledge::load(&group, ttl);
+        let third = Knowledge::load(&group, ttl, None);
         assert_eq!(third.hrefs_of("tag 1"), Vec::<String>::new());
         assert_eq!(third.hrefs_of("tag 2"), ["http://x/tags/2"]);
         assert_eq!(third.list_progress(), None);
@@ -343,44 +404,44 @@ mod tests {
     #[test]
     fn an_entry_lives_for_the_ttl_of_the_call_that_learned_it() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-3");
-        let mut brief = Knowledge::load(&group, Duration::from_millis(100));
+        let mut brief = Knowledge::load(&group, Duration::from_millis(100), None);
         brief.learn("Brief", "http://x/tags/1");
         brief.save();
-        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/1").as_deref(), Some("brief"));
+        assert_eq!(Knowledge::load(&group, TTL, None).name_of("http://x/tags/1").as_deref(), Some("brief"));
         std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/1"), None, "a longer ttl does not revive it");
+        assert_eq!(Knowledge::load(&group, TTL, None).name_of("http://x/tags/1"), None, "a longer ttl does not revive it");
 
-        let mut uncached = Knowledge::load(&group, Duration::ZERO);
+        let mut uncached = Knowledge::load(&group, Duration::ZERO, None);
         uncached.learn("Uncached", "http://x/tags/2");
         // A call uses what it learned itself, whatever its ttl.
         assert_eq!(uncached.hrefs_of("uncached"), ["http://x/tags/2"]);
         uncached.save();
-        assert_eq!(Knowledge::load(&group, TTL).name_of("http://x/tags/2"), None);
+        assert_eq!(Knowledge::load(&group, TTL, None).name_of("http://x/tags/2"), None);
     }
 
     #[test]
     fn a_rename_replaces_the_old_name() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-4");
-        let mut knowledge = Knowledge::load(&group, TTL);
+        let mut knowledge = Knowledge::load(&group, TTL, None);
         knowledge.learn("Member", "http://x/tags/1");
         knowledge.save();
-        let mut renamed = Knowledge::load(&group, TTL);
+        let mut renamed = Knowledge::load(&group, TTL, None);
         renamed.learn("Members", "http://x/tags/1");
         assert_eq!(renamed.hrefs_of("member"), Vec::<String>::new());
         assert_eq!(renamed.hrefs_of("members"), ["http://x/tags/1"]);
         renamed.save();
-        assert_eq!(Knowledge::load(&group, TTL).hrefs_of("member"), Vec::<String>::new());
+        assert_eq!(Knowledge::load(&group, TTL, None).hrefs_of("member"), Vec::<String>::new());
     }
 
     #[test]
     fn names_that_fold_alike_keep_every_href() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-5");
-        let mut knowledge = Knowledge::load(&group, TTL);
+        let mut knowledge = Knowledge::load(&group, TTL, None);
         knowledge.learn("Member", "http://x/tags/1");
         knowledge.learn("member", "http://x/tags/2");
         assert_eq!(knowledge.hrefs_of("member"), ["http://x/tags/1", "http://x/tags/2"]);
         knowledge.save();
-        let mut later = Knowledge::load(&group, TTL);
+        let mut later = Knowledge::load(&group, TTL, None);
         later.learn("STRAẞE", "http://x/tags/3");
         assert_eq!(later.hrefs_of("member"), ["http://x/tags/1", "http://x/tags/2"]);
         assert_eq!(later.hrefs_of("straße"), ["http://x/tags/3"]);
@@ -423,12 +484,12 @@ mod tests {
     fn an_oversized_entry_serves_only_its_call() {
         let group = GroupKey::new("http://127.0.0.1:1/api/v2/", "unit-test-key-6");
         let long = "x".repeat(MAX_ENTRY_BYTES);
-        let mut knowledge = Knowledge::load(&group, TTL);
+        let mut knowledge = Knowledge::load(&group, TTL, None);
         knowledge.learn(&long, "http://x/tags/1");
         knowledge.learn_list_page(None, None);
         assert_eq!(knowledge.hrefs_of(&long), ["http://x/tags/1"]);
         knowledge.save();
-        let later = Knowledge::load(&group, TTL);
+        let later = Knowledge::load(&group, TTL, None);
         assert_eq!(later.hrefs_of(&long), Vec::<String>::new());
         assert_eq!(later.list_progress(), None, "the list position would skip the page of a name not kept");
     }

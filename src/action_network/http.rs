@@ -106,6 +106,8 @@ pub struct Session<'a> {
     pub timeout: Duration,
     pub deadline: Instant,
     pub min_interval: Duration,
+    /// The host's shared pacing for this group (see `shared.rs`); `None`: this process alone.
+    pub shared: Option<&'a super::shared::Store>,
 }
 
 impl Session<'_> {
@@ -146,7 +148,12 @@ impl Session<'_> {
                 // retry; held over the wait, it would be closed and the retry would open another.
                 // Whether the read succeeds does not matter: the request is sent again.
                 let _ = read_capped(response, what, self);
-                thread::sleep(wait);
+                // Every process of the host waits, not only this one: the next `pace` of any of
+                // them falls after the wait.
+                let told_all = self.shared.is_some_and(|store| store.push_back(super::shared::unix_now() + wait.as_secs_f64()).is_ok());
+                if !told_all {
+                    thread::sleep(wait);
+                }
                 continue;
             }
             if status.is_redirection() {
@@ -189,8 +196,21 @@ impl Session<'_> {
         }
     }
 
-    /// Waits for this process's next request slot; never past the deadline.
+    /// Waits for the host's next request slot (the shared store's), or this process's when
+    /// there is no usable store; never past the deadline.
     fn pace(&self, what: &str) -> Result<(), Error> {
+        if let Some(store) = self.shared {
+            let now = super::shared::unix_now();
+            let latest = now + self.deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+            match store.reserve(self.min_interval.as_secs_f64(), latest) {
+                Ok(Some(slot)) => {
+                    thread::sleep(Duration::try_from_secs_f64(slot - super::shared::unix_now()).unwrap_or(Duration::ZERO));
+                    return Ok(());
+                }
+                Ok(None) => return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") }),
+                Err(()) => {}
+            }
+        }
         let slot = {
             let mut last = LAST_REQUEST.lock();
             let now = Instant::now();

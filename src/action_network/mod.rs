@@ -18,6 +18,7 @@
 
 mod cache;
 mod http;
+pub mod shared;
 
 use std::{
     collections::HashSet,
@@ -53,8 +54,10 @@ pub struct Settings {
     /// Taggings pages read at most.
     pub max_pages: u32,
     pub tag_cache_ttl: Duration,
-    /// Requests per second this process sends at most.
+    /// Requests per second this host sends at most (this process, without a shared store).
     pub max_rps: f64,
+    /// Where the host's shared state lives (`shared.rs`); `None` keeps everything per process.
+    pub shared_dir: Option<std::path::PathBuf>,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://actionnetwork.org/api/v2/";
@@ -68,6 +71,7 @@ impl Settings {
             max_pages: 10,
             tag_cache_ttl: Duration::from_secs(600),
             max_rps: 4.0,
+            shared_dir: None,
         }
     }
 }
@@ -154,14 +158,17 @@ impl std::error::Error for Error {}
 
 /// `Some(true)` / `Some(false)`; `None` when no person has that email.
 pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings) -> Result<Option<bool>, Error> {
+    let group = GroupKey::new(settings.base_url.as_str(), api_key);
+    let store = settings.shared_dir.as_deref().map(|dir| shared::Store::new(dir, group.as_str()));
     let session = Session {
         origin: settings.base_url.clone(),
         api_key,
         timeout: settings.timeout,
         deadline: far_future_if_none(Instant::now().checked_add(settings.deadline)),
         min_interval: Duration::try_from_secs_f64(1.0 / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
+        shared: store.as_ref(),
     };
-    let mut knowledge = Knowledge::load(&GroupKey::new(settings.base_url.as_str(), api_key), settings.tag_cache_ttl);
+    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl, store.clone());
     let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
     // Whatever was learned stays useful, even when this call failed.
     knowledge.save();

@@ -101,7 +101,19 @@ fn settings(options: Options) -> PhpResult<Settings> {
         }
         settings.max_rps = max_rps;
     }
+    settings.shared_dir = shared_dir();
     Ok(settings)
+}
+
+/// The directory of the host's shared state (the lock directory in effect), unless INI
+/// `joinblock.shared_state` turns it off or there is no usable directory.
+pub fn shared_dir() -> Option<std::path::PathBuf> {
+    if !config::shared_state() {
+        return None;
+    }
+    let dir = super::lock::lock_dir().ok()?;
+    use std::os::unix::ffi::OsStringExt;
+    Some(std::ffi::OsString::from_vec(dir).into())
 }
 
 /// Belt and braces: Action Network never echoes the key, but a message must never carry it.

@@ -41,6 +41,22 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("Action Network URL", status.action_network_url.as_str());
     info_table_row!("Action Network requests (this process)", status.requests.to_string());
     info_table_row!("tag cache entries (this process)", crate::action_network::tag_cache_entries().to_string());
+    match action_network::shared_dir() {
+        None => info_table_row!("shared state (tag map, pacing)", "off (joinblock.shared_state = 0, or no lock directory)"),
+        Some(dir) => {
+            let (files, entries, mut problems) = crate::action_network::shared::inspect(&dir);
+            info_table_row!("shared state (tag map, pacing)", dir.display().to_string());
+            info_table_row!("shared tag map entries", format!("{entries} in {files} group(s)"));
+            for problem in crate::action_network::shared::warnings() {
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
+            }
+            for problem in problems {
+                info_table_row!("shared state warning", problem.as_str());
+            }
+        }
+    }
     info_table_end!();
 }
 

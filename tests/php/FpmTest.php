@@ -41,6 +41,47 @@ final class FpmTest extends JoinBlockTestCase
     }
 
     /**
+     * The host's shared state gives the polyfill, which keeps nothing from one request to the
+     * next, what the extension's workers keep in memory: after warm-up, the same requests to
+     * Action Network for the same traffic, within 10%. Each implementation has its own stand-in
+     * server (so its own group) and its own lock directory, shared by its workers.
+     */
+    public function testExtensionAndPolyfillSendAsManyRequestsAfterWarmUp(): void
+    {
+        $copy = $this->scratchDir(0755);
+        exec('cp -R ' . escapeshellarg(\dirname(self::polyfillFile())) . '/. ' . escapeshellarg($copy) . ' && chmod -R a+rX ' . escapeshellarg($copy));
+        $args = [
+            'extension' => ['-n', '-d', 'extension=' . $this->webUserCopies((string) getenv('JOINBLOCK_SO'))[0]],
+            'polyfill' => self::polyfillArgs(self::POLYFILL_EXTENSIONS, $copy . '/' . basename(self::polyfillFile())),
+        ];
+        $tags = StandInServer::tagNames(130);
+        $totals = [];
+        foreach ($args as $impl => $phpArgs) {
+            $server = StandInServer::start();
+            $fpm = FpmServer::start($this->scratchDir(), 2, [...$phpArgs, '-d', 'joinblock.lock_dir=' . $this->webUserScratchDir()]);
+            try {
+                $server->load($tags, [['email' => 's@example.org', 'tags' => array_slice($tags, 0, 30)]]);
+                $requests = 0;
+                for ($i = 0; $i < 40; $i++) {
+                    if ($i === 10) {
+                        $server->resetCounts();
+                    }
+                    // Tags the member has and has not, in turn.
+                    $query = ['email' => 's@example.org', 'tag' => $tags[($i * 7) % 130], 'key' => StandInServer::API_KEY, 'base' => $server->baseUrl()];
+                    $answer = json_decode($fpm->request('tag.php', $query)['body'], true);
+                    $this->assertSame(($i * 7) % 130 < 30, $answer['result'] ?? $answer, "$impl, request $i");
+                }
+                $totals[$impl] = $server->counts()['total'];
+            } finally {
+                $fpm->stop();
+                $server->stop();
+            }
+        }
+        fwrite(STDERR, sprintf("\n[php-fpm soak, 30 requests after 10 of warm-up] extension %d, polyfill %d API requests\n", $totals['extension'], $totals['polyfill']));
+        $this->assertEqualsWithDelta($totals['extension'], $totals['polyfill'], $totals['extension'] / 10);
+    }
+
+    /**
      * max_execution_time counts CPU time: a tag check waiting on the network does not use it up,
      * and its signal (SIGPROF) must reach PHP's thread, not one of the HTTP client's, so that the
      * request ends with PHP's own error and the worker lives on.

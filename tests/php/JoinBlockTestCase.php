@@ -164,7 +164,7 @@ abstract class JoinBlockTestCase extends TestCase
     /** A bare PHP command line with only the implementation under test. */
     protected static function phpCommand(string $script, string ...$args): array
     {
-        return [PHP_BINARY, ...self::phpArgs(), $script, ...$args];
+        return [PHP_BINARY, ...static::phpArgs(), $script, ...$args];
     }
 
     /**
@@ -180,7 +180,7 @@ abstract class JoinBlockTestCase extends TestCase
         }
         // auto_prepend_file does not apply to -r code.
         $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillEntry(), true) . ';' : '';
-        return [PHP_BINARY, ...self::phpArgs(), ...$ini, '-r', $require . $code];
+        return [PHP_BINARY, ...static::phpArgs(), ...$ini, '-r', $require . $code];
     }
 
     protected static function fixture(string $name): string

@@ -16,6 +16,16 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
 
     private static StandInServer $server;
 
+    /**
+     * Child PHP processes keep their tag map and pacing to themselves: these tests measure one
+     * process, and the stand-in names a tag's href after its name, so one test's data (a
+     * rename) would reach the next through the host's shared state (SharedStateTest covers it).
+     */
+    protected static function phpArgs(?string $implementation = null): array
+    {
+        return [...parent::phpArgs($implementation), '-d', 'joinblock.shared_state=0'];
+    }
+
     public static function setUpBeforeClass(): void
     {
         self::$server = StandInServer::start();

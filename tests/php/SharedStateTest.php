@@ -1,0 +1,258 @@
+<?php
+
+declare(strict_types=1);
+
+namespace JoinBlock\Tests;
+
+/**
+ * The host's shared state of joinblock_person_has_tag (README "The host's shared state"): a
+ * tag map and a request pace that every PHP process of the host shares through files in the
+ * lock directory, and the store's refusal of files it cannot trust.
+ */
+final class SharedStateTest extends JoinBlockTestCase
+{
+    private static StandInServer $server;
+
+    public static function setUpBeforeClass(): void
+    {
+        self::$server = StandInServer::start();
+    }
+
+    public static function tearDownAfterClass(): void
+    {
+        self::$server->stop();
+    }
+
+    protected function setUp(): void
+    {
+        self::$server->control('POST', 'rate_limit', ['rps' => null]);
+    }
+
+    /** PHP arguments for a process whose lock directory (and so store) is `$dir`. */
+    private static function argsFor(string $dir, bool $shared = true): array
+    {
+        return [...self::phpArgs(), '-d', "joinblock.lock_dir=$dir", '-d', 'joinblock.shared_state=' . ($shared ? '1' : '0')];
+    }
+
+    /** @param list<array{string, string}|array{string, string, array}> $calls */
+    private static function command(string $dir, array $calls, bool $shared = true): array
+    {
+        $calls = array_map(fn ($c) => [$c[0], $c[1], StandInServer::API_KEY, ($c[2] ?? []) + ['base_url' => self::$server->baseUrl(), 'max_rps' => 1000]], $calls);
+        $control = 'http://127.0.0.1:' . self::$server->port() . '/_control';
+        return [PHP_BINARY, ...self::argsFor($dir, $shared), self::fixture('tag_checks.php'), $control, json_encode($calls)];
+    }
+
+    /** One call in a fresh process that leaves the server's counters alone; prints result, started, seconds. */
+    private static function inline(string $dir, string $email, string $tag, array $options): array
+    {
+        $options += ['base_url' => self::$server->baseUrl()];
+        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillEntry(), true) . ';' : '';
+        $code = $require . '$t = hrtime(true); $r = joinblock_person_has_tag(' . var_export($email, true) . ', ' . var_export($tag, true) . ', '
+            . var_export(StandInServer::API_KEY, true) . ', ' . var_export($options, true) . ');'
+            . ' echo json_encode(["result" => $r, "started" => $t / 1e9, "seconds" => (hrtime(true) - $t) / 1e9]);';
+        return [PHP_BINARY, ...self::argsFor($dir), '-r', $code];
+    }
+
+    private static function runCalls(string $dir, array $calls, bool $shared = true): array
+    {
+        return json_decode(self::runPhpOk(self::command($dir, $calls, $shared), 120), true, 512, JSON_THROW_ON_ERROR);
+    }
+
+    /** Tag 001..Tag 300, and a member with the first 200 (8 taggings pages). */
+    private static function loadMember(): array
+    {
+        $tags = StandInServer::tagNames(300);
+        self::$server->load($tags, [['email' => 'member@example.org', 'tags' => array_slice($tags, 0, 200)]]);
+        return $tags;
+    }
+
+    public function testAFreshProcessStartsWarmFromWhatAnotherLearned(): void
+    {
+        $tags = self::loadMember();
+        $dir = $this->scratchDir();
+        // Without the store, a fresh process pays the cold price again.
+        [$alone] = self::runCalls($dir, [['member@example.org', $tags[199]]], false);
+        $this->assertTrue($alone['result']);
+        $this->assertGreaterThan(9, $alone['requests'], 'cold without the store');
+
+        [$first] = self::runCalls($dir, [['member@example.org', $tags[199]]]);
+        $this->assertTrue($first['result']);
+        $this->assertGreaterThan(9, $first['requests'], 'the first process of the host is cold');
+        // Another fresh process: the person and the 8 taggings pages, nothing else.
+        [$fresh] = self::runCalls($dir, [['member@example.org', $tags[199]]]);
+        $this->assertTrue($fresh['result']);
+        $this->assertSame(9, $fresh['requests'], 'a fresh process reads the names the first published');
+        [$absent] = self::runCalls($dir, [['member@example.org', $tags[299]]]);
+        $this->assertFalse($absent['result']);
+        $this->assertSame(9, $absent['requests']);
+
+        $files = glob("$dir/joinblock-an-*");
+        $this->assertCount(2, $files, 'one pace file and one tags file for the group');
+        foreach ($files as $file) {
+            $this->assertSame(0600, fileperms($file) & 0777, $file);
+            $body = file_get_contents($file);
+            $this->assertStringNotContainsString(StandInServer::API_KEY, $body, 'the key reaches the disk only as a hash');
+            $this->assertStringNotContainsString('member@example.org', $body, 'no email reaches the disk');
+        }
+    }
+
+    public function testExtensionAndPolyfillReadEachOthersMap(): void
+    {
+        $tags = self::loadMember();
+        $control = 'http://127.0.0.1:' . self::$server->port() . '/_control';
+        foreach ([['extension', 'polyfill'], ['polyfill', 'extension']] as [$writer, $reader]) {
+            $dir = $this->scratchDir();
+            $calls = json_encode([['member@example.org', $tags[199], StandInServer::API_KEY, ['base_url' => self::$server->baseUrl(), 'max_rps' => 1000]]]);
+            $run = fn (string $impl) => json_decode(self::runPhpOk([PHP_BINARY, ...self::phpArgs($impl), '-d', "joinblock.lock_dir=$dir", self::fixture('tag_checks.php'), $control, $calls], 120), true)[0];
+            $this->assertGreaterThan(9, $run($writer)['requests'], "$writer, cold");
+            $warm = $run($reader);
+            $this->assertTrue($warm['result']);
+            $this->assertSame(9, $warm['requests'], "$reader reads what $writer published");
+        }
+    }
+
+    public function testEightProcessesTogetherKeepTheHostWideLimit(): void
+    {
+        $names = StandInServer::tagNames(40);
+        $people = [];
+        for ($i = 0; $i < 8; $i++) {
+            $people[] = ['email' => "m$i@example.org", 'tags' => array_slice($names, $i * 4, 4)];
+        }
+        self::$server->load($names, $people);
+        self::$server->control('POST', 'rate_limit', ['rps' => 4, 'burst' => 4]);
+        $dir = $this->scratchDir();
+        $children = [];
+        for ($i = 0; $i < 8; $i++) {
+            // Even members have the tag asked, odd ones do not.
+            $asked = $names[$i % 2 === 0 ? $i * 4 + 3 : ($i * 4 + 5) % 40];
+            $children[$i] = self::startPhp(self::inline($dir, "m$i@example.org", $asked, ['max_rps' => 4, 'deadline' => 60]));
+        }
+        [$first, $last] = [INF, 0.0];
+        foreach ($children as $i => $child) {
+            $out = self::finish($child, 120);
+            $this->assertSame(0, $out['exit'], $out['err']);
+            $call = json_decode($out['out'], true, 512, JSON_THROW_ON_ERROR);
+            $this->assertSame($i % 2 === 0, $call['result'] ?? $call, "member $i");
+            [$first, $last] = [min($first, $call['started']), max($last, $call['started'] + $call['seconds'])];
+        }
+        $counts = self::$server->counts();
+        $this->assertSame(0, $counts['rejected'], 'no request refused with 429');
+        $requests = $counts['total'];
+        $wall = $last - $first;
+        fwrite(STDERR, sprintf("\n[8 processes, host-wide pacing, %s] requests %d, 429s %d, wall %.2f s (requests / 4 = %.2f s)\n", self::implementation(), $requests, $counts['rejected'], $wall, $requests / 4));
+        $this->assertEqualsWithDelta($requests / 4, $wall, $requests / 40, 'wall within 10% of requests / 4 s');
+    }
+
+    public function testA429SeenByOneProcessHoldsBackTheOthers(): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        self::$server->fault('429-retry-after', '/api/v2/people', 1, ['retry_after' => 2]);
+        $one = self::startPhp(self::command($dir, [['p@example.org', 'Member']]));
+        usleep(500000);
+        // Started after the 429: it waits for the rest of the 2 s too, without asking first.
+        [$other] = self::runCalls($dir, [['p@example.org', 'Member']]);
+        $this->assertTrue($other['result']);
+        $this->assertGreaterThan(1.0, $other['seconds'], 'Retry-After applies host-wide');
+        $this->assertSame(0, self::finish($one)['exit']);
+    }
+
+    /** @return array<string, array{string}> */
+    public static function spoiledFiles(): array
+    {
+        return ['truncated' => ['truncated'], 'garbage' => ['garbage'], 'foreign owner' => ['foreign'], 'symlink' => ['symlink']];
+    }
+
+    /** @dataProvider spoiledFiles */
+    public function testAFileThatCannotBeTrustedIsIgnored(string $how): void
+    {
+        $tags = self::loadMember();
+        $dir = $this->scratchDir(0755);
+        self::runCalls($dir, [['member@example.org', $tags[199]]]);
+        [$tagsFile] = glob("$dir/joinblock-an-*.tags");
+        [$paceFile] = glob("$dir/joinblock-an-*.pace");
+        $good = file_get_contents($tagsFile);
+        $victim = "$dir/victim";
+        file_put_contents($victim, 'untouched');
+        // Each spoils the tags file so that trusting it would answer wrong: "Tag 300" named as
+        // a tag the member has.
+        $lie = str_replace('"tag 200"', '"tag 300"', $good);
+        $this->assertNotSame($good, $lie);
+        switch ($how) {
+            case 'truncated':
+                file_put_contents($tagsFile, substr($lie, 0, (int) (\strlen($lie) / 2)));
+                break;
+            case 'garbage':
+                file_put_contents($tagsFile, random_bytes(4000));
+                break;
+            case 'foreign':
+                file_put_contents($tagsFile, $lie);
+                chown($tagsFile, 'nobody');
+                chown($paceFile, 'nobody');
+                break;
+            case 'symlink':
+                file_put_contents($victim, $lie);
+                unlink($tagsFile);
+                unlink($paceFile);
+                symlink($victim, $tagsFile);
+                symlink($victim, $paceFile);
+                break;
+        }
+        $victimBefore = file_get_contents($victim);
+        // php --ri (the extension) names the file it ignores.
+        if (self::implementation() === 'extension') {
+            $info = self::runPhpOk([PHP_BINARY, ...self::argsFor($dir), '--ri', 'joinblock']);
+            $this->assertStringContainsString("shared state (tag map, pacing) => $dir", $info);
+            $this->assertMatchesRegularExpression('~shared state warning => ' . preg_quote($tagsFile, '~') . ': ~', $info);
+            $this->assertStringContainsString('shared tag map entries => 0 in 0 group(s)', $info);
+        }
+        [$call] = self::runCalls($dir, [['member@example.org', $tags[299]]]);
+        $this->assertFalse($call['result'], 'the spoiled file was not trusted');
+        $this->assertSame($victimBefore, file_get_contents($victim), 'no symlink followed');
+        if ($how === 'symlink' || $how === 'foreign') {
+            $this->assertGreaterThan(9, $call['requests'], 'the spoiled file was not read');
+        }
+    }
+
+    public function testPhpRiShowsTheStoreAndTheSwitchTurnsItOff(): void
+    {
+        self::extensionOnly('php --ri shows the extension');
+        $tags = self::loadMember();
+        $dir = $this->scratchDir();
+        self::runCalls($dir, [['member@example.org', $tags[10]]]);
+        $info = self::runPhpOk([PHP_BINARY, ...self::argsFor($dir), '--ri', 'joinblock']);
+        $this->assertStringContainsString("shared state (tag map, pacing) => $dir", $info);
+        $this->assertMatchesRegularExpression('~shared tag map entries => [1-9][0-9]* in 1 group~', $info);
+        $off = self::runPhpOk([PHP_BINARY, ...self::argsFor($dir, false), '--ri', 'joinblock']);
+        $this->assertStringContainsString('shared state (tag map, pacing) => off', $off);
+        $other = $this->scratchDir();
+        self::runCalls($other, [['member@example.org', $tags[10]]], false);
+        $this->assertSame([], glob("$other/joinblock-an-*"), 'nothing written with joinblock.shared_state = 0');
+    }
+
+    public function testFourWritersRacingLeaveAWholeFile(): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        // A tiny tag_cache_ttl makes every call learn, and so publish, again: 250 calls each.
+        $code = '$n = 0; for ($i = 0; $i < 250; $i++) { $n += joinblock_person_has_tag("p@example.org", "Member", '
+            . var_export(StandInServer::API_KEY, true) . ', ["base_url" => ' . var_export(self::$server->baseUrl(), true)
+            . ', "max_rps" => 100000, "tag_cache_ttl" => 0.001]) === true ? 1 : 0; } echo $n;';
+        $require = self::implementation() === 'polyfill' ? 'require ' . var_export(self::polyfillEntry(), true) . ';' : '';
+        $children = [];
+        for ($w = 0; $w < 4; $w++) {
+            $children[] = self::startPhp([PHP_BINARY, ...self::argsFor($dir), '-r', $require . $code]);
+        }
+        foreach ($children as $child) {
+            $out = self::finish($child, 120);
+            $this->assertSame(0, $out['exit'], $out['err']);
+            $this->assertSame('', $out['err']);
+            $this->assertSame('250', $out['out'], 'every answer right');
+        }
+        [$tagsFile] = glob("$dir/joinblock-an-*.tags");
+        $doc = json_decode(file_get_contents($tagsFile), true, 512, JSON_THROW_ON_ERROR);
+        $this->assertSame('joinblock-tags 1', $doc['format']);
+        $this->assertCount(1, $doc['entries'], 'one tag, one entry, however many publishes');
+        $this->assertSame([], glob("$dir/.joinblock-an-*"), 'no temporary file left behind');
+    }
+}
