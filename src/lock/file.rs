@@ -219,9 +219,20 @@ fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
 }
 
 /// (uid, gid) of the directory that holds `path`.
+/// Read once per directory and process: a lock directory keeps its owner, and root's every lock
+/// would otherwise pay a `stat` for it.
 fn lock_dir_owner(path: &Path) -> Result<(u32, u32), LockError> {
+    static KNOWN: Mutex<Vec<(PathBuf, (u32, u32))>> = Mutex::new(Vec::new());
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Some((_, owner)) = KNOWN.lock().iter().find(|(known, _)| known == dir) {
+        return Ok(*owner);
+    }
     let meta = std::fs::metadata(dir).map_err(|e| io_error(dir, "inspect", e))?;
+    let mut known = KNOWN.lock();
+    if known.len() >= 16 {
+        known.clear();
+    }
+    known.push((dir.to_owned(), (meta.uid(), meta.gid())));
     Ok((meta.uid(), meta.gid()))
 }
 
