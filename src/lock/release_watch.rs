@@ -66,20 +66,20 @@ impl ReleaseWatch {
         Some(watch)
     }
 
-    /// Returns when an event concerns the lock file, or when `limit` has passed.
-    pub fn wait(&self, limit: Duration) {
+    /// Returns when an event concerns the lock file (true), or when `limit` has passed (false).
+    pub fn wait(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
             let mut poll = libc::pollfd { fd: self.inotify, events: libc::POLLIN, revents: 0 };
             // Rounded up: a wait never ends before its deadline.
             let millis = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             // SAFETY: one pollfd, as counted.
             if unsafe { libc::poll(&mut poll, 1, millis) } > 0 && self.drain_names_ours() {
-                return;
+                return true;
             }
         }
     }
