@@ -29,7 +29,8 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     let mysql = status.mysql.map_or_else(|problem| problem, |server| server.unwrap_or_else(|| "(not set)".into()));
     info_table_start!();
     info_table_row!("joinblock support", "enabled");
-    info_table_row!("version", env!("CARGO_PKG_VERSION"));
+    // "0.1.0 (git <commit>)" when built from a checkout (build.rs).
+    info_table_row!("version", env!("JOINBLOCK_BUILD"));
     info_table_row!("lock backend in effect", backend.as_str());
     info_table_row!("lock directory in effect", dir.as_str());
     info_table_row!("MySQL server for locks", mysql.as_str());

@@ -1,0 +1,236 @@
+//! Checks, before anything is compiled, that the PHP this build is for is one PHP.
+//!
+//! ext-php-rs reads two programs: `php` (`$PHP`, else the one on PATH) for the module API and
+//! thread safety the extension declares, and `php-config` (`$PHP_CONFIG`, else PATH) for the
+//! headers it compiles against. When they belong to two PHPs (php8.3's php-config beside
+//! php8.2, a ZTS build's headers with Debian's NTS CLI), the build succeeds and the `.so` fails
+//! only later, when some PHP refuses to load it or, worse, loads it with the wrong struct
+//! layouts. So the build stops here, naming both PHPs, unless the CLI, `php-config`'s own
+//! answers and the headers it points at agree on the module API number, thread safety and
+//! debug mode, and the PHP is 8.1 or newer.
+//!
+//! It also stamps the build (crate version, plus the git commit when built from this
+//! repository's own checkout) for `php --ri joinblock`, and lets a macOS build link: PHP's
+//! symbols are resolved when PHP loads the extension, which Apple's linker allows only when told.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// What one side says about the PHP: where it came from and the three things that must agree.
+#[derive(PartialEq)]
+struct Build {
+    api: String,
+    zts: bool,
+    debug: bool,
+}
+
+struct Described {
+    what: String,
+    version: String,
+    build: Build,
+}
+
+/// `php-config`'s side, plus the module API number its headers define.
+struct PhpConfig {
+    described: Described,
+    include_dir: PathBuf,
+    header_api: String,
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    for var in ["PHP", "PHP_CONFIG", "PATH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    stamp_version();
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-undefined,dynamic_lookup");
+    }
+    if let Err(problem) = check_one_php() {
+        // Cargo shows a failing build script's stderr; one paragraph, no backtrace.
+        eprintln!("\nerror: {problem}\n");
+        std::process::exit(1);
+    }
+}
+
+fn check_one_php() -> Result<(), String> {
+    let php = program("PHP", "php")?;
+    let php_config = program("PHP_CONFIG", "php-config")?;
+    let cli = describe_cli(&php)?;
+    let config = describe_php_config(&php_config)?;
+    let how = "Name the PHP to build for with both variables, e.g. \
+               PHP=/usr/bin/php8.2 PHP_CONFIG=/usr/bin/php-config8.2 cargo build --release \
+               (a PHP built from source: PHP=<prefix>/bin/php PHP_CONFIG=<prefix>/bin/php-config)";
+    if config.described.build != cli.build {
+        return Err(format!(
+            "PHP and php-config name two different PHPs: ext-php-rs would build for {} but compile \
+             against {}; the extension would load in neither. {how}.",
+            cli.line(),
+            config.described.line()
+        ));
+    }
+    if config.header_api != cli.build.api {
+        return Err(format!(
+            "{} names headers ({}) of module API {}, not {}'s API {}: that php-config and its headers \
+             belong to different PHPs. {how}.",
+            config.described.what,
+            config.include_dir.display(),
+            config.header_api,
+            cli.what,
+            cli.build.api
+        ));
+    }
+    let version_id: u32 = cli.version_id()?;
+    if version_id < 80100 {
+        return Err(format!("{} is older than PHP 8.1, the oldest PHP joinblock supports. {how}.", cli.line()));
+    }
+    Ok(())
+}
+
+impl Described {
+    fn line(&self) -> String {
+        let zts = if self.build.zts { "ZTS" } else { "NTS" };
+        let debug = if self.build.debug { ", debug" } else { "" };
+        format!("{} (PHP {}, module API {}, {zts}{debug})", self.what, self.version, self.build.api)
+    }
+
+    fn version_id(&self) -> Result<u32, String> {
+        let mut parts = self.version.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => Ok(major * 10000 + minor * 100),
+            _ => Err(format!("cannot read a PHP version from {}", self.what)),
+        }
+    }
+}
+
+/// `$VAR` when set, else `name` on PATH: the same choice ext-php-rs's build makes.
+fn program(var: &str, name: &str) -> Result<PathBuf, String> {
+    if let Some(path) = env::var_os(var).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{var}={} does not name a program", path.display()))
+        };
+    }
+    env::var_os("PATH")
+        .iter()
+        .flat_map(env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            format!(
+                "{name} is not on PATH and {var} is not set: install the PHP development files \
+                 (Debian 12: apt install php8.2-cli php8.2-dev) or set {var}=/path/to/{name}"
+            )
+        })
+}
+
+fn run(program: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {} {}: {e}", program.display(), args.join(" ")))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} {} failed: {}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn describe_cli(php: &Path) -> Result<Described, String> {
+    // -n: an ini loading a broken extension must not change the answer.
+    let out = run(php, &["-n", "-r", "echo PHP_VERSION, ' ', PHP_ZTS, ' ', PHP_DEBUG;"])?;
+    let fields: Vec<&str> = out.split(' ').collect();
+    let version = fields.first().copied().unwrap_or_default().to_owned();
+    // The module API number is in `php -i` ("PHP Extension => 20220829") on every version.
+    let info = run(php, &["-n", "-i"])?;
+    let api = info
+        .lines()
+        .find_map(|line| line.strip_prefix("PHP Extension => "))
+        .ok_or_else(|| format!("{} -i shows no module API number: is it PHP?", php.display()))?
+        .trim()
+        .to_owned();
+    Ok(Described {
+        what: format!("the CLI {}", php.display()),
+        version,
+        build: Build { api, zts: fields.get(1) == Some(&"1"), debug: fields.get(2) == Some(&"1") },
+    })
+}
+
+/// What `php-config` says: its module API number, and thread safety and debug mode as the
+/// headers it points at define them (read from the files, as the compiler will).
+fn describe_php_config(php_config: &Path) -> Result<PhpConfig, String> {
+    let what = format!("php-config {}", php_config.display());
+    let api = run(php_config, &["--phpapi"])?;
+    let dir = PathBuf::from(run(php_config, &["--include-dir"])?);
+    let read = |file: &str| {
+        let path = dir.join(file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {} (named by {what}): {e}", path.display()))
+    };
+    let defined = |text: &str, name: &str| -> Option<String> {
+        text.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("#define") && words.next() == Some(name))
+                .then(|| words.next().unwrap_or("").trim_matches('"').to_owned())
+        })
+    };
+    let header_api = defined(&read("Zend/zend_modules.h")?, "ZEND_MODULE_API_NO")
+        .ok_or_else(|| format!("the headers in {} define no ZEND_MODULE_API_NO", dir.display()))?;
+    let config = read("main/php_config.h")?;
+    let described = Described {
+        what,
+        version: run(php_config, &["--version"])?,
+        build: Build {
+            api,
+            zts: defined(&config, "ZTS").as_deref() == Some("1"),
+            debug: defined(&config, "ZEND_DEBUG").as_deref() == Some("1"),
+        },
+    };
+    Ok(PhpConfig { described, include_dir: dir, header_api })
+}
+
+/// `JOINBLOCK_BUILD`: "0.1.0", or "0.1.0 (git 1a2b3c4d5e6f)" when built from this repository's
+/// checkout. A source archive unpacked inside some other repository (a site's vendor/ tree) is
+/// not ours: the commit counts only when the checkout's top level is this crate's directory.
+fn stamp_version() {
+    let version = env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&manifest_dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let ours = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|top| fs::canonicalize(top).ok())
+        .is_some_and(|top| fs::canonicalize(&manifest_dir).is_ok_and(|dir| dir == top));
+    let stamp = match git(&["rev-parse", "--short=12", "HEAD"]).filter(|_| ours) {
+        Some(commit) => {
+            // A new commit or checkout changes HEAD or the branch it points at.
+            for file in ["HEAD", "packed-refs"] {
+                if let Some(path) = git(&["rev-parse", "--git-path", file]) {
+                    println!("cargo:rerun-if-changed={}", manifest_dir.join(path).display());
+                }
+            }
+            if let Some(path) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r])) {
+                println!("cargo:rerun-if-changed={}", manifest_dir.join(path).display());
+            }
+            format!("{version} (git {commit})")
+        }
+        None => version,
+    };
+    println!("cargo:rustc-env=JOINBLOCK_BUILD={stamp}");
+}
