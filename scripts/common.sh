@@ -29,7 +29,8 @@ build_extension() {
     fi
     echo "==> building the extension (cargo build --release)"
     (cd "$JOINBLOCK_ROOT" && cargo build --release --locked --quiet)
-    JOINBLOCK_SO="$JOINBLOCK_ROOT/target/release/libjoinblock.so"
+    # CARGO_TARGET_DIR (cargo's own variable) keeps builds for other PHPs apart.
+    JOINBLOCK_SO="${CARGO_TARGET_DIR:-$JOINBLOCK_ROOT/target}/release/libjoinblock.so"
     export JOINBLOCK_SO
 }
 

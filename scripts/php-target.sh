@@ -183,3 +183,31 @@ reload_fpm() {
 package_installed() {
     dpkg-query -W -f='${Status}' "php$1-joinblock" 2>/dev/null | grep -q "ok installed"
 }
+
+# The file name PIE looks for among a release's assets when the package says
+# "download-url-method": ["pre-packaged-binary", ...], for the target PHP:
+#   php_joinblock-<version>_php<X.Y>-<arch>-<os>-<libc>[-debug][-zts|-nts].zip
+# (php/pie src/Platform/PrePackagedBinaryAssetName.php, PIE 1.4: it accepts NTS names with or
+# without -nts and lowercases the whole name; we always write -nts or -zts.) <arch> is PIE's
+# Architecture name (x86_64, arm64, x86), <os> its OperatingSystemFamily (linux, darwin, ...),
+# <libc> its LibcFlavour (glibc, musl, bsdlibc).
+pie_binary_name() {
+    local version=$1 arch os libc debug ts
+    case "$("$PHP_BIN" -n -r 'echo php_uname("m");')" in
+        x86_64 | amd64) arch=x86_64 ;;
+        aarch64 | arm64) arch=arm64 ;;
+        i?86 | x86) arch=x86 ;;
+        *) die "PIE names no architecture for $(uname -m)" ;;
+    esac
+    os=$("$PHP_BIN" -n -r 'echo strtolower(PHP_OS_FAMILY);')
+    if [ "$os" = darwin ]; then
+        libc=bsdlibc
+    elif ldd --version 2>&1 | grep -qi musl; then
+        libc=musl
+    else
+        libc=glibc
+    fi
+    [ "$PHP_DEBUG_BUILD" = 1 ] && debug=-debug || debug=
+    [ "$PHP_ZTS" = 1 ] && ts=-zts || ts=-nts
+    echo "php_joinblock-${version}_php$PHP_VERSION-$arch-$os-$libc$debug$ts.zip"
+}
