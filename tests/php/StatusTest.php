@@ -30,6 +30,17 @@ final class StatusTest extends JoinBlockTestCase
         $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'version'], self::sortedKeys($status));
     }
 
+    /** build.rs stamps the commit a build was made from into php --ri's version row. */
+    public function testPhpRiNamesTheCommitOfACheckoutBuild(): void
+    {
+        self::extensionOnly('the version row with the commit is the built extension\'s');
+        $root = dirname(__DIR__, 2);
+        $commit = self::runPhpOk(['git', '-C', $root, 'rev-parse', '--short=12', 'HEAD']);
+        preg_match('~^version = "([^"]+)"~m', (string) file_get_contents("$root/Cargo.toml"), $version);
+        $info = self::runPhpOk([PHP_BINARY, ...self::phpArgs(), '--ri', 'joinblock']);
+        $this->assertMatchesRegularExpression('~^version => ' . preg_quote($version[1] . ' (git ' . trim($commit) . ')', '~') . '$~m', $info);
+    }
+
     public function testIniSettingsAndConfigureAreReportedWithoutThePassword(): void
     {
         $dir = $this->scratchDir();
