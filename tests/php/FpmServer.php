@@ -5,8 +5,9 @@ declare(strict_types=1);
 namespace JoinBlock\Tests;
 
 /**
- * Debian's php-fpm 8.2 on a Unix socket, driven with real FastCGI requests (cgi-fcgi). Started
- * as root, its workers run as www-data, as a site's do.
+ * The php-fpm of the PHP running the tests (Debian's php-fpm 8.2, or the one of a PHP built
+ * from source) on a Unix socket, driven with real FastCGI requests (cgi-fcgi). Started as root,
+ * its workers run as www-data, as a site's do.
  */
 final class FpmServer
 {
@@ -52,7 +53,7 @@ final class FpmServer
             ...$pool,
             '',
         ]));
-        $command = ['/usr/sbin/php-fpm8.2', ...$phpArgs, '-y', $config, '-F'];
+        $command = [self::binary(), ...$phpArgs, '-y', $config, '-F'];
         $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', "$dir/fpm.out", 'w'], 2 => ['file', "$dir/fpm.out", 'a']], $pipes, null, $env);
         $deadline = microtime(true) + 15;
         while (!file_exists($socket)) {
@@ -62,6 +63,13 @@ final class FpmServer
             usleep(20000);
         }
         return new self($process, $socket, $dir, $documentRoot);
+    }
+
+    /** Debian's php-fpm8.2 next to its php8.2, else `<prefix>/sbin/php-fpm` of `<prefix>/bin/php`. */
+    private static function binary(): string
+    {
+        $cli = (string) realpath(PHP_BINARY);
+        return $cli === '/usr/bin/php8.2' ? '/usr/sbin/php-fpm8.2' : \dirname($cli, 2) . '/sbin/php-fpm';
     }
 
     public function stop(): void

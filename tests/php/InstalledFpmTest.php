@@ -41,6 +41,7 @@ final class InstalledFpmTest extends JoinBlockTestCase
         if (posix_geteuid() !== 0) {
             self::markTestSkipped('installs and removes a Debian package for the whole system: needs root');
         }
+        self::debianPhpOnly("installs the package of this build into Debian's PHP");
         foreach ([self::PHP, self::FPM, '/usr/bin/cgi-fcgi', '/usr/bin/apt-get', '/usr/sbin/phpenmod'] as $tool) {
             if (!is_executable($tool)) {
                 self::markTestSkipped("$tool is missing (scripts/test installs it)");

@@ -111,6 +111,9 @@ abstract class JoinBlockTestCase extends TestCase
         }
     }
 
+    /** How php --ri labels the extension's process-wide counters: over all threads in a ZTS PHP. */
+    protected const COUNTER_SCOPE = PHP_ZTS ? 'this process, all threads' : 'this process';
+
     /** What the polyfill needs: curl and mbstring for its tag check, mysqli for its mysql backend. */
     protected const POLYFILL_EXTENSIONS = ['curl', 'mbstring', 'mysqlnd', 'mysqli', 'posix'];
 
@@ -155,10 +158,29 @@ abstract class JoinBlockTestCase extends TestCase
     protected static function polyfillArgs(array $extensions, ?string $polyfill = null): array
     {
         $args = ['-n'];
-        foreach ($extensions as $extension) {
+        // A PHP built from source has them built in, and loading one again only warns.
+        foreach (array_diff($extensions, self::builtInExtensions()) as $extension) {
             array_push($args, '-d', "extension=$extension");
         }
         return [...$args, '-d', 'auto_prepend_file=' . ($polyfill ?? self::polyfillFile())];
+    }
+
+    /** @return list<string> the extensions PHP_BINARY has without any php.ini, lowercase */
+    private static function builtInExtensions(): array
+    {
+        static $builtIn = null;
+        return $builtIn ??= array_map('strtolower', array_filter(array_map('trim', explode("\n", self::runPhpOk([PHP_BINARY, '-n', '-m'])))));
+    }
+
+    /**
+     * Skips a test of Debian's packaged PHP (its php-fpm8.2 and nginx set-up, its package
+     * paths) when the suite runs under another PHP, such as a thread-safe one built from source.
+     */
+    protected static function debianPhpOnly(string $what): void
+    {
+        if (realpath(PHP_BINARY) !== '/usr/bin/php8.2') {
+            self::markTestSkipped("$what: Debian's packaged PHP only (/usr/bin/php8.2), and this run's PHP is " . PHP_BINARY);
+        }
     }
 
     /** A bare PHP command line with only the implementation under test. */
@@ -315,7 +337,7 @@ abstract class JoinBlockTestCase extends TestCase
         ob_start();
         phpinfo(INFO_MODULES);
         $info = ob_get_clean();
-        preg_match_all('~^locks? (acquired|that waited|timeouts) \(this process(?:, all threads)?\) => (\d+)$~m', $info, $m, PREG_SET_ORDER);
+        preg_match_all('~^locks? (acquired|that waited|timeouts) \(' . self::COUNTER_SCOPE . '\) => (\d+)$~m', $info, $m, PREG_SET_ORDER);
         $found = [];
         foreach ($m as [, $name, $value]) {
             $found[['acquired' => 'acquired', 'that waited' => 'waited', 'timeouts' => 'timed out'][$name]] = (int) $value;

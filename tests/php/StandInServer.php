@@ -58,16 +58,21 @@ final class StandInServer
     /** Calls the control API. */
     public function control(string $method, string $path, ?array $body = null): mixed
     {
-        $context = stream_context_create(['http' => [
-            'method' => $method,
-            'header' => "Content-Type: application/json\r\nConnection: close\r\n",
-            'content' => $body === null ? '' : json_encode($body),
-            'ignore_errors' => true,
-            'timeout' => 10,
-        ], 'ssl' => ['verify_peer' => false, 'verify_peer_name' => false]]);
-        $answer = file_get_contents("{$this->scheme}://127.0.0.1:{$this->port}/_control/$path", false, $context);
-        if ($answer === false || !str_contains($http_response_header[0] ?? '', ' 200 ')) {
-            throw new \RuntimeException("control $method $path failed: " . ($http_response_header[0] ?? 'no answer') . " $answer");
+        // curl, not PHP's https:// stream wrapper, which a PHP built without openssl lacks.
+        $curl = curl_init("{$this->scheme}://127.0.0.1:{$this->port}/_control/$path");
+        curl_setopt_array($curl, [
+            CURLOPT_CUSTOMREQUEST => $method,
+            CURLOPT_HTTPHEADER => ['Content-Type: application/json', 'Connection: close'],
+            CURLOPT_POSTFIELDS => $body === null ? '' : json_encode($body),
+            CURLOPT_RETURNTRANSFER => true,
+            CURLOPT_TIMEOUT => 10,
+            CURLOPT_SSL_VERIFYPEER => false,
+            CURLOPT_SSL_VERIFYHOST => 0,
+        ]);
+        $answer = curl_exec($curl);
+        $status = curl_getinfo($curl, CURLINFO_RESPONSE_CODE);
+        if (!\is_string($answer) || $status !== 200) {
+            throw new \RuntimeException("control $method $path failed: " . ($status ?: curl_error($curl)) . ' ' . (\is_string($answer) ? $answer : ''));
         }
         return json_decode($answer, true, 512, JSON_THROW_ON_ERROR);
     }

@@ -40,9 +40,8 @@ final class StatusTest extends JoinBlockTestCase
         $info = self::runPhpOk([PHP_BINARY, ...self::phpArgs(), '--ri', 'joinblock']);
         $this->assertMatchesRegularExpression("~^thread safety => $build\$~m", $info);
         // Process-wide counters, and in a thread-safe PHP the label says they add up every thread's.
-        $scope = PHP_ZTS ? 'this process, all threads' : 'this process';
         foreach (['locks acquired', 'locks that waited', 'lock timeouts', 'Action Network requests', 'tag cache entries'] as $counter) {
-            $this->assertMatchesRegularExpression('~^' . preg_quote("$counter ($scope) => ", '~') . '0$~m', $info);
+            $this->assertMatchesRegularExpression('~^' . preg_quote("$counter (" . self::COUNTER_SCOPE . ') => ', '~') . '0$~m', $info);
         }
     }
 

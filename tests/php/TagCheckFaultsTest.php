@@ -257,7 +257,7 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
             phpinfo(INFO_MODULES);
             $info = ob_get_clean();
             $this->assertStringContainsString('Action Network URL => ' . self::$server->baseUrl(), $info);
-            $this->assertMatchesRegularExpression('~^Action Network requests \(this process\) => [1-9]\d*$~m', $info);
+            $this->assertMatchesRegularExpression('~^Action Network requests \(' . self::COUNTER_SCOPE . '\) => [1-9]\d*$~m', $info);
             $this->assertStringNotContainsString(self::KEY, $info);
         } finally {
             ini_restore('joinblock.action_network_url');

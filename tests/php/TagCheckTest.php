@@ -335,7 +335,7 @@ final class TagCheckTest extends JoinBlockTestCase
         self::$server->load($tags, [['email' => 'big@example.org', 'tags' => array_slice($tags, -425)]]);
         $entries = self::implementation() === 'polyfill'
             ? '\JoinBlock\Polyfill\Knowledge::entries()'
-            : '(function () { ob_start(); phpinfo(INFO_MODULES); preg_match("~^tag cache entries \\(this process\\) => (\\d+)$~m", ob_get_clean(), $m); return (int) $m[1]; })()';
+            : '(function () { ob_start(); phpinfo(INFO_MODULES); preg_match("~^tag cache entries \\(' . self::COUNTER_SCOPE . '\\) => (\\d+)$~m", ob_get_clean(), $m); return (int) $m[1]; })()';
         $script = sprintf(
             'echo json_encode(["before" => %1$s, "result" => joinblock_person_has_tag("big@example.org", "Not In Group", %2$s, %3$s), "after" => %1$s]);',
             $entries,
