@@ -157,6 +157,9 @@ impl Cache {
     }
 }
 
+/// Shared by all of the process's threads (a ZTS PHP's request threads learn for each other):
+/// the mutex covers in-memory work only; reading and publishing the host's shared files happen
+/// outside it.
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 
 fn with_cache<T>(work: impl FnOnce(&mut Cache) -> T) -> T {

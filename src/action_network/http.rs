@@ -28,18 +28,22 @@ const MAX_REDIRECTS: usize = 4;
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
-/// Requests sent by this process.
+/// Requests sent by this process, all its threads together.
 pub fn requests_sent() -> u64 {
     REQUESTS.load(Ordering::Relaxed)
 }
 
 /// The client of this process. PHP-FPM forks workers after loading extensions, and a client
 /// made before a fork hangs in the child (its runtime thread is not copied), so each process
-/// makes its own on first use and leaks an inherited one rather than dropping it.
+/// makes its own on first use and leaks an inherited one rather than dropping it. Its threads
+/// share it (a ZTS PHP's request threads too): the mutex is held to clone or make it, never
+/// while a request is sent.
 static CLIENT: Mutex<Option<(u32, Client)>> = Mutex::new(None);
 
 /// When this process sent (or scheduled) its last request, for pacing. Each call spaces its
 /// requests by its own `max_rps` from this point, so one call's setting never binds the next.
+/// Process-wide, as the API's limit is: threads take their slots in turn under the mutex and
+/// sleep until them outside it.
 static LAST_REQUEST: Mutex<Option<Instant>> = Mutex::new(None);
 
 fn client() -> Result<Client, Error> {

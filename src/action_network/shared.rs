@@ -52,6 +52,7 @@ const TAGS_FORMAT: &str = "joinblock-tags 1";
 /// Warnings kept for `php --ri`.
 const MAX_WARNINGS: usize = 8;
 
+/// Process-wide, for `php --ri`, whichever thread met the problem.
 static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Problems this process met with the store (for `php --ri`), newest last.
