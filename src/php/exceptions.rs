@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use ext_php_rs::{
     builders::ClassBuilder,
     exception::PhpException,
-    ffi::zend_hash_str_find_ptr_lc,
+    ffi::{ext_php_rs_compiler_globals, zend_hash_str_find_ptr_lc},
     zend::{ce, ClassEntry},
 };
 
@@ -38,12 +38,14 @@ impl ExceptionClass {
 }
 
 /// A class registered so far, by name. At module startup only the compiler's class table is
-/// filled in (NTS builds keep it in the `compiler_globals` static).
+/// filled in. `ext_php_rs_compiler_globals()` finds the compiler globals in either build: the
+/// `compiler_globals` static of an NTS PHP, the calling thread's copy of a ZTS one, which has no
+/// static to name. (ext-php-rs 0.16 keeps its `CompilerGlobals::get()` wrapper crate-private.)
 fn find_class(name: &str) -> Option<&'static ClassEntry> {
-    // SAFETY: read during module startup, when the engine runs single-threaded and the class
-    // table is live; the lookup lowercases its own copy of `name`.
+    // SAFETY: read during module startup, when the engine runs on one thread and the compiler
+    // globals and their class table are live; the lookup lowercases its own copy of `name`.
     unsafe {
-        let table = (*std::ptr::addr_of!(ext_php_rs::ffi::compiler_globals)).class_table;
+        let table = ext_php_rs_compiler_globals().as_ref()?.class_table;
         let found = zend_hash_str_find_ptr_lc(table, name.as_ptr().cast(), name.len());
         (found as *const ClassEntry).as_ref()
     }
