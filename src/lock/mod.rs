@@ -83,7 +83,7 @@ pub enum LockError {
     UnsafeServer { server: String, reason: &'static str },
     /// The connection that held the lock is gone, and the lock with it.
     Lost { lock: String },
-    /// The MySQL server in effect changed while this process holds locks on the previous one.
+    /// The MySQL server in effect changed while this thread holds locks on the previous one.
     ServerChanged { from: String, to: String, held: usize },
 }
 
@@ -135,7 +135,7 @@ impl fmt::Display for LockError {
             ),
             LockError::ServerChanged { from, to, held } => write!(
                 f,
-                "cannot take a MySQL lock on {to} while this process holds {held} {} on {from}: moving to another \
+                "cannot take a MySQL lock on {to} while this thread holds {held} {} on {from}: moving to another \
                  server (or another spelling of the same one) would silently free them; release them first",
                 if *held == 1 { "lock" } else { "locks" }
             ),
@@ -233,7 +233,10 @@ enum LockId {
     Mysql(String),
 }
 
-/// Locks claimed in this process: (lock, thread, process id).
+/// Locks claimed in this process: (lock, thread, process id). One list for all threads, not a
+/// thread-local, because a claim is dropped wherever its lock is, and a Rust value may be
+/// dropped on another thread than the one that made it; each entry names its thread, so the
+/// threads' claims never mix. The mutex guards a short scan, never any I/O.
 static HELD: Mutex<Vec<(LockId, ThreadId, u32)>> = Mutex::new(Vec::new());
 
 /// A thread's claim on a lock, from the first step of taking it until its release. A second

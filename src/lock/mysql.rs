@@ -9,33 +9,48 @@
 //!
 //! # How the steps keep it
 //!
-//! - One connection per process (per PHP-FPM worker), opened on first use, reused across
-//!   requests. A lock remembers which connection took it: once that connection is gone,
-//!   `is_held()` is false and release says the lock was lost. A lost connection never comes
-//!   back, so a lost lock can never be mistaken for a held one.
+//! - One connection per thread, opened on its first lock and reused by that thread's later
+//!   requests: a PHP-FPM worker's one thread, each request thread of a threaded server (Apache's
+//!   event MPM with a thread-safe PHP). `GET_LOCK` is re-entrant per connection, so two threads
+//!   on one connection would both be let in; a connection therefore never leaves its thread
+//!   (it lives in a thread-local, and a `DbLock` cannot be sent to another thread), and no
+//!   thread waits on another's I/O.
+//! - A lock remembers which connection took it: once that connection is gone, `is_held()` is
+//!   false and release says the lock was lost. A lost connection never comes back, so a lost
+//!   lock can never be mistaken for a held one.
 //! - Servers and proxies drop idle connections (`wait_timeout`, restarts, `KILL`). A reused
 //!   connection that turns out dead on an acquire is replaced and the `GET_LOCK` sent once
 //!   more: whatever the dead connection held, the server has already freed, and the new
 //!   `GET_LOCK` only asks again. No check is sent before use, so a live connection costs one
 //!   round trip per lock, as before.
-//! - `GET_LOCK` is re-entrant per connection, so a second acquisition by the thread that holds a
-//!   name would be let in twice: it is refused, as in the file backend.
-//! - Moving to another server (or another spelling of it) while this process holds locks on
+//! - `GET_LOCK` would also let the thread that holds a name in twice: a second acquisition by
+//!   that thread is refused, as in the file backend.
+//! - Moving to another server (or another spelling of it) while this thread holds locks on
 //!   the current one is refused: replacing the connection would free them silently.
 //! - Every wait on the server is bounded: connecting by the connect bound, and each reply by
 //!   the `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
-//! - After `fork`, the child closes its copy of the connection's socket (without telling the
-//!   server: that would end the parent's session and free its locks) and opens its own on
-//!   first use. Closing it at once means a parent killed while holding a lock frees it at once
-//!   too, even while the child lives on.
+//! - After `fork`, the child runs only the forking thread but holds a copy of every thread's
+//!   socket. Invariant: every connected socket of the process is listed in `SOCKETS` (a list
+//!   read without any lock, since a lock another thread held at the fork would stay held in
+//!   the child), and the child's fork handler detaches each one listed (without telling the
+//!   server: that would end the parent's session and free its locks). The forking thread's own
+//!   connection is dropped at its next use; the other threads' never run again. Closing the
+//!   copies at once means a parent killed while holding a lock frees it at once too, even
+//!   while the child lives on. The one gap: a socket still connecting in another thread at the
+//!   moment of the fork is listed only once connected, so the child keeps that copy until it
+//!   exits; it held no lock at the fork, but a lock its thread takes later in the parent then
+//!   outlives the parent until the child ends too.
 //! - A Galera cluster (`wsrep_on`) does not replicate `GET_LOCK`, and a read-only server is a
 //!   replica that other hosts may not share: both are refused.
 
 use std::{
+    cell::RefCell,
     fmt, io,
+    marker::PhantomData,
     os::fd::AsRawFd,
+    ptr,
     sync::{
-        atomic::{AtomicI32, AtomicU64, Ordering},
+        atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering},
         Once,
     },
     thread,
@@ -43,7 +58,6 @@ use std::{
 };
 
 use mysql::{prelude::Queryable, Conn, OptsBuilder};
-use parking_lot::{Mutex, MutexGuard};
 
 use super::{lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
 
@@ -168,10 +182,12 @@ impl MysqlTarget {
 }
 
 
-/// This process's connection, and which one it is: a lock remembers the generation that took
+/// This thread's connection, and which one it is: a lock remembers the generation that took
 /// it, so it can tell when the connection it lived on was replaced.
 struct Connection {
     conn: Conn,
+    /// Where its socket is listed for the fork handler.
+    listed: &'static ListedSocket,
     target: MysqlTarget,
     pid: u32,
     generation: u64,
@@ -181,18 +197,69 @@ struct Connection {
     reply_limit: Duration,
 }
 
-static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Only its own entry: in a forked child the handler emptied it, and a connection of
+        // the child's may have taken it since (with another descriptor, as this one is open).
+        let _ = self.listed.fd.compare_exchange(self.conn.as_raw_fd(), -1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    /// Per thread, never shared: see the module's invariant. A thread's requests run one
+    /// after another, so they reuse it; it is dropped (and the server told) when the thread ends.
+    static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+}
+
+/// Process-wide, so that every connection, on whichever thread, has its own number.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-/// The connection's socket, for the fork handler, which may take no lock.
-static CONNECTION_FD: AtomicI32 = AtomicI32::new(-1);
 static FORK_HANDLER: Once = Once::new();
 
-/// In a forked child: the inherited socket is closed before the child runs any code of its
+/// One entry of `SOCKETS`: a connected socket, or -1 when free for the next connection.
+struct ListedSocket {
+    fd: AtomicI32,
+    /// Set before the entry is published, never changed after.
+    next: AtomicPtr<ListedSocket>,
+}
+
+/// Every connected socket of the process, for the fork handler, which may take no lock. A
+/// singly linked list that only grows: entries are reused, never freed, so there are at most
+/// as many as connections were ever open at once (one per thread), and a reader needs no lock.
+static SOCKETS: AtomicPtr<ListedSocket> = AtomicPtr::new(ptr::null_mut());
+
+/// Lists `fd`, in a free entry if there is one.
+fn list_socket(fd: i32) -> &'static ListedSocket {
+    let mut entry = SOCKETS.load(Ordering::Acquire);
+    // SAFETY: entries are leaked boxes, never freed.
+    while let Some(listed) = unsafe { entry.as_ref() } {
+        if listed.fd.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+            return listed;
+        }
+        entry = listed.next.load(Ordering::Acquire);
+    }
+    let listed: &'static ListedSocket =
+        Box::leak(Box::new(ListedSocket { fd: AtomicI32::new(fd), next: AtomicPtr::new(ptr::null_mut()) }));
+    let mut head = SOCKETS.load(Ordering::Acquire);
+    loop {
+        listed.next.store(head, Ordering::Release);
+        match SOCKETS.compare_exchange(head, ptr::from_ref(listed).cast_mut(), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return listed,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// In a forked child: every inherited socket is closed before the child runs any code of its
 /// own, without a word to the server (see `detach_socket`).
-extern "C" fn close_inherited_socket() {
-    let fd = CONNECTION_FD.swap(-1, Ordering::SeqCst);
-    if fd >= 0 {
-        detach_socket(fd);
+extern "C" fn close_inherited_sockets() {
+    let mut entry = SOCKETS.load(Ordering::Acquire);
+    // SAFETY: entries are leaked boxes, never freed.
+    while let Some(listed) = unsafe { entry.as_ref() } {
+        let fd = listed.fd.swap(-1, Ordering::SeqCst);
+        if fd >= 0 {
+            detach_socket(fd);
+        }
+        entry = listed.next.load(Ordering::Acquire);
     }
 }
 
@@ -211,49 +278,65 @@ fn detach_socket(fd: i32) {
     }
 }
 
-/// The locked connection slot of this process.
-struct Slot(MutexGuard<'static, Option<Connection>>);
+/// This thread's connection slot.
+struct Slot<'a>(&'a mut Option<Connection>);
 
-impl Slot {
-    /// The slot, minus a connection inherited across fork (its socket is already detached).
-    fn lock() -> Slot {
-        let mut slot = Slot(CONNECTION.lock());
-        if slot.0.as_ref().is_some_and(|c| c.pid != std::process::id()) {
-            *slot.0 = None;
-        }
-        slot
+impl Slot<'_> {
+    /// Runs `work` on this thread's slot, minus a connection inherited across fork (its socket
+    /// is already detached). `None` once the thread is ending and its slot is gone.
+    fn with<T>(work: impl FnOnce(Slot) -> T) -> Option<T> {
+        CONNECTION
+            .try_with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_some_and(|c| c.pid != std::process::id()) {
+                    *slot = None;
+                }
+                work(Slot(&mut slot))
+            })
+            .ok()
     }
 
     fn open(&mut self, target: &MysqlTarget, bound: Duration) -> Result<&mut Connection, LockError> {
-        let connection = open(target, bound)?;
         FORK_HANDLER.call_once(|| {
-            // SAFETY: registers a handler that only touches an atomic and descriptors.
-            unsafe { libc::pthread_atfork(None, None, Some(close_inherited_socket)) };
+            // SAFETY: registers a handler that only touches atomics and descriptors.
+            unsafe { libc::pthread_atfork(None, None, Some(close_inherited_sockets)) };
         });
-        CONNECTION_FD.store(connection.conn.as_raw_fd(), Ordering::SeqCst);
-        Ok(self.0.insert(connection))
+        Ok(self.0.insert(open(target, bound)?))
     }
 
     /// Drops the connection; one that died is detached first, so nothing is sent on it.
     fn close(&mut self, dead: bool) {
-        let fd = CONNECTION_FD.swap(-1, Ordering::SeqCst);
-        if dead && fd >= 0 {
-            detach_socket(fd);
+        if let Some(connection) = self.0.take() {
+            if dead {
+                detach_socket(connection.conn.as_raw_fd());
+            }
         }
-        *self.0 = None;
     }
 }
 
-/// Runs `work` on this process's live connection to `target`, opening one if needed. A reused
+/// Runs `work` on this thread's live connection to `target`, opening one if needed. A reused
 /// connection found dead is replaced and `work` run once more: it only asks for a lock or asks
 /// who holds one, which may be asked again, and whatever the dead connection held, the server
 /// freed with it.
 fn with_connection<T>(
     target: &MysqlTarget,
     connect_timeout: Duration,
+    work: impl FnMut(&mut Connection) -> Result<T, mysql::Error>,
+) -> Result<T, LockError> {
+    Slot::with(|slot| on_connection(slot, target, connect_timeout, work)).unwrap_or_else(|| {
+        Err(LockError::Database {
+            action: format!("use MySQL server {}", target.describe()),
+            detail: "this thread is ending".into(),
+        })
+    })
+}
+
+fn on_connection<T>(
+    mut slot: Slot,
+    target: &MysqlTarget,
+    connect_timeout: Duration,
     mut work: impl FnMut(&mut Connection) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
-    let mut slot = Slot::lock();
     if let Some(current) = slot.0.as_ref().filter(|c| c.target != *target) {
         if current.locks > 0 {
             return Err(LockError::ServerChanged { from: current.target.describe(), to: target.describe(), held: current.locks });
@@ -283,24 +366,26 @@ fn with_connection<T>(
     }
 }
 
-/// Runs `work` on the connection of `generation` if it is still this process's live one;
+/// Runs `work` on the connection of `generation` if it is still this thread's live one;
 /// `Ok(None)` when it is gone. Never opens a connection: a lock's connection cannot come back.
 fn with_lock_connection<T>(
     target: &MysqlTarget,
     generation: u64,
     work: impl FnOnce(&mut Connection) -> Result<T, mysql::Error>,
 ) -> Result<Option<T>, LockError> {
-    let mut slot = Slot::lock();
-    let Some(connection) = slot.0.as_mut().filter(|c| c.generation == generation) else { return Ok(None) };
-    let failure = match work(connection) {
-        Ok(value) => return Ok(Some(value)),
-        Err(failure) => failure,
-    };
-    let error = use_error(target, &failure, connection.reply_limit);
-    if connection_ended(&failure) {
-        slot.close(true);
-    }
-    Err(error)
+    Slot::with(|mut slot| {
+        let Some(connection) = slot.0.as_mut().filter(|c| c.generation == generation) else { return Ok(None) };
+        let failure = match work(connection) {
+            Ok(value) => return Ok(Some(value)),
+            Err(failure) => failure,
+        };
+        let error = use_error(target, &failure, connection.reply_limit);
+        if connection_ended(&failure) {
+            slot.close(true);
+        }
+        Err(error)
+    })
+    .unwrap_or(Ok(None))
 }
 
 fn use_error(target: &MysqlTarget, err: &mysql::Error, reply_limit: Duration) -> LockError {
@@ -364,7 +449,8 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
         return Err(LockError::UnsafeServer { server, reason });
     }
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
-    Ok(Connection { conn, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound })
+    let listed = list_socket(conn.as_raw_fd());
+    Ok(Connection { conn, listed, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound })
 }
 
 /// Why `GET_LOCK` on a server with these settings would not exclude other hosts, if it would not.
@@ -423,6 +509,9 @@ pub struct DbLock {
     connect_timeout: Duration,
     /// `None` once released.
     claim: Option<Claim>,
+    /// Not `Send`: only the thread that took it has its connection, so only that thread can
+    /// release it. (PHP frees a request's objects on the request's thread.)
+    stays_on_its_thread: PhantomData<*const ()>,
 }
 
 impl DbLock {
@@ -452,7 +541,14 @@ impl DbLock {
             match granted {
                 Some(1) => {
                     record_acquired(waited || started.elapsed() > Duration::from_millis(1));
-                    return Ok(DbLock { name, target: target.clone(), generation, connect_timeout, claim: Some(claim) });
+                    return Ok(DbLock {
+                        name,
+                        target: target.clone(),
+                        generation,
+                        connect_timeout,
+                        claim: Some(claim),
+                        stays_on_its_thread: PhantomData,
+                    });
                 }
                 Some(_) if deadline.is_none_or(|d| Instant::now() < d) => waited = true,
                 Some(_) => {
@@ -474,7 +570,7 @@ impl DbLock {
         &self.name
     }
 
-    /// True while this process's connection still holds the lock (asks the server).
+    /// True while this thread's connection still holds the lock (asks the server).
     pub fn is_held(&self) -> bool {
         let Some(claim) = &self.claim else { return false };
         if claim.pid != std::process::id() {
@@ -576,5 +672,148 @@ mod tests {
         assert!(unsafe_server(Some("1"), Some("0")).unwrap().contains("Galera"));
         assert!(unsafe_server(Some("ON"), None).unwrap().contains("Galera"));
         assert!(unsafe_server(Some("0"), Some("1")).unwrap().contains("read-only"));
+    }
+
+    /// A private MariaDB on a Unix socket in a temporary directory, root without a password;
+    /// stopped and removed when dropped. `None` (the caller skips, saying so) without `mariadbd`.
+    struct TestServer {
+        dir: std::path::PathBuf,
+        server: std::process::Child,
+    }
+
+    impl TestServer {
+        fn start() -> Option<TestServer> {
+            use std::process::{Command, Stdio};
+            let found = |name: &str| ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"].iter().any(|d| std::path::Path::new(d).join(name).exists());
+            if !found("mariadbd") || !found("mariadb-install-db") {
+                eprintln!("skipped: mariadbd and mariadb-install-db are not installed (Debian: apt install mariadb-server)");
+                return None;
+            }
+            let dir = std::env::temp_dir().join(format!("joinblock-rust-mariadb-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            // mariadbd refuses to run as root unless told to.
+            let as_user: &[&str] = if unsafe { libc::geteuid() } == 0 { &["--user=root"] } else { &[] };
+            let installed = Command::new("mariadb-install-db")
+                .args(["--no-defaults", &format!("--datadir={}/data", dir.display()), "--auth-root-authentication-method=normal", "--skip-test-db"])
+                .args(as_user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(installed.success(), "mariadb-install-db failed in {}", dir.display());
+            let server = Command::new("mariadbd")
+                .args([
+                    "--no-defaults".to_string(),
+                    format!("--datadir={}/data", dir.display()),
+                    format!("--socket={}/sock", dir.display()),
+                    format!("--pid-file={}/pid", dir.display()),
+                    format!("--log-error={}/error.log", dir.display()),
+                    "--skip-networking".into(),
+                    "--innodb-buffer-pool-size=32M".into(),
+                ])
+                .args(as_user)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let server = TestServer { dir, server };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::os::unix::net::UnixStream::connect(server.dir.join("sock")).is_err() {
+                assert!(Instant::now() < deadline, "mariadbd did not start: {}", std::fs::read_to_string(server.dir.join("error.log")).unwrap_or_default());
+                thread::sleep(Duration::from_millis(50));
+            }
+            Some(server)
+        }
+
+        fn target(&self) -> MysqlTarget {
+            MysqlTarget::from_wordpress(&format!("localhost:{}/sock", self.dir.display()), "root", "", "mysql").unwrap()
+        }
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the server this test started.
+            unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
+            let _ = self.server.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The socket of this thread's connection, if it has one.
+    fn own_socket() -> Option<i32> {
+        CONNECTION.with_borrow(|slot| slot.as_ref().map(|c| c.conn.as_raw_fd()))
+    }
+
+    /// Two threads, one key: each has its own connection, so the server keeps them apart (one
+    /// shared connection would let both in, `GET_LOCK` being re-entrant per connection). The
+    /// second times out while the first holds the lock, and with no timeout waits until the
+    /// first releases it. Then a fork: the child finds every thread's socket detached.
+    #[test]
+    fn threads_exclude_each_other_and_a_fork_detaches_every_threads_socket() {
+        use std::sync::{atomic::AtomicBool, mpsc, Arc};
+        let Some(server) = TestServer::start() else { return };
+        let target = server.target();
+        let bound = Duration::from_secs(5);
+        let (holding, held) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let let_go = Arc::new(AtomicBool::new(false));
+        let first = {
+            let (target, let_go) = (target.clone(), let_go.clone());
+            thread::spawn(move || {
+                let lock = DbLock::acquire(&target, b"member@example.org", Wait::Forever, bound).unwrap();
+                holding.send(own_socket().unwrap()).unwrap();
+                released.recv().unwrap();
+                let_go.store(true, Ordering::SeqCst);
+                drop(lock);
+                // Stays alive, with its connection, until told to end.
+                released.recv().unwrap();
+            })
+        };
+        let first_socket = held.recv().unwrap();
+
+        let short = Duration::from_millis(300);
+        let started = Instant::now();
+        let err = DbLock::acquire(&target, b" Member@Example.org ", Wait::AtMost(short), bound).unwrap_err();
+        assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() >= short, "gave up after {:?}", started.elapsed());
+        assert!(err.to_string().contains("held by MySQL connection"), "{err}");
+        let own = own_socket().unwrap();
+        assert_ne!(own, first_socket, "each thread has its own connection");
+
+        // The child has only this thread; both connections' sockets must point at /dev/null.
+        let links = [own, first_socket].map(|fd| std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap());
+        // SAFETY: the child calls only async-signal-safe functions (readlink), then _exit.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let detached = |link: &std::ffi::CString| {
+                let mut target = [0u8; 64];
+                let len = unsafe { libc::readlink(link.as_ptr(), target.as_mut_ptr().cast(), target.len()) };
+                len > 0 && &target[..len as usize] == b"/dev/null"
+            };
+            unsafe { libc::_exit(if links.iter().all(detached) { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child kept a thread's socket open");
+
+        let waiter = {
+            let (target, let_go) = (target.clone(), let_go.clone());
+            thread::spawn(move || {
+                let lock = DbLock::acquire(&target, b"member@example.org", Wait::Forever, bound).unwrap();
+                let after_release = let_go.load(Ordering::SeqCst);
+                drop(lock);
+                after_release
+            })
+        };
+        thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "the second thread got in while the first held the lock");
+        release.send(()).unwrap();
+        assert!(waiter.join().unwrap(), "the second thread got in before the first released");
+        // The parent's connections survived the child: the lock is free and still works here.
+        DbLock::acquire(&target, b"member@example.org", Wait::AtMost(Duration::ZERO), bound).unwrap().release().unwrap();
+        release.send(()).unwrap();
+        first.join().unwrap();
     }
 }

@@ -107,13 +107,6 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
         }
         // A `dir` from a caller written for files is ignored: the site chose mysql.
         Backend::Mysql => {
-            if ext_php_rs::PHP_ZTS {
-                // One connection per process would let two threads "hold" one name together.
-                return Err(LOCK_EXCEPTION.with(
-                    "the mysql lock backend is not available in a thread-safe (ZTS) PHP build yet: its one \
-                     connection per process would let two threads hold the same lock; use the file backend",
-                ));
-            }
             let target = config::mysql_target().map_err(|p| LOCK_EXCEPTION.with(p))?;
             let connect_timeout = config::mysql_connect_timeout().map_err(|p| LOCK_EXCEPTION.with(p))?;
             Held::Mysql(DbLock::acquire(&target, &key, wait, connect_timeout).map_err(to_exception)?)
