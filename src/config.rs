@@ -2,11 +2,10 @@
 //! and what `joinblock_configure()` sets for the rest of one request.
 
 use std::{
+    cell::RefCell,
     ffi::{c_int, c_void, CStr},
     time::Duration,
 };
-
-use parking_lot::Mutex;
 
 use crate::lock::{mysql::MysqlTarget, Backend};
 
@@ -91,26 +90,39 @@ pub fn shared_state() -> bool {
 }
 
 /// What `joinblock_configure()` set; cleared at the end of each request.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestSettings {
     pub lock_backend: Option<Backend>,
     pub mysql: Option<MysqlTarget>,
 }
 
-static REQUEST: Mutex<RequestSettings> = Mutex::new(RequestSettings { lock_backend: None, mysql: None });
-
-pub fn set_request_settings(settings: RequestSettings) {
-    *REQUEST.lock() = settings;
+thread_local! {
+    /// Per thread, because it belongs to one request and a request runs on one thread from
+    /// start to end: a PHP-FPM worker's one thread, or one of a thread-safe PHP's request
+    /// threads (Apache's event MPM, FrankenPHP), which serve many requests at once. So one
+    /// request's settings never reach a request running beside it, and a request that ends
+    /// clears only its own.
+    static REQUEST: RefCell<RequestSettings> = const { RefCell::new(RequestSettings { lock_backend: None, mysql: None }) };
 }
 
-/// Called at the end of every request, so one request's settings never reach the next.
+pub fn set_request_settings(settings: RequestSettings) {
+    REQUEST.set(settings);
+}
+
+/// What this thread's request set, read in place.
+pub fn with_request_settings<T>(read: impl FnOnce(&RequestSettings) -> T) -> T {
+    REQUEST.with_borrow(read)
+}
+
+/// Called at the end of every request, on its thread, so one request's settings never reach
+/// the next.
 pub fn clear_request_settings() {
     set_request_settings(RequestSettings::default());
 }
 
 /// The lock backend in effect when a call names none: `joinblock_configure()`, else INI.
 pub fn lock_backend() -> Result<Backend, String> {
-    if let Some(backend) = REQUEST.lock().lock_backend {
+    if let Some(backend) = with_request_settings(|settings| settings.lock_backend) {
         return Ok(backend);
     }
     let value = ini_bytes(LOCK_BACKEND).unwrap_or_else(|| b"file".to_vec());
@@ -119,8 +131,8 @@ pub fn lock_backend() -> Result<Backend, String> {
 
 /// The MySQL server for the mysql backend: `joinblock_configure()`, else INI.
 pub fn mysql_target() -> Result<MysqlTarget, String> {
-    if let Some(target) = &REQUEST.lock().mysql {
-        return Ok(target.clone());
+    if let Some(target) = with_request_settings(|settings| settings.mysql.clone()) {
+        return Ok(target);
     }
     let url = ini_bytes(MYSQL_URL).ok_or_else(|| {
         format!("the mysql lock backend needs INI {MYSQL_URL} or joinblock_configure() with the database settings")
@@ -139,4 +151,27 @@ pub fn mysql_connect_timeout() -> Result<Duration, String> {
         .filter(|seconds| *seconds > 0.0)
         .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
         .ok_or_else(|| format!("INI {MYSQL_CONNECT_TIMEOUT} is \"{}\"; expected seconds greater than 0, such as 3 or 0.5", text.escape_debug()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_settings_stay_on_their_thread() {
+        let mysql = MysqlTarget::from_url("mysql://wp:secret@127.0.0.1:3306/site").unwrap();
+        let mine = RequestSettings { lock_backend: Some(Backend::Mysql), mysql: Some(mysql) };
+        set_request_settings(mine.clone());
+        // Another request's thread sees none of it, and its end of request clears only its own.
+        std::thread::spawn(|| {
+            assert_eq!(with_request_settings(RequestSettings::clone), RequestSettings::default());
+            set_request_settings(RequestSettings { lock_backend: Some(Backend::File), mysql: None });
+            clear_request_settings();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(with_request_settings(RequestSettings::clone), mine);
+        clear_request_settings();
+        assert_eq!(with_request_settings(RequestSettings::clone), RequestSettings::default());
+    }
 }
