@@ -151,7 +151,7 @@ final class MysqlConnection
         if (self::$db !== null && self::$target != $target) {
             if (self::$locks > 0) {
                 throw new LockException(sprintf(
-                    'cannot take a MySQL lock on %s while this process holds %d %s on %s: moving to another'
+                    'cannot take a MySQL lock on %s while this thread holds %d %s on %s: moving to another'
                     . ' server (or another spelling of the same one) would silently free them; release them first',
                     $target->describe(), self::$locks, self::$locks === 1 ? 'lock' : 'locks', self::$target->describe()
                 ));

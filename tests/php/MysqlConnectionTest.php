@@ -155,7 +155,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         $shown = $to === 'socket' ? 'localhost:' . preg_quote(self::$db->socket(), '~') : '127\.0\.0\.1:1';
         self::assertThrows(
             LockException::class,
-            "~^cannot take a MySQL lock on joinblock@$shown/wordpress while this process holds 1 lock on joinblock@127\.0\.0\.1:\d+/wordpress: moving to another server \(or another spelling of the same one\) would silently free them; release them first$~",
+            "~^cannot take a MySQL lock on joinblock@$shown/wordpress while this thread holds 1 lock on joinblock@127\.0\.0\.1:\d+/wordpress: moving to another server \(or another spelling of the same one\) would silently free them; release them first$~",
             fn () => joinblock_acquire_lock('other@example.org', ['timeout' => 1])
         );
         $this->assertTrue($held->isHeld(), 'still held on the first connection');
