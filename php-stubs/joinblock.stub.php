@@ -67,15 +67,18 @@ namespace {
      * What this process's implementation is doing, for dashboards such as WordPress's Site
      * Health: never a password or an API key.
      *
-     * @return array{implementation: 'extension'|'polyfill', version: string,
+     * @return array{implementation: 'extension'|'polyfill', version: string, thread_safety: 'NTS'|'ZTS',
      *   lock_backend: 'file'|'mysql'|null, lock_dir: string|null, mysql_server: string|null,
      *   action_network_url: string, counters: array{locks_acquired: int, locks_waited: int,
      *   lock_timeouts: int, action_network_requests: int}|null, problems: array<string, string>}
+     *   - `thread_safety`: `ZTS` in a thread-safe PHP (`PHP_ZTS`), whose requests run as threads
+     *     of one process, else `NTS`.
      *   - `lock_backend`, `lock_dir`: in effect when a call names none (joinblock_configure(),
      *     else INI; the directory from INI `joinblock.lock_dir`, else `sys_get_temp_dir()`).
      *   - `mysql_server`: the mysql backend's server as `user@host:port/dbname` (or
      *     `user@host:/socket/dbname`); null when none is configured.
-     *   - `counters`: this process's locks and Action Network requests since it started; null
+     *   - `counters`: this process's locks and Action Network requests since it started (over
+     *     all its threads in a thread-safe PHP); null
      *     for the polyfill, which keeps nothing beyond one request.
      *   - `problems`: setting => why it is unusable (that setting's value is then null).
      */

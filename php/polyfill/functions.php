@@ -56,6 +56,7 @@ function joinblock_status(): array
     return [
         'implementation' => 'polyfill',
         'version' => Api::VERSION,
+        'thread_safety' => PHP_ZTS ? 'ZTS' : 'NTS',
         'lock_backend' => $lock['lock_backend'],
         'lock_dir' => $lock['lock_dir'],
         'mysql_server' => $lock['mysql_server'],

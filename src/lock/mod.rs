@@ -178,7 +178,9 @@ fn describe_io(err: &io::Error) -> String {
     format!("{err}{hint}")
 }
 
-/// Per-process counters, shown by `php --ri joinblock`.
+/// Counters shown by `php --ri joinblock` and `joinblock_status()`: process-wide, the sum over
+/// all of a thread-safe PHP's request threads (labelled so), as a PHP-FPM worker's are over its
+/// requests. Atomics: counting never waits for another thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub acquired: u64,

@@ -30,17 +30,21 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_start!();
     info_table_row!("joinblock support", "enabled");
     info_table_row!("version", env!("CARGO_PKG_VERSION"));
+    info_table_row!("thread safety", status.thread_safety);
     info_table_row!("lock backend in effect", backend.as_str());
     info_table_row!("lock directory in effect", dir.as_str());
     info_table_row!("MySQL server for locks", mysql.as_str());
     let connect = config::mysql_connect_timeout().map_or_else(shown, |bound| format!("{} s", bound.as_secs_f64()));
     info_table_row!("MySQL connect timeout", connect.as_str());
-    info_table_row!("locks acquired (this process)", status.counters.acquired.to_string());
-    info_table_row!("locks that waited (this process)", status.counters.waited.to_string());
-    info_table_row!("lock timeouts (this process)", status.counters.timed_out.to_string());
+    // The counters and the tag cache are process-wide: in a thread-safe PHP, the sum over all
+    // of the process's request threads, and the labels say so.
+    let scope = if ext_php_rs::PHP_ZTS { "this process, all threads" } else { "this process" };
+    info_table_row!(format!("locks acquired ({scope})"), status.counters.acquired.to_string());
+    info_table_row!(format!("locks that waited ({scope})"), status.counters.waited.to_string());
+    info_table_row!(format!("lock timeouts ({scope})"), status.counters.timed_out.to_string());
     info_table_row!("Action Network URL", status.action_network_url.as_str());
-    info_table_row!("Action Network requests (this process)", status.requests.to_string());
-    info_table_row!("tag cache entries (this process)", crate::action_network::tag_cache_entries().to_string());
+    info_table_row!(format!("Action Network requests ({scope})"), status.requests.to_string());
+    info_table_row!(format!("tag cache entries ({scope})"), crate::action_network::tag_cache_entries().to_string());
     match action_network::shared_dir() {
         None => info_table_row!("shared state (tag map, pacing)", "off (joinblock.shared_state = 0, or no lock directory)"),
         Some(dir) => {

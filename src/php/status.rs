@@ -1,5 +1,6 @@
 //! What the extension is doing, for `php --ri joinblock` and `joinblock_status()`: the
-//! version, the settings in effect and this process's counters. Never a password or an API key.
+//! version, the build (NTS or ZTS), the settings in effect and this process's counters (over
+//! all its threads in a ZTS build). Never a password or an API key.
 
 use ext_php_rs::{prelude::*, types::ZendHashTable, boxed::ZBox};
 
@@ -24,6 +25,8 @@ pub struct Status {
     pub action_network_url: String,
     pub counters: Counters,
     pub requests: u64,
+    /// `NTS`, or `ZTS` for a thread-safe PHP (the one this build fits; it loads in no other).
+    pub thread_safety: &'static str,
 }
 
 impl Status {
@@ -40,6 +43,7 @@ impl Status {
             action_network_url: shown(config::ini_bytes(config::ACTION_NETWORK_URL).unwrap_or_else(|| DEFAULT_BASE_URL.into())),
             counters: counters(),
             requests: requests_sent(),
+            thread_safety: if ext_php_rs::PHP_ZTS { "ZTS" } else { "NTS" },
         }
     }
 }
@@ -64,6 +68,7 @@ pub fn joinblock_status() -> PhpResult<ZBox<ZendHashTable>> {
     let mut array = ZendHashTable::new();
     array.insert("implementation", "extension")?;
     array.insert("version", env!("CARGO_PKG_VERSION"))?;
+    array.insert("thread_safety", status.thread_safety)?;
     array.insert("lock_backend", backend)?;
     array.insert("lock_dir", lock_dir)?;
     array.insert("mysql_server", mysql)?;

@@ -315,7 +315,7 @@ abstract class JoinBlockTestCase extends TestCase
         ob_start();
         phpinfo(INFO_MODULES);
         $info = ob_get_clean();
-        preg_match_all('~^locks? (acquired|that waited|timeouts) \(this process\) => (\d+)$~m', $info, $m, PREG_SET_ORDER);
+        preg_match_all('~^locks? (acquired|that waited|timeouts) \(this process(?:, all threads)?\) => (\d+)$~m', $info, $m, PREG_SET_ORDER);
         $found = [];
         foreach ($m as [, $name, $value]) {
             $found[['acquired' => 'acquired', 'that waited' => 'waited', 'timeouts' => 'timed out'][$name]] = (int) $value;

@@ -27,7 +27,23 @@ final class StatusTest extends JoinBlockTestCase
             'action_network_url' => 'https://actionnetwork.org/api/v2/',
         ], array_intersect_key($status, array_flip(['implementation', 'version', 'lock_backend', 'lock_dir', 'mysql_server', 'action_network_url'])));
         $this->assertSame([], $status['problems']);
-        $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'version'], self::sortedKeys($status));
+        $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'thread_safety', 'version'], self::sortedKeys($status));
+    }
+
+    public function testTheBuildIsNamedNtsOrZtsAndZtsCountersSayAllThreads(): void
+    {
+        $build = PHP_ZTS ? 'ZTS' : 'NTS';
+        $this->assertSame($build, self::status()['thread_safety']);
+        if (self::implementation() === 'polyfill') {
+            return;
+        }
+        $info = self::runPhpOk([PHP_BINARY, ...self::phpArgs(), '--ri', 'joinblock']);
+        $this->assertMatchesRegularExpression("~^thread safety => $build\$~m", $info);
+        // Process-wide counters, and in a thread-safe PHP the label says they add up every thread's.
+        $scope = PHP_ZTS ? 'this process, all threads' : 'this process';
+        foreach (['locks acquired', 'locks that waited', 'lock timeouts', 'Action Network requests', 'tag cache entries'] as $counter) {
+            $this->assertMatchesRegularExpression('~^' . preg_quote("$counter ($scope) => ", '~') . '0$~m', $info);
+        }
     }
 
     public function testIniSettingsAndConfigureAreReportedWithoutThePassword(): void
