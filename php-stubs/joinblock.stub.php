@@ -16,7 +16,9 @@ namespace {
      *
      * @param array{dir?: string, timeout?: int|float|null, backend?: 'file'|'mysql'} $options
      *   - `dir`: lock directory of the file backend; default INI `joinblock.lock_dir` (the
-     *     installed ini: `/run/joinblock`), else `sys_get_temp_dir()`. Ignored when configuration (joinblock_configure(), else INI)
+     *     installed ini: `/run/joinblock`), else `sys_get_temp_dir()`. A relative one is under
+     *     PHP's `getcwd()`, as PHP's file functions read it (in a thread-safe PHP, the request
+     *     thread's own working directory). Ignored when configuration (joinblock_configure(), else INI)
      *     chooses the mysql backend, so callers written for files keep working.
      *   - `timeout`: seconds to wait; absent or null waits as long as it takes, 0 tries once.
      *   - `backend`: `file` (flock, one host) or `mysql` (`GET_LOCK` on the site's database,
@@ -32,8 +34,8 @@ namespace {
      *   file of another user than PHP's or the directory's owner, a network file system), or
      *   the MySQL server cannot be used (not configured, unreachable or silent for longer than
      *   INI `joinblock.mysql_connect_timeout`, wrong credentials, a Galera node or a read-only
-     *   replica), or another MySQL server is configured while this process holds locks on the
-     *   first
+     *   replica), or another MySQL server is configured while this thread holds locks on the
+     *   first, or `dir` is relative and PHP's `getcwd()` fails
      */
     function joinblock_acquire_lock(string $key, array $options = []): \JoinBlock\Lock {}
 

@@ -34,6 +34,15 @@ final class Locking
         $backend ??= self::backend();
         if ($backend === 'file') {
             $dir ??= Options::ini('joinblock.lock_dir') ?? sys_get_temp_dir();
+            // A relative directory is under getcwd() (a thread-safe PHP's request thread has its
+            // own), and the lock's path() names it so, as the extension's does.
+            if (!str_starts_with($dir, '/')) {
+                $cwd = getcwd();
+                if ($cwd === false) {
+                    throw new LockException("cannot use the relative lock directory \"$dir\": PHP's getcwd() gives no working directory to resolve it in");
+                }
+                $dir = rtrim($cwd, '/') . "/$dir";
+            }
             // PathBuf::join, as the extension builds the path: one "/" between.
             $path = (str_ends_with($dir, '/') ? $dir : "$dir/") . self::name($key);
             return self::wrap(FileLock::acquire($path, $timeout));

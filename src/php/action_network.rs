@@ -111,9 +111,7 @@ pub fn shared_dir() -> Option<std::path::PathBuf> {
     if !config::shared_state() {
         return None;
     }
-    let dir = super::lock::lock_dir().ok()?;
-    use std::os::unix::ffi::OsStringExt;
-    Some(std::ffi::OsString::from_vec(dir).into())
+    super::lock::in_php_cwd(super::lock::lock_dir().ok()?).ok()
 }
 
 /// Belt and braces: Action Network never echoes the key, but a message must never carry it.

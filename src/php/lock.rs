@@ -1,7 +1,11 @@
 //! `joinblock_acquire_lock`, `joinblock_release_lock`, `joinblock_configure` and
 //! `JoinBlock\Lock`: argument checks and exception mapping over `crate::lock`.
 
-use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::PathBuf};
+use std::{
+    ffi::OsString,
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    path::PathBuf,
+};
 
 use ext_php_rs::{
     binary::Binary,
@@ -15,6 +19,7 @@ use parking_lot::Mutex;
 use super::{
     exceptions::{value_error, LOCK_EXCEPTION, LOCK_TIMEOUT_EXCEPTION},
     options::{Options, OptionsArg},
+    status,
 };
 use crate::{
     config::{self, RequestSettings},
@@ -102,7 +107,7 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
                 Some(dir) => dir,
                 None => lock_dir()?,
             };
-            let path = lock_path(&PathBuf::from(OsStr::from_bytes(&dir)), &key).map_err(to_exception)?;
+            let path = lock_path(&in_php_cwd(dir)?, &key).map_err(to_exception)?;
             Held::File(FileLock::acquire(&path, wait).map_err(to_exception)?)
         }
         // A `dir` from a caller written for files is ignored: the site chose mysql.
@@ -170,6 +175,28 @@ pub fn lock_dir() -> PhpResult<Vec<u8>> {
     temp.zend_str()
         .map(|s| s.as_bytes().to_vec())
         .ok_or_else(|| LOCK_EXCEPTION.with("sys_get_temp_dir() did not return a string"))
+}
+
+/// `dir` as PHP's own file functions read it: a relative directory is under PHP's working
+/// directory, `getcwd()`. The operating system would resolve it against the process's instead,
+/// which a thread-safe PHP does not move: each of its request threads has a working directory
+/// of its own (`chdir()` changes only the calling thread's). In an NTS PHP the two are the same.
+pub fn in_php_cwd(dir: Vec<u8>) -> PhpResult<PathBuf> {
+    let dir = PathBuf::from(OsString::from_vec(dir));
+    if dir.is_absolute() {
+        return Ok(dir);
+    }
+    let cwd = ext_php_rs::types::ZendCallable::try_from_name("getcwd")
+        .and_then(|f| f.try_call(vec![]))
+        .ok()
+        .and_then(|cwd| cwd.zend_str().map(|s| s.as_bytes().to_vec()))
+        .ok_or_else(|| {
+            LOCK_EXCEPTION.with(format!(
+                "cannot use the relative lock directory \"{}\": PHP's getcwd() gives no working directory to resolve it in",
+                status::shown(dir.as_os_str().as_bytes())
+            ))
+        })?;
+    Ok(PathBuf::from(OsString::from_vec(cwd)).join(dir))
 }
 
 /// Adds the lock API to the module.

@@ -49,6 +49,17 @@ final class LockApiTest extends JoinBlockTestCase
         $this->assertSame(self::pluginLockPath($dir, 'ini-dir@example.org'), self::runPhpOk(self::phpCode($code, ['joinblock.lock_dir' => $dir])));
     }
 
+    public function testARelativeDirectoryIsUnderPhpsWorkingDirectory(): void
+    {
+        // A thread-safe PHP's chdir() moves only the request thread's working directory, not
+        // the process's: the lock must land where PHP's own file functions would put it.
+        $dir = $this->scratchDir();
+        mkdir("$dir/locks", 0700);
+        $code = sprintf('chdir(%s); $lock = joinblock_acquire_lock("relative@example.org", ["dir" => "locks"]);'
+            . ' echo $lock->path(), "\n", json_encode(file_exists("locks/" . basename($lock->path())));', var_export($dir, true));
+        $this->assertSame(self::pluginLockPath("$dir/locks", 'relative@example.org') . "\ntrue", self::runPhpOk(self::phpCode($code)));
+    }
+
     public function testIniSetChangesTheDefaultDirectory(): void
     {
         self::extensionOnly('ini_set() of joinblock.lock_dir (a PHP script cannot register INI entries)');
