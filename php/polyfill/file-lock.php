@@ -241,13 +241,11 @@ final class FileLock implements Held
         if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
             throw self::notRegular($path, $kind);
         }
-        // 'c' never truncates; 'e' is O_CLOEXEC, 'n' O_NONBLOCK (a FIFO must not block the open).
-        $mask = umask(0077);
-        try {
-            [$handle, $reason] = Os::attempt(static fn () => fopen($path, 'c+en'));
-        } finally {
-            umask($mask);
+        if ($before === false) {
+            Os::createPrivateAt($path);
         }
+        // 'c' never truncates; 'e' is O_CLOEXEC, 'n' O_NONBLOCK (a FIFO must not block the open).
+        [$handle, $reason] = Os::attempt(static fn () => fopen($path, 'c+en'));
         if ($handle === false) {
             $planted = self::lstat($path);
             throw match (true) {

@@ -75,12 +75,10 @@ final class SharedStore
         if ($before === false && !$create) {
             return "$path: missing";
         }
-        $mask = umask(0077);
-        try {
-            $handle = @fopen($path, $create ? 'c+en' : 'ren');
-        } finally {
-            umask($mask);
+        if ($before === false) {
+            Os::createPrivateAt($path);
         }
+        $handle = @fopen($path, $create ? 'c+en' : 'ren');
         if ($handle === false) {
             return "$path: cannot open; ignored";
         }
@@ -265,14 +263,11 @@ final class SharedStore
                 $entries = \array_slice($entries, -self::MAX_ENTRIES);
             }
             $body = json_encode(['format' => self::TAGS_FORMAT, 'group' => $this->hash, 'entries' => $entries], JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION);
-            $temp = "{$this->dir}/.joinblock-an-{$this->hash}.tags." . getmypid() . '.tmp';
-            @unlink($temp);
-            // 'x' is O_EXCL: with the unlink above, never a file or symlink someone left there.
-            $mask = umask(0077);
-            $out = @fopen($temp, 'xe');
-            umask($mask);
+            [$temp, $out] = Os::createPrivate($this->dir, ".joinblock-an-{$this->hash}.tags.") ?? [null, false];
             if ($out === false || fwrite($out, $body) !== \strlen($body) || !fclose($out) || !@rename($temp, $path)) {
-                @unlink($temp);
+                if ($temp !== null) {
+                    @unlink($temp);
+                }
                 self::warn("$path: cannot publish");
             }
         } finally {

@@ -227,6 +227,61 @@ final class Os
     {
         return isset(self::MESSAGES[$errno]) ? self::MESSAGES[$errno] . " (os error $errno)" : "os error $errno";
     }
+
+    /**
+     * A new empty file of mode 0600 in $dir, opened for reading and writing: [its path, its
+     * handle], or null when none can be made there.
+     *
+     * Not through umask(), which fopen() would need: the mask is the process's, and in a
+     * thread-safe PHP other request threads create files meanwhile, with our mask or we with
+     * theirs. tempnam() creates the file with mkstemp (O_EXCL, mode 0600, a fresh name); what
+     * is then opened by that name must still be it: a regular file of ours with that inode,
+     * not something swapped in by another user of the directory.
+     *
+     * @return array{string, resource}|null
+     */
+    public static function createPrivate(string $dir, string $prefix): ?array
+    {
+        $wanted = @stat($dir);
+        $path = @tempnam($dir, $prefix);
+        if ($wanted === false || $path === false) {
+            return null;
+        }
+        // tempnam() falls back to the system's temporary directory when $dir will not do.
+        $in = @stat(\dirname($path));
+        if ($in === false || $in['dev'] !== $wanted['dev'] || $in['ino'] !== $wanted['ino']) {
+            @unlink($path);
+            return null;
+        }
+        $handle = @fopen($path, 'r+e');
+        $opened = $handle === false ? false : fstat($handle);
+        $named = @lstat($path);
+        if ($opened === false || $named === false || $opened['dev'] !== $named['dev'] || $opened['ino'] !== $named['ino']
+            || ($opened['mode'] & 0170000) !== 0100000 || $opened['uid'] !== Users::me()) {
+            if ($handle !== false) {
+                fclose($handle);
+            }
+            return null;
+        }
+        return [$path, $handle];
+    }
+
+    /**
+     * Makes $path a new empty file of mode 0600 (see createPrivate()) unless something is
+     * there already: the private file is linked to $path, which never replaces or follows
+     * what is there, and its own name removed. Whatever happens, the caller then opens $path
+     * as it finds it, with its usual checks; only where no hard link can be made (a file
+     * system without them) does that open create the file, with the process's umask.
+     */
+    public static function createPrivateAt(string $path): void
+    {
+        $new = self::createPrivate(\dirname($path), '.joinblock-new-');
+        if ($new !== null) {
+            @link($new[0], $path);
+            @unlink($new[0]);
+            fclose($new[1]);
+        }
+    }
 }
 
 final class Clock
