@@ -149,7 +149,6 @@ final class ApacheServer
         if ($this->process === null) {
             return;
         }
-        $pid = proc_get_status($this->process)['pid'];
         $children = $this->childPids();
         proc_terminate($this->process, SIGTERM);
         $deadline = microtime(true) + 15;
@@ -161,9 +160,10 @@ final class ApacheServer
         }
         proc_close($this->process);
         $this->process = null;
-        // A child the parent could not stop (a thread stuck in PHP) must not outlive the test.
+        // A child the parent could not stop (a thread stuck in PHP) must not outlive the test;
+        // orphaned, it is no longer the parent's child, but still Apache.
         foreach ($children as $child) {
-            if (is_dir("/proc/$child") && (int) self::status($child, 'PPid') === $pid) {
+            if (@readlink("/proc/$child/exe") === '/usr/sbin/apache2') {
                 posix_kill($child, SIGKILL);
             }
         }
