@@ -42,6 +42,7 @@ if (!getenv('JOINBLOCK_SO') || !is_file(getenv('JOINBLOCK_SO'))) {
 require __DIR__ . '/JoinBlockTestCase.php';
 require __DIR__ . '/StandInServer.php';
 require __DIR__ . '/FpmServer.php';
+require __DIR__ . '/ApacheServer.php';
 require __DIR__ . '/MariaDbServer.php';
 require_once __DIR__ . '/ComposerProject.php';
 require __DIR__ . '/WordPressSite.php';
