@@ -120,13 +120,19 @@ fn program(var: &str, name: &str) -> Result<PathBuf, String> {
         .iter()
         .flat_map(env::split_paths)
         .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+        .find(|candidate| is_executable(candidate))
         .ok_or_else(|| {
             format!(
                 "{name} is not on PATH and {var} is not set: install the PHP development files \
                  (Debian 12: apt install php8.2-cli php8.2-dev) or set {var}=/path/to/{name}"
             )
         })
+}
+
+/// What `which` (and so ext-php-rs) takes for a program: an executable file.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn run(program: &Path, args: &[&str]) -> Result<String, String> {
@@ -219,14 +225,15 @@ fn stamp_version() {
         .is_some_and(|top| fs::canonicalize(&manifest_dir).is_ok_and(|dir| dir == top));
     let stamp = match git(&["rev-parse", "--short=12", "HEAD"]).filter(|_| ours) {
         Some(commit) => {
-            // A new commit or checkout changes HEAD or the branch it points at.
-            for file in ["HEAD", "packed-refs"] {
-                if let Some(path) = git(&["rev-parse", "--git-path", file]) {
-                    println!("cargo:rerun-if-changed={}", manifest_dir.join(path).display());
+            // A new commit or checkout changes HEAD, or the branch it points at: its loose ref,
+            // else packed-refs. Only files that exist are named: cargo counts a missing one as
+            // changed and would rebuild every time.
+            let git_path = |name: &str| git(&["rev-parse", "--git-path", name]).map(|p| manifest_dir.join(p));
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git_path(&r));
+            for path in [git_path("HEAD"), branch, git_path("packed-refs")].into_iter().flatten() {
+                if path.is_file() {
+                    println!("cargo:rerun-if-changed={}", path.display());
                 }
-            }
-            if let Some(path) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r])) {
-                println!("cargo:rerun-if-changed={}", manifest_dir.join(path).display());
             }
             format!("{version} (git {commit})")
         }

@@ -28,6 +28,14 @@ if test "$PHP_JOINBLOCK" != "no"; then
     AC_MSG_RESULT([no])
     AC_MSG_ERROR([libclang not found: install it (Debian/Ubuntu: apt install libclang-dev; Alpine: apk add clang-dev) or set LIBCLANG_PATH])
   fi
+  dnl reqwest's TLS is the system's OpenSSL (openssl-sys finds it with pkg-config).
+  AC_MSG_CHECKING([for OpenSSL's development files])
+  if pkg-config --exists openssl 2>/dev/null; then
+    AC_MSG_RESULT([yes])
+  else
+    AC_MSG_RESULT([no])
+    AC_MSG_ERROR([OpenSSL's development files (and pkg-config) not found: install them (Debian/Ubuntu: apt install libssl-dev pkg-config; Alpine: apk add openssl-dev pkgconf)])
+  fi
   dnl The php-config this configure was given, as a path cargo can run from any directory.
   JOINBLOCK_PHP_CONFIG=`command -v "$PHP_CONFIG" 2>/dev/null`
   test -n "$JOINBLOCK_PHP_CONFIG" || JOINBLOCK_PHP_CONFIG=$PHP_CONFIG

@@ -57,6 +57,21 @@ find_target_php() {
     [ -n "$PHP_BUILD_ID" ] || die "cannot read the extension build ID of $PHP_BIN (php -i)"
 }
 
+# Sets DEBIAN_LAYOUT: 1 for Debian's and Ubuntu's PHP packages (/usr/lib/php/<api>,
+# /etc/php/<ver>/mods-available, phpenmod), 0 for any other PHP (built from source: official
+# php:* images, /usr/local, /opt); then SCAN_DIR is the directory of extra ini files that PHP
+# reads (php --ini), empty when it reads none.
+find_php_layout() {
+    DEBIAN_LAYOUT=1
+    SCAN_DIR=
+    if [ ! -d "/etc/php/$PHP_VERSION/mods-available" ] || ! command -v phpenmod >/dev/null ||
+        [ "${PHP_EXT_DIR#/usr/lib/php/}" = "$PHP_EXT_DIR" ]; then
+        DEBIAN_LAYOUT=0
+        SCAN_DIR=$(env -u PHP_INI_SCAN_DIR "$PHP_BIN" --ini | sed -n 's/^Scan for additional .ini files in: *//p')
+        [ "$SCAN_DIR" != "(none)" ] || SCAN_DIR=
+    fi
+}
+
 # "NTS, non-debug" for 0 0.
 describe_build() {
     local zts=$1 debug=$2
@@ -187,8 +202,9 @@ package_installed() {
 # The file name PIE looks for among a release's assets when the package says
 # "download-url-method": ["pre-packaged-binary", ...], for the target PHP:
 #   php_joinblock-<version>_php<X.Y>-<arch>-<os>-<libc>[-debug][-zts|-nts].zip
-# (php/pie src/Platform/PrePackagedBinaryAssetName.php, PIE 1.4: it accepts NTS names with or
-# without -nts and lowercases the whole name; we always write -nts or -zts.) <arch> is PIE's
+# (php/pie src/Platform/PrePackagedBinaryAssetName.php, since PIE 1.4.0: it accepts NTS names
+# with or without -nts and lowercases the whole name; we always write -nts or -zts. <version> is
+# the release tag as written: tag releases with the bare version.) <arch> is PIE's
 # Architecture name (x86_64, arm64, x86), <os> its OperatingSystemFamily (linux, darwin, ...),
 # <libc> its LibcFlavour (glibc, musl, bsdlibc).
 pie_binary_name() {
@@ -202,7 +218,8 @@ pie_binary_name() {
     os=$("$PHP_BIN" -n -r 'echo strtolower(PHP_OS_FAMILY);')
     if [ "$os" = darwin ]; then
         libc=bsdlibc
-    elif ldd --version 2>&1 | grep -qi musl; then
+    elif case "$(ldd --version 2>&1 || true)" in *musl*) true ;; *) false ;; esac; then
+        # (musl's ldd --version exits non-zero: no pipe, so pipefail cannot hide its answer.)
         libc=musl
     else
         libc=glibc

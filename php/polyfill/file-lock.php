@@ -237,15 +237,23 @@ final class FileLock implements Held
 
     private static function open(string $path): self
     {
-        $before = self::lstat($path);
-        if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
-            throw self::notRegular($path, $kind);
+        // A holder may remove the path between our link and our open: look again (a few
+        // times: each round is one such release, and each release lets a waiter in).
+        for ($round = 1; ; $round++) {
+            $before = self::lstat($path);
+            if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
+                throw self::notRegular($path, $kind);
+            }
+            // 'e' is O_CLOEXEC, 'n' O_NONBLOCK (a FIFO must not block the open). Never O_CREAT
+            // ('c', which never truncates) where private files can be linked into place
+            // (Os::createPrivateAt()): a path removed by a releasing holder since we looked is
+            // looked for again, not made anew with the process's umask.
+            $mode = $before === false && !Os::createPrivateAt($path) ? 'c+en' : 'r+en';
+            [$handle, $reason] = Os::attempt(static fn () => fopen($path, $mode));
+            if ($handle !== false || $mode !== 'r+en' || Os::errno($reason) !== Os::ENOENT || $round === 100) {
+                break;
+            }
         }
-        if ($before === false) {
-            Os::createPrivateAt($path);
-        }
-        // 'c' never truncates; 'e' is O_CLOEXEC, 'n' O_NONBLOCK (a FIFO must not block the open).
-        [$handle, $reason] = Os::attempt(static fn () => fopen($path, 'c+en'));
         if ($handle === false) {
             $planted = self::lstat($path);
             throw match (true) {

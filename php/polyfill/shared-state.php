@@ -75,10 +75,11 @@ final class SharedStore
         if ($before === false && !$create) {
             return "$path: missing";
         }
-        if ($before === false) {
-            Os::createPrivateAt($path);
-        }
-        $handle = @fopen($path, $create ? 'c+en' : 'ren');
+        // O_CREAT ('c') only where no private file can be linked into place
+        // (Os::createPrivateAt()): a file removed since we looked is not made anew with the
+        // process's umask.
+        $unlinkable = $create && $before === false && !Os::createPrivateAt($path);
+        $handle = @fopen($path, $unlinkable ? 'c+en' : ($create ? 'r+en' : 'ren'));
         if ($handle === false) {
             return "$path: cannot open; ignored";
         }

@@ -171,6 +171,7 @@ final class Os
 {
     public const EPERM = 1;
     public const ENOENT = 2;
+    public const EEXIST = 17;
     public const EACCES = 13;
     public const EISDIR = 21;
     public const ELOOP = 40;
@@ -261,6 +262,8 @@ final class Os
             if ($handle !== false) {
                 fclose($handle);
             }
+            // The name is ours alone (tempnam made it, exclusively): never leave it behind.
+            @unlink($path);
             return null;
         }
         return [$path, $handle];
@@ -269,18 +272,23 @@ final class Os
     /**
      * Makes $path a new empty file of mode 0600 (see createPrivate()) unless something is
      * there already: the private file is linked to $path, which never replaces or follows
-     * what is there, and its own name removed. Whatever happens, the caller then opens $path
-     * as it finds it, with its usual checks; only where no hard link can be made (a file
-     * system without them) does that open create the file, with the process's umask.
+     * what is there, and its own name removed. True when $path was linked, by this call or
+     * by another process first (EEXIST): the caller then opens $path without O_CREAT, so that
+     * a file removed in between (a holder releasing it) is never made again with the process's
+     * umask but looked for again. False where no private file or hard link could be made (a
+     * file system without hard links): only then may the caller's open create the file, with
+     * the process's umask.
      */
-    public static function createPrivateAt(string $path): void
+    public static function createPrivateAt(string $path): bool
     {
         $new = self::createPrivate(\dirname($path), '.joinblock-new-');
-        if ($new !== null) {
-            @link($new[0], $path);
-            @unlink($new[0]);
-            fclose($new[1]);
+        if ($new === null) {
+            return false;
         }
+        [$linked, $reason] = self::attempt(static fn () => link($new[0], $path));
+        @unlink($new[0]);
+        fclose($new[1]);
+        return $linked || self::errno($reason) === self::EEXIST;
     }
 }
 

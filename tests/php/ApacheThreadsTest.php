@@ -259,7 +259,25 @@ final class ApacheThreadsTest extends JoinBlockTestCase
         }
         fwrite(STDERR, sprintf("\n[apache event MPM, joinblock_configure()] %d requests at once, %d checks, %d saw a request of the other kind end mid-way\n", $n, array_sum(array_map(fn ($b) => count($b['seen']), $bodies)), count($endedAround)));
         $this->assertGreaterThanOrEqual($n / 2, count($endedAround), 'requests of the other kind ended mid-way through most requests');
-        $this->assertOneChildThroughout($bodies);
+
+        // Then a request on every thread at once, none configuring: the threads whose last
+        // request configured mysql must have cleared it when that request ended.
+        $threads = self::THREADS;
+        $barrier = $this->webUserScratchDir();
+        $again = [];
+        for ($i = 0; $i < $threads; $i++) {
+            $again[] = ['configure.php', ['kind' => 'default', 'barrier' => $barrier, 'id' => $i, 'n' => $threads, 'checks' => 1, 'gap_ms' => 0]];
+        }
+        $later = [];
+        foreach ($apache->requestAll($again) as $i => $answer) {
+            $later[$i] = $body = $this->decode($answer, "later request $i");
+            $seen = $body['seen'][0];
+            unset($seen['t']);
+            $this->assertSame(['backend' => 'file', 'server' => null, 'lock' => 'file'], $seen, "later request $i, on a thread that served before");
+        }
+        $configuredThreads = array_column(array_filter($bodies, fn ($i) => $i % 2 === 0, ARRAY_FILTER_USE_KEY), 'tid');
+        $this->assertSame([], array_diff($configuredThreads, array_column($later, 'tid')), 'every thread that served a configuring request served a later one');
+        $this->assertOneChildThroughout([...$bodies, ...$later]);
     }
 
     /**

@@ -196,4 +196,36 @@ final class LockOnRealHostsTest extends JoinBlockTestCase
         $after = $this->infoCounters();
         $this->assertSame(['acquired' => $before['acquired'] + 1, 'waited' => $before['waited'] + 1, 'timed out' => $before['timed out']], $after);
     }
+    /**
+     * Lock files are 0600 whoever made them, also when a holder removes the path between
+     * another process's making of it and its open (the polyfill links a private file into
+     * place, then opens without O_CREAT; with O_CREAT, that open made a new file with the
+     * process's umask: 0644 under php-fpm's usual 022, which any local user may open and flock).
+     */
+    public function testLockFilesStayPrivateUnderContention(): void
+    {
+        $dir = $this->webUserScratchDir();
+        $code = '$bad = []; $n = 0; $end = microtime(true) + 3;'
+            . ' while (microtime(true) < $end) { $l = joinblock_acquire_lock("race@example.org", ["dir" => $argv[1], "timeout" => 30]);'
+            . ' clearstatcache(); $mode = fileperms($l->path()) & 0777; if ($mode !== 0600) { $bad[] = decoct($mode); } $n++; $l->release(); }'
+            . ' echo json_encode([$n, $bad]);';
+        // A script file, not -r: the polyfill run loads the polyfill as an auto_prepend_file.
+        $script = $this->scratchDir(0755) . '/race.php';
+        file_put_contents($script, "<?php $code");
+        chmod($script, 0644);
+        $workers = [];
+        foreach (range(1, 4) as $_) {
+            $workers[] = self::startPhp(['env', '-u', 'PHP_INI_SCAN_DIR', ...self::asWebUser(), 'sh', '-c', 'umask 022; exec "$@"', 'sh', PHP_BINARY, ...$this->webUserPhpArgs(), $script, $dir]);
+        }
+        $total = 0;
+        foreach ($workers as $worker) {
+            $result = self::finish($worker, 60);
+            $this->assertSame(0, $result['exit'], $result['err'] . $result['out']);
+            [$n, $bad] = json_decode($result['out'], true, 4, JSON_THROW_ON_ERROR);
+            $this->assertSame([], $bad, 'lock files seen with these modes while held');
+            $total += $n;
+        }
+        fwrite(STDERR, sprintf("\n[lock file modes, %s] %d acquisitions by 4 processes under umask 022: all 0600\n", self::implementation(), $total));
+        $this->assertGreaterThan(400, $total, 'the processes took turns often');
+    }
 }
