@@ -110,7 +110,7 @@ impl Described {
 fn program(var: &str, name: &str) -> Result<PathBuf, String> {
     if let Some(path) = env::var_os(var).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
+        return if is_executable(&path) {
             Ok(path)
         } else {
             Err(format!("{var}={} does not name a program", path.display()))
@@ -152,22 +152,23 @@ fn run(program: &Path, args: &[&str]) -> Result<String, String> {
 }
 
 fn describe_cli(php: &Path) -> Result<Described, String> {
-    // -n: an ini loading a broken extension must not change the answer.
-    let out = run(php, &["-n", "-r", "echo PHP_VERSION, ' ', PHP_ZTS, ' ', PHP_DEBUG;"])?;
-    let fields: Vec<&str> = out.split(' ').collect();
-    let version = fields.first().copied().unwrap_or_default().to_owned();
-    // The module API number is in `php -i` ("PHP Extension => 20220829") on every version.
+    // -n: an ini loading a broken extension must not change the answer. `php -i` has every
+    // row needed on every PHP version.
     let info = run(php, &["-n", "-i"])?;
-    let api = info
-        .lines()
-        .find_map(|line| line.strip_prefix("PHP Extension => "))
-        .ok_or_else(|| format!("{} -i shows no module API number: is it PHP?", php.display()))?
-        .trim()
-        .to_owned();
+    let row = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(" => "))
+            .map(str::trim)
+            .ok_or_else(|| format!("{} -i shows no \"{name}\" row: is it PHP?", php.display()))
+    };
     Ok(Described {
         what: format!("the CLI {}", php.display()),
-        version,
-        build: Build { api, zts: fields.get(1) == Some(&"1"), debug: fields.get(2) == Some(&"1") },
+        version: row("PHP Version")?.to_owned(),
+        build: Build {
+            api: row("PHP Extension")?.to_owned(),
+            zts: row("Thread Safety")? == "enabled",
+            debug: row("Debug Build")? == "yes",
+        },
     })
 }
 
