@@ -1,5 +1,10 @@
 # Shared by scripts/test, scripts/demo and the benchmarks: installs what is missing from
 # Debian's packages and builds the extension. Source it; it sets JOINBLOCK_SO.
+#
+# The rule for every script here: stdout is the script's result (a path, a prefix, a report),
+# everything else (progress, what is being installed) goes to stderr. Callers take results with
+# $(...), and a line printed only on some machines (a package missing, a cache cold) must not
+# end up in a path: that is how a brand-new machine failed where every warm one passed.
 
 set -euo pipefail
 
@@ -12,11 +17,32 @@ ensure_packages() {
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    echo "==> installing ${missing[*]}"
+    echo "==> installing ${missing[*]}" >&2
     local sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Wait for another apt (unattended-upgrades on a new server's first boot, a parallel run)
+    # rather than fail at once on its lock.
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Writes deb-src twins of the machine's Debian entries in APT's configuration directory $1
+# (/etc/apt) into the directory $2, named $3.sources and $3.list, in whichever form APT keeps them:
+# deb822 (sources.list.d/debian.sources: Debian's cloud and container images) or one line per
+# entry (sources.list: a server installed with Debian's installer). Fails when neither has an
+# entry, so a caller never runs `apt-get source` against nothing.
+write_deb_src_entries() {
+    local etc=$1 out=$2 name=$3 list
+    [ -f "$etc/sources.list.d/debian.sources" ] &&
+        sed -n '/^Types:/,$p' "$etc/sources.list.d/debian.sources" |
+        sed 's/^Types: deb$/Types: deb-src/' > "$out/$name.sources"
+    for list in "$etc/sources.list" "$etc"/sources.list.d/*.list; do
+        [ -f "$list" ] && [ "$(basename "$list")" != "$name.list" ] && sed -n 's/^deb \(.*\)$/deb-src \1/p' "$list"
+    done > "$out/$name.list"
+    [ -s "$out/$name.list" ] || rm -f "$out/$name.list"
+    [ -s "$out/$name.sources" ] || rm -f "$out/$name.sources"
+    grep -qs '^Types: deb-src$\|^deb-src ' "$out/$name.sources" "$out/$name.list" ||
+        { echo "error: no Debian entry in $etc/sources.list or $etc/sources.list.d/debian.sources to take the source from" >&2; return 1; }
 }
 
 # PHP 8.2 headers and php-config for ext-php-rs, libclang for its bindgen, OpenSSL for TLS.
@@ -27,7 +53,7 @@ build_extension() {
         echo "cargo not found: install Rust (https://rustup.rs) first" >&2
         exit 1
     fi
-    echo "==> building the extension (cargo build --release)"
+    echo "==> building the extension (cargo build --release)" >&2
     (cd "$JOINBLOCK_ROOT" && cargo build --release --locked --quiet)
     # CARGO_TARGET_DIR (cargo's own variable) keeps builds for other PHPs apart.
     JOINBLOCK_SO="${CARGO_TARGET_DIR:-$JOINBLOCK_ROOT/target}/release/libjoinblock.so"

@@ -80,7 +80,7 @@ describe_build() {
 }
 
 report_target_php() {
-    echo "==> PHP $PHP_FULL_VERSION ($PHP_BIN, from $PHP_CONFIG_BIN): API $PHP_API, $(describe_build "$PHP_ZTS" "$PHP_DEBUG_BUILD"), extension dir $PHP_EXT_DIR"
+    echo "==> PHP $PHP_FULL_VERSION ($PHP_BIN, from $PHP_CONFIG_BIN): API $PHP_API, $(describe_build "$PHP_ZTS" "$PHP_DEBUG_BUILD"), extension dir $PHP_EXT_DIR" >&2
 }
 
 # The build ID compiled into an extension .so (API20220829,NTS or API20220829,TS,debug).
@@ -122,7 +122,7 @@ $loaded"
 # target PHP (cargo only rebuilds what changed).
 obtain_extension() {
     if [ -n "${JOINBLOCK_SO:-}" ]; then
-        echo "==> using the prebuilt $JOINBLOCK_SO (JOINBLOCK_SO)"
+        echo "==> using the prebuilt $JOINBLOCK_SO (JOINBLOCK_SO)" >&2
         return
     fi
     ensure_packages libclang-dev pkg-config libssl-dev
@@ -157,7 +157,7 @@ make_lock_dir() {
         read -r type path mode user group _ < <(grep -E '^d[[:space:]]' "$conf")
         install -d -m "$mode" -o "$user" -g "$group" "$path"
     fi
-    echo "==> lock directory: $(stat -c '%n, mode %a, owner %U:%G' /run/joinblock)"
+    echo "==> lock directory: $(stat -c '%n, mode %a, owner %U:%G' /run/joinblock)" >&2
 }
 
 # Reloads php<ver>-fpm if it is running (systemd, else SysV `service`); fine if neither exists.
@@ -166,9 +166,9 @@ reload_fpm() {
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         if systemctl is-active --quiet "$service"; then
             systemctl reload "$service" || die "systemctl reload $service failed: restart it by hand"
-            echo "==> reloaded $service"
+            echo "==> reloaded $service" >&2
         else
-            echo "==> $service is not running: nothing to reload"
+            echo "==> $service is not running: nothing to reload" >&2
         fi
     elif command -v service >/dev/null && [ -x "/etc/init.d/$service" ]; then
         # The init script's `status` counts any php-fpm$1 process (a pool someone started by
@@ -179,18 +179,18 @@ reload_fpm() {
         pidfile=${pidfile:-/run/php/php$1-fpm.pid}
         if start-stop-daemon --status --pidfile "$pidfile" --name "php-fpm$1"; then
             service "$service" reload || die "service $service reload failed: restart it by hand"
-            echo "==> reloaded $service"
+            echo "==> reloaded $service" >&2
         else
-            echo "==> $service is not running: nothing to reload"
+            echo "==> $service is not running: nothing to reload" >&2
             if command -v pgrep >/dev/null && pgrep -x "php-fpm$1" >/dev/null; then
-                echo "==> php-fpm$1 processes run outside the $service service: restart those yourself for them to load the change"
+                echo "==> php-fpm$1 processes run outside the $service service: restart those yourself for them to load the change" >&2
             fi
         fi
     else
-        echo "==> no $service service here: restart your PHP-FPM yourself if you run one"
+        echo "==> no $service service here: restart your PHP-FPM yourself if you run one" >&2
     fi
     if [ -d "/etc/php/$1/apache2" ]; then
-        echo "==> Apache's mod_php $1 is present too: reload apache2 for it to see the change"
+        echo "==> Apache's mod_php $1 is present too: reload apache2 for it to see the change" >&2
     fi
 }
 
