@@ -62,8 +62,8 @@ fn check_one_php() -> Result<(), String> {
     let cli = describe_cli(&php)?;
     let config = describe_php_config(&php_config)?;
     let how = "Name the PHP to build for with both variables, e.g. \
-               PHP=/usr/bin/php8.2 PHP_CONFIG=/usr/bin/php-config8.2 cargo build --release \
-               (a PHP built from source: PHP=<prefix>/bin/php PHP_CONFIG=<prefix>/bin/php-config)";
+               PHP=/usr/bin/phpX.Y PHP_CONFIG=/usr/bin/php-configX.Y cargo build --release \
+               for Debian's PHP X.Y (a PHP built from source: PHP=<prefix>/bin/php PHP_CONFIG=<prefix>/bin/php-config)";
     if config.described.build != cli.build {
         return Err(format!(
             "PHP and php-config name two different PHPs: ext-php-rs would build for {} but compile \
@@ -124,7 +124,7 @@ fn program(var: &str, name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| {
             format!(
                 "{name} is not on PATH and {var} is not set: install the PHP development files \
-                 (Debian 12: apt install php8.2-cli php8.2-dev) or set {var}=/path/to/{name}"
+                 (Debian 12: apt install php8.2-cli php8.2-dev; Debian 13: php8.4-cli php8.4-dev) or set {var}=/path/to/{name}"
             )
         })
 }

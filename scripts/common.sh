@@ -45,8 +45,28 @@ write_deb_src_entries() {
         { echo "error: no Debian entry in $etc/sources.list or $etc/sources.list.d/debian.sources to take the source from" >&2; return 1; }
 }
 
-# PHP 8.2 headers and php-config for ext-php-rs, libclang for its bindgen, OpenSSL for TLS.
-BUILD_PACKAGES=(php8.2-cli php8.2-dev libclang-dev pkg-config libssl-dev)
+# The PHP this Debian release ships (8.2 on Debian 12, 8.4 on Debian 13): the one its php-cli,
+# php-fpm and the .deb are for. Another release: the version its php-cli package depends on.
+debian_php_version() {
+    local codename
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    case "$codename" in
+        bookworm) echo 8.2 ;;
+        trixie) echo 8.4 ;;
+        *) apt-cache depends php-cli 2>/dev/null | sed -n 's/^ *Depends: php\([0-9][0-9.]*\)-cli$/\1/p' | head -n 1 |
+            grep . || { echo "error: no Debian PHP known for release '$codename' (Debian 12 and 13 are tested)" >&2; return 1; } ;;
+    esac
+}
+DEBIAN_PHP=$(debian_php_version)
+
+# Debian's package names of the system's PHP and the named PHP extensions: php8.4-fpm ...
+php_packages() {
+    local ext
+    for ext in "$@"; do echo "php$DEBIAN_PHP-$ext"; done
+}
+
+# That PHP's headers and php-config for ext-php-rs, libclang for its bindgen, OpenSSL for TLS.
+BUILD_PACKAGES=($(php_packages cli dev) libclang-dev pkg-config libssl-dev)
 
 build_extension() {
     if ! command -v cargo >/dev/null; then
@@ -65,7 +85,7 @@ build_extension() {
 clean_ini_scan_dir() {
     local dir
     dir=$(mktemp -d /tmp/joinblock-ini.XXXXXX)
-    for ini in /etc/php/8.2/cli/conf.d/*.ini; do
+    for ini in /etc/php/"$DEBIAN_PHP"/cli/conf.d/*.ini; do
         case "$ini" in *joinblock*) continue ;; esac
         [ -e "$ini" ] && ln -s "$ini" "$dir/"
     done

@@ -15,15 +15,15 @@ require_root() {
 }
 
 # Makes sure a php-config exists: installs the -dev package of the PHP on PATH when it is
-# missing (php8.2-dev and the other build packages on Debian 12).
+# missing (the -dev package of Debian's PHP and the other build packages).
 ensure_php_config() {
     if [ -n "${PHP_CONFIG:-}" ] || command -v php-config >/dev/null; then
         return
     fi
     local version
     version=$(php -n -r 'echo PHP_MAJOR_VERSION, ".", PHP_MINOR_VERSION;' 2>/dev/null) ||
-        die "no PHP found (php not on PATH): install your PHP first (Debian 12: apt install php8.2-fpm php8.2-cli)"
-    if [ "$version" = 8.2 ]; then
+        die "no PHP found (php not on PATH): install your PHP first (here: apt install php$DEBIAN_PHP-fpm php$DEBIAN_PHP-cli)"
+    if [ "$version" = "$DEBIAN_PHP" ]; then
         ensure_packages "${BUILD_PACKAGES[@]}"
     else
         ensure_packages "php$version-dev"
@@ -39,7 +39,7 @@ find_target_php() {
         [ -x "$PHP_CONFIG" ] || die "PHP_CONFIG=$PHP_CONFIG is not an executable php-config"
         PHP_CONFIG_BIN=$PHP_CONFIG
     elif ! PHP_CONFIG_BIN=$(command -v php-config); then
-        die "php-config not found: install the -dev package of the PHP to build for (Debian 12: php8.2-dev), or set PHP_CONFIG=/path/to/php-configX.Y"
+        die "php-config not found: install the -dev package of the PHP to build for (here: php$DEBIAN_PHP-dev), or set PHP_CONFIG=/path/to/php-configX.Y"
     fi
     PHP_FULL_VERSION=$("$PHP_CONFIG_BIN" --version)
     PHP_VERSION=$(echo "$PHP_FULL_VERSION" | cut -d. -f1,2)

@@ -61,7 +61,7 @@ final class ApacheThreadsTest extends JoinBlockTestCase
         parent::tearDown();
     }
 
-    protected function onNotSuccessfulTest(\Throwable $t): void
+    protected function onNotSuccessfulTest(\Throwable $t): never
     {
         if ($this->apacheLog !== '') {
             fwrite(STDERR, "\n--- apache2 error log ---\n{$this->apacheLog}--- end ---\n");

@@ -5,7 +5,7 @@ declare(strict_types=1);
 namespace JoinBlock\Tests;
 
 /**
- * The php-fpm of the PHP running the tests (Debian's php-fpm 8.2, or the one of a PHP built
+ * The php-fpm of the PHP running the tests (Debian's php-fpmX.Y, or the one of a PHP built
  * from source) on a Unix socket, driven with real FastCGI requests (cgi-fcgi). Started as root,
  * its workers run as www-data, as a site's do.
  */
@@ -65,11 +65,11 @@ final class FpmServer
         return new self($process, $socket, $dir, $documentRoot);
     }
 
-    /** Debian's php-fpm8.2 next to its php8.2, else `<prefix>/sbin/php-fpm` of `<prefix>/bin/php`. */
+    /** Debian's php-fpmX.Y next to its phpX.Y, else `<prefix>/sbin/php-fpm` of `<prefix>/bin/php`. */
     private static function binary(): string
     {
         $cli = (string) realpath(PHP_BINARY);
-        return $cli === '/usr/bin/php8.2' ? '/usr/sbin/php-fpm8.2' : \dirname($cli, 2) . '/sbin/php-fpm';
+        return $cli === JoinBlockTestCase::DEBIAN_PHP ? JoinBlockTestCase::DEBIAN_FPM : \dirname($cli, 2) . '/sbin/php-fpm';
     }
 
     public function stop(): void

@@ -5,8 +5,9 @@ declare(strict_types=1);
 namespace JoinBlock\Tests;
 
 /**
- * The Debian package as a site admin installs it (`apt-get install ./php8.2-joinblock_*.deb`,
- * built by scripts/package from the build under test), then Debian's php-fpm 8.2 started
+ * The Debian package as a site admin installs it (`apt-get install ./php8.2-joinblock_*.deb` on
+ * Debian 12, php8.4-joinblock on Debian 13, built by scripts/package from the build under
+ * test), then Debian's php-fpm started
  * WITHOUT `-n` or `-d extension=`: only the installed conf.d/mods-available files load the
  * extension. Real FastCGI requests take locks and check tags; then the package is removed.
  *
@@ -18,11 +19,11 @@ namespace JoinBlock\Tests;
  */
 final class InstalledFpmTest extends JoinBlockTestCase
 {
-    private const PACKAGE = 'php8.2-joinblock';
-    private const INI = '/etc/php/8.2/mods-available/joinblock.ini';
-    private const SO = '/usr/lib/php/20220829/joinblock.so';
-    private const PHP = '/usr/bin/php8.2';
-    private const FPM = '/usr/sbin/php-fpm8.2';
+    private const PACKAGE = 'php' . self::PHP_XY . '-joinblock';
+    private const INI = '/etc/php/' . self::PHP_XY . '/mods-available/joinblock.ini';
+    private const SO = PHP_EXTENSION_DIR . '/joinblock.so';
+    private const PHP = self::DEBIAN_PHP;
+    private const FPM = self::DEBIAN_FPM;
     private const SAPIS = ['cli', 'fpm'];
     /** Waits for the dpkg lock (an apt run elsewhere on the machine) instead of failing. */
     private const APT_OPTIONS = ['-o', 'DPkg::Lock::Timeout=300'];
@@ -105,9 +106,9 @@ final class InstalledFpmTest extends JoinBlockTestCase
         $this->assertContains(self::INI, $files);
         $this->assertStringContainsString(self::INI, self::runOk(['dpkg-query', '-W', '-f=${Conffiles}', self::PACKAGE]), 'the ini is a conffile: an admin\'s edits survive upgrades');
         foreach (self::SAPIS as $sapi) {
-            $this->assertSame(self::INI, @readlink("/etc/php/8.2/$sapi/conf.d/20-joinblock.ini"), "enabled for $sapi by phpenmod");
+            $this->assertSame(self::INI, @readlink('/etc/php/' . self::PHP_XY . "/$sapi/conf.d/20-joinblock.ini"), "enabled for $sapi by phpenmod");
         }
-        $this->assertContains('joinblock', self::modules([self::FPM, '-m']), 'php-fpm8.2 -m, with its own ini files');
+        $this->assertContains('joinblock', self::modules([self::FPM, '-m']), 'php-fpm' . self::PHP_XY . ' -m, with its own ini files');
         $this->assertContains('joinblock', self::modules([self::PHP, '-m']), 'php -m, with its own ini files');
     }
 
@@ -287,10 +288,10 @@ final class InstalledFpmTest extends JoinBlockTestCase
         $remove = self::runCommand(['apt-get', ...self::APT_OPTIONS, 'remove', '-y', self::PACKAGE]);
         $this->assertSame(0, $remove['exit'], $remove['out'] . $remove['err']);
         $this->assertNotContains('joinblock', self::modules([self::PHP, '-m']), 'php -m after apt-get remove');
-        $this->assertNotContains('joinblock', self::modules([self::FPM, '-m']), 'php-fpm8.2 -m after apt-get remove');
+        $this->assertNotContains('joinblock', self::modules([self::FPM, '-m']), 'php-fpm' . self::PHP_XY . ' -m after apt-get remove');
         $this->assertFileDoesNotExist(self::SO);
         foreach (self::SAPIS as $sapi) {
-            $this->assertSame([], glob("/etc/php/8.2/$sapi/conf.d/*joinblock*"), "no $sapi conf.d link");
+            $this->assertSame([], glob('/etc/php/' . self::PHP_XY . "/$sapi/conf.d/*joinblock*"), "no $sapi conf.d link");
         }
         $this->assertFileExists(self::INI, 'apt remove keeps the (conffile) ini, as Debian does');
 
@@ -299,8 +300,8 @@ final class InstalledFpmTest extends JoinBlockTestCase
         $this->assertFileDoesNotExist(self::INI);
         $this->assertFileDoesNotExist('/usr/lib/tmpfiles.d/joinblock.conf');
         $this->assertDirectoryDoesNotExist('/run/joinblock');
-        $this->assertSame([], glob('/var/lib/php/modules/8.2/*/*/joinblock'), 'no phpenmod state left');
-        $this->assertFileDoesNotExist('/var/lib/php/modules/8.2/registry/joinblock');
+        $this->assertSame([], glob('/var/lib/php/modules/' . self::PHP_XY . '/*/*/joinblock'), 'no phpenmod state left');
+        $this->assertFileDoesNotExist('/var/lib/php/modules/' . self::PHP_XY . '/registry/joinblock');
         $this->assertFalse(self::packageKnownToDpkg());
         self::$mayBeInstalled = false;
     }
@@ -339,7 +340,7 @@ final class InstalledFpmTest extends JoinBlockTestCase
         $package = self::runCommand([dirname(__DIR__, 2) . '/scripts/package']);
         $lines = explode("\n", trim($package['out']));
         $deb = end($lines);
-        if ($package['exit'] !== 0 || !preg_match('~/php8\.2-joinblock_[^/]+_[a-z0-9]+\.deb$~', $deb) || !is_file($deb)) {
+        if ($package['exit'] !== 0 || !preg_match('~/' . preg_quote(self::PACKAGE, '~') . '_[^/]+_[a-z0-9]+\.deb$~', $deb) || !is_file($deb)) {
             throw new \RuntimeException("scripts/package failed: {$package['out']} {$package['err']}");
         }
         return $deb;

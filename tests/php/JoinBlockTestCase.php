@@ -12,6 +12,12 @@ abstract class JoinBlockTestCase extends TestCase
     /** The user Debian's PHP-FPM runs a site's PHP as. Root ignores file permissions. */
     public const WEB_USER = 'www-data';
 
+    /** PHP's X.Y, as Debian names its packages and paths: 8.2 on Debian 12, 8.4 on Debian 13. */
+    public const PHP_XY = PHP_MAJOR_VERSION . '.' . PHP_MINOR_VERSION;
+    /** Debian's CLI and php-fpm of that PHP. */
+    public const DEBIAN_PHP = '/usr/bin/php' . self::PHP_XY;
+    public const DEBIAN_FPM = '/usr/sbin/php-fpm' . self::PHP_XY;
+
     /** @var list<string> */
     private array $scratchDirs = [];
 
@@ -173,13 +179,13 @@ abstract class JoinBlockTestCase extends TestCase
     }
 
     /**
-     * Skips a test of Debian's packaged PHP (its php-fpm8.2 and nginx set-up, its package
+     * Skips a test of Debian's packaged PHP (its php-fpmX.Y and nginx set-up, its package
      * paths) when the suite runs under another PHP, such as a thread-safe one built from source.
      */
     protected static function debianPhpOnly(string $what): void
     {
-        if (realpath(PHP_BINARY) !== '/usr/bin/php8.2') {
-            self::markTestSkipped("$what: Debian's packaged PHP only (/usr/bin/php8.2), and this run's PHP is " . PHP_BINARY);
+        if (realpath(PHP_BINARY) !== self::DEBIAN_PHP) {
+            self::markTestSkipped("$what: Debian's packaged PHP only (" . self::DEBIAN_PHP . "), and this run's PHP is " . PHP_BINARY);
         }
     }
 

@@ -7,8 +7,12 @@ namespace JoinBlock\Tests;
 /** joinblock_status(): what Site Health shows, from either implementation, without secrets. */
 final class StatusTest extends JoinBlockTestCase
 {
-    /** @param array<string, string> $ini */
-    private static function status(string $before = '', array $ini = []): array
+    /**
+     * joinblock_status() in a fresh PHP process (PHPUnit 10+ has a final TestCase::status()).
+     *
+     * @param array<string, string> $ini
+     */
+    private static function joinblockStatus(string $before = '', array $ini = []): array
     {
         $out = self::runPhpOk(self::phpCode($before . 'echo json_encode(joinblock_status());', $ini));
         return json_decode($out, true, 16, JSON_THROW_ON_ERROR);
@@ -17,7 +21,7 @@ final class StatusTest extends JoinBlockTestCase
     public function testDefaultsNameTheImplementationVersionAndSettingsInEffect(): void
     {
         preg_match('~^version = "([^"]+)"~m', (string) file_get_contents(dirname(__DIR__, 2) . '/Cargo.toml'), $version);
-        $status = self::status();
+        $status = self::joinblockStatus();
         $this->assertSame([
             'implementation' => self::implementation(),
             'version' => $version[1],
@@ -33,7 +37,7 @@ final class StatusTest extends JoinBlockTestCase
     public function testTheBuildIsNamedNtsOrZtsAndZtsCountersSayAllThreads(): void
     {
         $build = PHP_ZTS ? 'ZTS' : 'NTS';
-        $this->assertSame($build, self::status()['thread_safety']);
+        $this->assertSame($build, self::joinblockStatus()['thread_safety']);
         if (self::implementation() === 'polyfill') {
             return;
         }
@@ -60,26 +64,26 @@ final class StatusTest extends JoinBlockTestCase
     {
         $dir = $this->scratchDir();
         $ini = ['joinblock.lock_dir' => $dir, 'joinblock.action_network_url' => 'http://127.0.0.1:9/api/v2/'];
-        $status = self::status('', $ini);
+        $status = self::joinblockStatus('', $ini);
         $this->assertSame($dir, $status['lock_dir']);
         $this->assertSame('http://127.0.0.1:9/api/v2/', $status['action_network_url']);
 
         $configure = sprintf('joinblock_configure(["lock_backend" => "mysql", "db_host" => "db.internal:3307", "db_user" => "wp", "db_password" => %s, "db_name" => "site"]);', var_export(MariaDbServer::PASSWORD, true));
-        $status = self::status($configure, $ini);
+        $status = self::joinblockStatus($configure, $ini);
         $this->assertSame('mysql', $status['lock_backend']);
         $this->assertSame('wp@db.internal:3307/site', $status['mysql_server']);
         $this->assertSame([], $status['problems']);
         $this->assertReadsAsASentence(json_encode($status, JSON_UNESCAPED_SLASHES));
 
         $url = sprintf('mysql://wp:%s@localhost/site?socket=/run/mysqld/mysqld.sock', rawurlencode(MariaDbServer::PASSWORD));
-        $status = self::status('', ['joinblock.lock_backend' => 'mysql', 'joinblock.mysql_url' => "\"$url\""]);
+        $status = self::joinblockStatus('', ['joinblock.lock_backend' => 'mysql', 'joinblock.mysql_url' => "\"$url\""]);
         $this->assertSame('wp@localhost:/run/mysqld/mysqld.sock/site', $status['mysql_server']);
         $this->assertReadsAsASentence(json_encode($status, JSON_UNESCAPED_SLASHES));
     }
 
     public function testUnusableSettingsAreNullWithTheReason(): void
     {
-        $status = self::status('', ['joinblock.lock_backend' => 'nfs', 'joinblock.mysql_url' => 'postgres://x@y/z']);
+        $status = self::joinblockStatus('', ['joinblock.lock_backend' => 'nfs', 'joinblock.mysql_url' => 'postgres://x@y/z']);
         $this->assertNull($status['lock_backend']);
         $this->assertNull($status['mysql_server']);
         $this->assertSame(['lock_backend', 'mysql_server'], self::sortedKeys($status['problems']));
@@ -98,7 +102,7 @@ final class StatusTest extends JoinBlockTestCase
             . ' joinblock_acquire_lock("d@example.org", ["dir" => %1$s]);',
             var_export($dir, true)
         );
-        $status = self::status($code);
+        $status = self::joinblockStatus($code);
         if (self::implementation() === 'polyfill') {
             $this->assertNull($status['counters'], 'nothing outlives a request in the polyfill');
             return;

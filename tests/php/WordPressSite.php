@@ -6,7 +6,7 @@ namespace JoinBlock\Tests;
 
 /**
  * A real WordPress for a test class: Debian's `wordpress` package (copied to a scratch
- * directory), a private MariaDB, Debian's nginx in front of Debian's php-fpm 8.2 (workers run
+ * directory), a private MariaDB, Debian's nginx in front of Debian's php-fpm (workers run
  * as www-data), installed without a browser, with the test plugin
  * (tests/php/fixtures/wordpress/joinblock-test) and the Composer package required into it.
  *

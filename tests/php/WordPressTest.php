@@ -34,8 +34,8 @@ final class WordPressTest extends JoinBlockTestCase
         if (posix_geteuid() !== 0) {
             self::markTestSkipped('runs nginx and php-fpm with www-data workers: needs root');
         }
-        self::debianPhpOnly("runs WordPress on Debian's php-fpm8.2");
-        foreach (['/usr/share/wordpress/wp-settings.php', '/usr/sbin/nginx', '/usr/bin/composer', '/usr/sbin/php-fpm8.2'] as $needed) {
+        self::debianPhpOnly("runs WordPress on Debian's php-fpm");
+        foreach (['/usr/share/wordpress/wp-settings.php', '/usr/sbin/nginx', '/usr/bin/composer', self::DEBIAN_FPM] as $needed) {
             if (!is_file($needed)) {
                 self::markTestSkipped("$needed is missing (scripts/test installs it)");
             }
