@@ -67,7 +67,9 @@ Control API (no token; JSON in and out):
                                      "bare" (the whole answer is {});
                                    next_on_last: every taggings and tag list page links `next`
                                      (page + 1), the last one too, as the people list does;
-                                   totals: false leaves out total_pages and total_records;
+                                   totals: false leaves out total_pages and total_records of
+                                     taggings pages (whether a person's taggings have them is
+                                     unconfirmed; the tag list's are documented);
                                    chunked: API answers come chunked, without Content-Length;
                                    person_taggings_link: false leaves out a person's
                                      osdi:taggings link;
@@ -366,14 +368,14 @@ def tag_json(base, tag):
     }
 
 
-def paged(items, page, key, page_url, render, shapes):
+def paged(items, page, key, page_url, render, shapes, totals=True):
     """A collection page: by default with totals, and `next` only before the last page."""
     total_pages = max(1, math.ceil(len(items) / PER_PAGE))
     chunk = items[(page - 1) * PER_PAGE: page * PER_PAGE]
     links = {"self": href(page_url(page))}
     if page < total_pages or shapes["next_on_last"]:
         links["next"] = href(page_url(page + 1))
-    totals = {"total_pages": total_pages, "total_records": len(items)} if shapes["totals"] else {}
+    totals = {"total_pages": total_pages, "total_records": len(items)} if totals else {}
     return collection(key, [render(item) for item in chunk], shapes,
                       {**totals, "per_page": PER_PAGE, "page": page, "_links": links})
 
@@ -706,7 +708,7 @@ class Handler(BaseHTTPRequestHandler):
             url = f"{base}/api/v2/people/{person.id}/taggings"
             return paged(person.tag_ids, page, "osdi:taggings", lambda n: f"{url}?page={n}",
                          lambda tag_id: tagging_json(base, person, state.tags[tag_id], state.shapes),
-                         state.shapes)
+                         state.shapes, state.shapes["totals"])
 
     def list_tags(self, page):
         base, state = self.server.base, self.server.state

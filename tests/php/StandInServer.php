@@ -87,6 +87,15 @@ final class StandInServer
         $this->control('POST', 'state', ['tags' => $tags, 'people' => $people, 'latency_ms' => $latencyMs, 'case_sensitive_names' => $caseSensitiveNames]);
     }
 
+    /** Switches the shapes of the answers (an_server.py's /_control/shapes); load() restores today's. */
+    public function shapes(array $switches): void
+    {
+        // An empty array would go as a JSON list; no switch is no change.
+        if ($switches !== []) {
+            $this->control('POST', 'shapes', $switches);
+        }
+    }
+
     public function fault(string $kind, string $path = '/api/v2/', int $times = 1, array $extra = []): void
     {
         $this->control('POST', 'fault', ['kind' => $kind, 'path' => $path, 'times' => $times] + $extra);
