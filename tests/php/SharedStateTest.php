@@ -130,26 +130,19 @@ final class SharedStateTest extends JoinBlockTestCase
      */
     public function testEightProcessesTogetherKeepTheHostWideLimit(string $limiter): void
     {
-        $names = StandInServer::tagNames(40);
-        $people = [];
-        for ($i = 0; $i < 8; $i++) {
-            $people[] = ['email' => "m$i@example.org", 'tags' => array_slice($names, $i * 4, 4)];
-        }
-        self::$server->load($names, $people);
+        $asks = self::$server->loadPacingMembers();
         self::$server->control('POST', 'rate_limit', ['rps' => 4, 'burst' => 4, 'kind' => $limiter]);
         $dir = $this->scratchDir();
         $children = [];
-        for ($i = 0; $i < 8; $i++) {
-            // Even members have the tag asked, odd ones do not.
-            $asked = $names[$i % 2 === 0 ? $i * 4 + 3 : ($i * 4 + 5) % 40];
-            $children[$i] = self::startPhp(self::inline($dir, "m$i@example.org", $asked, ['max_rps' => 4, 'deadline' => 60]));
+        foreach ($asks as $email => [$tag]) {
+            $children[$email] = self::startPhp(self::inline($dir, $email, $tag, ['max_rps' => 4, 'deadline' => 60]));
         }
         [$first, $last] = [INF, 0.0];
-        foreach ($children as $i => $child) {
+        foreach ($children as $email => $child) {
             $out = self::finish($child, 120);
             $this->assertSame(0, $out['exit'], $out['err']);
             $call = json_decode($out['out'], true, 512, JSON_THROW_ON_ERROR);
-            $this->assertSame($i % 2 === 0, $call['result'] ?? $call, "member $i");
+            $this->assertSame($asks[$email][1], $call['result'] ?? $call, $email);
             [$first, $last] = [min($first, $call['started']), max($last, $call['started'] + $call['seconds'])];
         }
         $counts = self::$server->counts();

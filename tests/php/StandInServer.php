@@ -121,6 +121,27 @@ final class StandInServer
         return parse_url($people['_embedded']['osdi:people'][0]['_links']['osdi:taggings']['href'], PHP_URL_PATH);
     }
 
+    /**
+     * The load of the host-wide pacing test and benchmark: 8 members, each with 4 tags past
+     * the tag list's first page in a 300-tag group, so that a cold check looks each one up
+     * (7 requests). Returns, per member's email, the tag to ask and whether the member has it
+     * (even members do, odd ones do not).
+     *
+     * @return array<string, array{string, bool}>
+     */
+    public function loadPacingMembers(): array
+    {
+        $names = self::tagNames(300);
+        [$people, $asks] = [[], []];
+        for ($i = 0; $i < 8; $i++) {
+            $email = "m$i@example.org";
+            $people[] = ['email' => $email, 'tags' => \array_slice($names, 200 + 10 * $i, 4)];
+            $asks[$email] = [$names[200 + 10 * $i + ($i % 2 === 0 ? 3 : 5)], $i % 2 === 0];
+        }
+        $this->load($names, $people);
+        return $asks;
+    }
+
     /** "Tag 001" .. "Tag <n>" */
     public static function tagNames(int $n, string $prefix = 'Tag'): array
     {
