@@ -9,9 +9,10 @@
 //! list early (25 names, and the list's length, which no other request tells); the hrefs still
 //! unknown at the end are resolved by whichever is cheaper, knowing that length: one `GET` per
 //! unknown tag href, or more pages of the tag list, stopping once T is named or every href of
-//! the person is. So a cold call costs at most one request more than the plugin's one per
-//! tagging (the first list page names none of the person's tags, and the lookups are cheaper
-//! than the rest of the list), with no cliff at any number of tags.
+//! the person is. So, with a tag list that states its length (as Action Network documents), a
+//! cold call costs at most one request more than the plugin's one per tagging (when the first
+//! list page names none of the person's tags, and the lookups are cheaper than the rest of the
+//! list), with no cliff at any number of tags.
 //!
 //! The answer is `true` as soon as a tagging names an href of T; `false` only when every
 //! tagging was read (`Pages` says where a collection ends) and none is T's: a tagging without
