@@ -10,7 +10,7 @@
 // Prints a Markdown table: requests the server saw, how many it refused, wall time from the
 // first call's start to the last one's end, requests per second, and wrong answers.
 //
-//   php -n bench/shared_pacing.php <libjoinblock.so>
+//   php -n -d extension=curl bench/shared_pacing.php <libjoinblock.so>
 
 declare(strict_types=1);
 
@@ -20,7 +20,7 @@ use JoinBlock\Tests\StandInServer;
 
 [, $so] = $argv + [1 => ''];
 if (!is_file($so)) {
-    fwrite(STDERR, "usage: php -n bench/shared_pacing.php <libjoinblock.so>\n");
+    fwrite(STDERR, "usage: php -n -d extension=curl bench/shared_pacing.php <libjoinblock.so>\n");
     exit(1);
 }
 $server = StandInServer::start();

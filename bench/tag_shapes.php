@@ -9,7 +9,7 @@
 //      (bench/plugin_tag_check.php, on Debian's php-guzzlehttp-guzzle).
 // Prints two Markdown tables; exits 1 when the implementations disagree.
 //
-//   php -n bench/tag_shapes.php <libjoinblock.so>
+//   php -n -d extension=curl bench/tag_shapes.php <libjoinblock.so>
 
 declare(strict_types=1);
 
@@ -19,7 +19,7 @@ use JoinBlock\Tests\StandInServer;
 
 [, $so] = $argv + [1 => ''];
 if (!is_file($so)) {
-    fwrite(STDERR, "usage: php -n bench/tag_shapes.php <libjoinblock.so>\n");
+    fwrite(STDERR, "usage: php -n -d extension=curl bench/tag_shapes.php <libjoinblock.so>\n");
     exit(1);
 }
 $root = dirname(__DIR__);
