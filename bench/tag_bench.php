@@ -2,10 +2,10 @@
 // Tag-check benchmark process for bench/tag_check, against a running stand-in Action Network
 // server (tests/an_server.py).
 //
-//   php -n -d extension=<libjoinblock.so | curl> bench/tag_bench.php ext|plugin <base_url> <email> <tag> <api key>
+//   php -n -d extension=curl [-d extension=<libjoinblock.so>] bench/tag_bench.php ext|plugin <base_url> <email> <tag> <api key>
 //     Checks <tag> twice in this fresh process, cold then warm, and prints one JSON line per call:
 //     {"call": "cold"|"warm", "result": true|false|null, "requests": <API requests>, "wall_s": <s>}.
-//   php -n bench/tag_bench.php load <base_url> <email> <member tags> <group tags> <latency ms>
+//   php -n -d extension=curl bench/tag_bench.php load <base_url> <email> <member tags> <group tags> <latency ms>
 //     Replaces the server's data: a group of "Tag 001".."Tag <group tags>", one member <email>
 //     with the first <member tags> of them, <latency ms> added to every API request.
 

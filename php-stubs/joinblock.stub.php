@@ -91,8 +91,9 @@ namespace {
      * case-insensitively, as Action Network does); null when no person has that email.
      *
      * Costs 1 request (the person) + the person's taggings pages up to the first match once the
-     * tag's href is known to this process; learning it costs at most one request per tag of the
-     * person, or a walk of the group's tag list when that is cheaper. Never a request per tagging.
+     * tag's href is known to this process; learning it costs the first page of the group's tag
+     * list (for two unknown tags or more) and at most one request per tag of the person, or a
+     * walk of the tag list when that is cheaper. Never a request per tagging once learned.
      *
      * @param array{base_url?: string, timeout?: int|float, deadline?: int|float, max_pages?: int,
      *   tag_cache_ttl?: int|float, max_rps?: int|float} $options
@@ -102,13 +103,14 @@ namespace {
      *   - `deadline`: seconds for the whole call, waits included, default 30.
      *   - `max_pages`: taggings pages read at most, default 10.
      *   - `tag_cache_ttl`: seconds a learned tag name stays trusted in this process, default 600.
-     *   - `max_rps`: requests per second all processes of the host send at most together (this process alone with INI joinblock.shared_state = 0), default 4.
+     *   - `max_rps`: requests per second all processes of the host send at most together (this process alone with INI joinblock.shared_state = 0), default 4; requests go 1.1 / max_rps apart.
      *
      * @throws \TypeError wrong argument or option types, an email or tag that is not UTF-8
      * @throws \ValueError empty email, tag or key, a key that is not UTF-8 or has control characters, unknown
      *   option, bad `base_url`, non-positive `timeout`, `deadline`, `max_pages` or `max_rps`
      * @throws \JoinBlock\ActionNetworkException the answer cannot be known: transport error,
-     *   timeout, deadline, error status, page cap, looping or foreign link, bad or oversized body
+     *   timeout, deadline, error status, page cap, looping or foreign link, bad or oversized body,
+     *   taggings without a tag link when the tag is not among the others
      */
     function joinblock_person_has_tag(string $email, string $tag, string $apiKey, array $options = []): ?bool {}
 }

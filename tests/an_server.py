@@ -44,11 +44,38 @@ Control API (no token; JSON in and out):
                                  (default http://127.0.0.2:PORT).
                                  Only requests with a valid token consume a fault; the first
                                  matching rule (in the order added) is used.
-    POST /_control/rate_limit    {"rps": R, "burst": B}  Action Network's limit, for every client
-                                 together: a token bucket of B tokens (default R) refilled at
-                                 R a second; a request with a valid token and no token left
-                                 is answered 429 with Retry-After (whole seconds until a
-                                 token). {"rps": null} lifts it; reset lifts it too.
+    POST /_control/rate_limit    {"rps": R, "burst": B, "kind": K}  Action Network's limit, for
+                                 every client together; over it, a request with a valid token
+                                 is answered 429 with Retry-After (whole seconds until it
+                                 would pass). Kinds:
+                                   bucket (default): B tokens (default R) refilled at R a second;
+                                   fixed: at most R requests in each whole second of the
+                                     server's clock, refused ones counted too;
+                                   sliding: at most R requests in any 1-second span (both ends
+                                     included), refused ones counted too: the strictest
+                                     reading of "R per second".
+                                 {"rps": null} lifts it; reset lifts it too.
+    POST /_control/shapes        {"empty_page": E, "next_on_last": bool, "totals": bool,
+                                  "chunked": bool, "person_taggings_link": bool,
+                                  "tag_link_missing": [names]}  how answers are shaped, one
+                                 switch per variant the real API may send; the defaults
+                                 (today's shapes, restored by reset) are "list", false, true,
+                                 false, true, []. Keys left out keep their value.
+                                   empty_page: an empty collection page (people, taggings, tag
+                                     list) as "list" (_embedded with an empty list),
+                                     "no-embedded" (no _embedded), "no-key" (_embedded: {}) or
+                                     "bare" (the whole answer is {});
+                                   next_on_last: every taggings and tag list page links `next`
+                                     (page + 1), the last one too, as the people list does;
+                                   totals: false leaves out total_pages and total_records of
+                                     taggings pages (whether a person's taggings have them is
+                                     unconfirmed; the tag list's are documented);
+                                   chunked: API answers come chunked, without Content-Length;
+                                   person_taggings_link: false leaves out a person's
+                                     osdi:taggings link;
+                                   tag_link_missing: taggings of these tags (names) have no
+                                     osdi:tag link.
+    GET  /_control/shapes        the current switches
     GET  /_control/counts        {"total", "by_path", "requests": [{method, path, query,
                                   had_token, token_ok}], "rejected": 429s of the
                                   rate limit}  /api/v2 requests only
@@ -105,6 +132,7 @@ class Reply:
     headers: dict = field(default_factory=dict)
     pad_bytes: int = 0              # oversized: stream a JSON body of exactly this many bytes
     trickle: bool = False           # trickle: send that body a byte at a time, 0.1 s apart
+    chunked: bool = False           # Transfer-Encoding: chunked, no Content-Length
 
 
 @dataclass
@@ -129,6 +157,44 @@ class Fault:
     params: dict
 
 
+# Today's shapes; /_control/shapes switches each variant the real API may send.
+DEFAULT_SHAPES = {"empty_page": "list", "next_on_last": False, "totals": True, "chunked": False,
+                  "person_taggings_link": True, "tag_link_missing": []}
+EMPTY_PAGES = ("list", "no-embedded", "no-key", "bare")
+RATE_LIMITS = ("bucket", "fixed", "sliding")
+
+
+class Limiter:
+    """Action Network's request limit, as one of several plausible servers would count it."""
+
+    def __init__(self, kind, rps, burst):
+        self.kind, self.rps, self.burst = kind, rps, burst
+        self.tokens, self.last = burst, time.monotonic()   # bucket
+        self.window, self.in_window = None, 0                # fixed
+        self.recent = []                                     # sliding: every request's time
+
+    def take(self, now):
+        """None when the request may pass, else the seconds until one would."""
+        if self.kind == "bucket":
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rps)
+            self.last = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return None
+            return (1 - self.tokens) / self.rps
+        if self.kind == "fixed":
+            window = math.floor(now)
+            if window != self.window:
+                self.window, self.in_window = window, 0
+            self.in_window += 1
+            return None if self.in_window <= self.rps else window + 1 - now
+        # A request exactly 1 s after another still shares a window with it.
+        self.recent = [t for t in self.recent if t >= now - 1.0]
+        refused = len(self.recent) >= self.rps
+        self.recent.append(now)
+        return self.recent[0] + 1.0 - now if refused else None
+
+
 class State:
     """Everything the server knows. All access goes through `lock`."""
 
@@ -143,7 +209,8 @@ class State:
         self.writes = []
         self.latency_ms = 0
         self.connections = 0
-        self.rate_limit = None      # [rps, burst, tokens, last refill (monotonic)]
+        self.rate_limit = None      # a Limiter
+        self.shapes = dict(DEFAULT_SHAPES)
         self.reset_counts()
 
     def clear_data(self):
@@ -159,18 +226,11 @@ class State:
         self.rejected = 0
 
     def take_token(self):
-        """None when the request may pass, else the seconds until a token (the rate limit)."""
-        if self.rate_limit is None:
-            return None
-        rps, burst, tokens, last = self.rate_limit
-        now = time.monotonic()
-        tokens = min(burst, tokens + (now - last) * rps)
-        if tokens >= 1:
-            self.rate_limit = [rps, burst, tokens - 1, now]
-            return None
-        self.rate_limit = [rps, burst, tokens, now]
-        self.rejected += 1
-        return (1 - tokens) / rps
+        """None when the request may pass, else the seconds until one would (the rate limit)."""
+        wait = None if self.rate_limit is None else self.rate_limit.take(time.monotonic())
+        if wait is not None:
+            self.rejected += 1
+        return wait
 
     # --- data ---
 
@@ -270,29 +330,31 @@ def href(url):
     return {"href": url}
 
 
-def person_json(base, person):
+def person_json(base, person, shapes):
     url = f"{base}/api/v2/people/{person.id}"
+    links = {"self": href(url)}
+    if shapes["person_taggings_link"]:
+        links["osdi:taggings"] = href(f"{url}/taggings")
     return {
         "identifiers": [f"action_network:{person.id}"],
         "email_addresses": [{"primary": True, "address": person.email}],
         "custom_fields": {},
-        "_links": {"self": href(url), "osdi:taggings": href(f"{url}/taggings")},
+        "_links": links,
     }
 
 
-def tagging_json(base, person, tag_id):
+def tagging_json(base, person, tag, shapes):
     person_url = f"{base}/api/v2/people/{person.id}"
-    tagging_id = uuid.uuid5(NAMESPACE, f"tagging:{person.id}:{tag_id}")
+    tagging_id = uuid.uuid5(NAMESPACE, f"tagging:{person.id}:{tag.id}")
+    links = {"self": href(f"{person_url}/taggings/{tagging_id}"), "osdi:person": href(person_url)}
+    if tag.name not in shapes["tag_link_missing"]:
+        links["osdi:tag"] = href(f"{base}/api/v2/tags/{tag.id}")
     return {
         "identifiers": [f"action_network:{tagging_id}"],
         "created_date": DATE,
         "modified_date": DATE,
         "item_type": "osdi:person",
-        "_links": {
-            "self": href(f"{person_url}/taggings/{tagging_id}"),
-            "osdi:person": href(person_url),
-            "osdi:tag": href(f"{base}/api/v2/tags/{tag_id}"),
-        },
+        "_links": links,
     }
 
 
@@ -306,21 +368,23 @@ def tag_json(base, tag):
     }
 
 
-def paged(items, page, key, page_url, render):
-    """A collection page with totals; `next` only before the last page."""
+def paged(items, page, key, page_url, render, shapes, totals=True):
+    """A collection page: by default with totals, and `next` only before the last page."""
     total_pages = max(1, math.ceil(len(items) / PER_PAGE))
     chunk = items[(page - 1) * PER_PAGE: page * PER_PAGE]
     links = {"self": href(page_url(page))}
-    if page < total_pages:
+    if page < total_pages or shapes["next_on_last"]:
         links["next"] = href(page_url(page + 1))
-    return {
-        "total_pages": total_pages,
-        "per_page": PER_PAGE,
-        "page": page,
-        "total_records": len(items),
-        "_links": links,
-        "_embedded": {key: [render(item) for item in chunk]},
-    }
+    totals = {"total_pages": total_pages, "total_records": len(items)} if totals else {}
+    return collection(key, [render(item) for item in chunk], shapes,
+                      {**totals, "per_page": PER_PAGE, "page": page, "_links": links})
+
+
+def collection(key, rendered, shapes, fields):
+    """A collection page's answer; an empty one as the `empty_page` switch says."""
+    if rendered or shapes["empty_page"] == "list":
+        return {**fields, "_embedded": {key: rendered}}
+    return {"no-embedded": fields, "no-key": {**fields, "_embedded": {}}, "bare": {}}[shapes["empty_page"]]
 
 
 # --- request parsing helpers ---
@@ -528,12 +592,21 @@ class Handler(BaseHTTPRequestHandler):
             reply.raw if reply.raw is not None else json.dumps(reply.payload).encode())
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(reply.pad_bytes or len(body)))
+        if reply.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(reply.pad_bytes or len(body)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
         if reply.pad_bytes:
             self.stream_padding(reply.pad_bytes, reply.trickle)
+        elif reply.chunked:
+            # Several chunks, each flushed, so that the client reads the body in parts.
+            for chunk in (body[i:i + 1000] for i in range(0, len(body), 1000)):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
         else:
             self.wfile.write(body)
 
@@ -587,6 +660,8 @@ class Handler(BaseHTTPRequestHandler):
             reply = Reply(e.status, {"error": e.message})
         if fault and fault.kind in ALTERING_FAULTS:
             alter_reply(fault, reply, self.server.base + self.path)
+        with state.lock:
+            reply.chunked = state.shapes["chunked"]
         return reply
 
     def route(self, method, url, body, started):
@@ -611,21 +686,20 @@ class Handler(BaseHTTPRequestHandler):
         base, state = self.server.base, self.server.state
         with state.lock:
             person = state.person(email, create=False) if page == 1 else None
-            people = [person_json(base, person)] if person else []
-        # Action Network quirk: `next` is present even on the last page.
-        next_query = urlencode({"page": page + 1, "filter": query["filter"][0]}, quote_via=quote)
-        return {
-            "per_page": PER_PAGE,
-            "page": page,
-            "_links": {"self": href(self.server.base + self.path),
-                       "next": href(f"{base}/api/v2/people/?{next_query}")},
-            "_embedded": {"osdi:people": people},
-        }
+            people = [person_json(base, person, state.shapes)] if person else []
+            # Action Network quirk: `next` is present even on the last page.
+            next_query = urlencode({"page": page + 1, "filter": query["filter"][0]}, quote_via=quote)
+            return collection("osdi:people", people, state.shapes, {
+                "per_page": PER_PAGE,
+                "page": page,
+                "_links": {"self": href(self.server.base + self.path),
+                           "next": href(f"{base}/api/v2/people/?{next_query}")},
+            })
 
     def get_person(self, person_id):
         with self.server.state.lock:
             person = self.known_person(person_id)
-            return person_json(self.server.base, person)
+            return person_json(self.server.base, person, self.server.state.shapes)
 
     def taggings(self, person_id, page):
         base, state = self.server.base, self.server.state
@@ -633,14 +707,15 @@ class Handler(BaseHTTPRequestHandler):
             person = self.known_person(person_id)
             url = f"{base}/api/v2/people/{person.id}/taggings"
             return paged(person.tag_ids, page, "osdi:taggings", lambda n: f"{url}?page={n}",
-                         lambda tag_id: tagging_json(base, person, tag_id))
+                         lambda tag_id: tagging_json(base, person, state.tags[tag_id], state.shapes),
+                         state.shapes, state.shapes["totals"])
 
     def list_tags(self, page):
         base, state = self.server.base, self.server.state
         with state.lock:
             return paged(list(state.tags.values()), page, "osdi:tags",
                          lambda n: f"{base}/api/v2/tags?page={n}",
-                         lambda tag: tag_json(base, tag))
+                         lambda tag: tag_json(base, tag), state.shapes)
 
     def get_tag(self, tag_id):
         with self.server.state.lock:
@@ -666,7 +741,7 @@ class Handler(BaseHTTPRequestHandler):
                 state.remove_tagging(person, name)
             state.writes.append({"start": started, "end": time.monotonic(), "email": email,
                                  "add_tags": add, "remove_tags": remove})
-            return person_json(self.server.base, person)
+            return person_json(self.server.base, person, state.shapes)
 
     # --- /_control ---
 
@@ -694,14 +769,16 @@ class Handler(BaseHTTPRequestHandler):
                 with state.lock:
                     state.faults.append(fault)
             case "POST", "/_control/rate_limit":
-                data = parse_json(body)
-                rps = data.get("rps") if isinstance(data, dict) else None
-                burst = data.get("burst", rps) if isinstance(data, dict) else None
-                if rps is not None and not (isinstance(rps, (int, float)) and rps > 0
-                                            and isinstance(burst, (int, float)) and burst >= 1):
-                    raise ApiError(400, "rps must be > 0 and burst >= 1, or rps null")
+                limiter = limiter_from(parse_json(body))
                 with state.lock:
-                    state.rate_limit = None if rps is None else [float(rps), float(burst), float(burst), time.monotonic()]
+                    state.rate_limit = limiter
+            case "POST", "/_control/shapes":
+                shapes = shapes_from(parse_json(body))
+                with state.lock:
+                    state.shapes.update(shapes)
+            case "GET", "/_control/shapes":
+                with state.lock:
+                    return Reply(200, dict(state.shapes))
             case "GET", "/_control/counts":
                 with state.lock:
                     return Reply(200, {"total": len(state.requests), "by_path": dict(state.by_path),
@@ -737,6 +814,29 @@ def state_fields(data):
     if not isinstance(case_sensitive, bool):
         raise ApiError(400, "case_sensitive_names must be true or false")
     return tags, people, latency, case_sensitive
+
+
+def limiter_from(data):
+    rps = data.get("rps") if isinstance(data, dict) else None
+    burst = data.get("burst", rps) if isinstance(data, dict) else None
+    kind = data.get("kind", "bucket") if isinstance(data, dict) else None
+    if rps is None:
+        return None
+    if not (isinstance(rps, (int, float)) and rps > 0 and isinstance(burst, (int, float)) and burst >= 1
+            and kind in RATE_LIMITS):
+        raise ApiError(400, f"rps must be > 0, burst >= 1 and kind one of {', '.join(RATE_LIMITS)}; or rps null")
+    return Limiter(kind, float(rps), float(burst))
+
+
+def shapes_from(data):
+    if not isinstance(data, dict) or not set(data) <= set(DEFAULT_SHAPES):
+        raise ApiError(400, f"shapes takes an object with keys among {', '.join(DEFAULT_SHAPES)}")
+    for key, value in data.items():
+        ok = {"empty_page": value in EMPTY_PAGES, "tag_link_missing": isinstance(value, list)
+              and all(isinstance(v, str) for v in value)}.get(key, isinstance(value, bool))
+        if not ok:
+            raise ApiError(400, f"shapes: invalid {key}: {json.dumps(value)}")
+    return data
 
 
 def rename_fields(data):

@@ -42,6 +42,12 @@ final class Failure extends \Exception
         return new self("the person has more than $maxPages pages of taggings (max_pages); the answer is unknown");
     }
 
+    public static function unreadableTaggings(int $count): self
+    {
+        return new self("$count of the person's taggings could not be read (no osdi:tag link), and the asked tag is not among"
+            . ' the others; the answer is unknown');
+    }
+
     public static function repeatedNext(string $what): self
     {
         return new self("Action Network's $what links back to a page already read; stopped to avoid a loop");
@@ -240,6 +246,12 @@ final class Session
     private const MAX_REDIRECTS = 4;
     /** Pacing never spaces requests further apart than an hour, whatever max_rps says. */
     private const MAX_INTERVAL = 3600.0;
+    /**
+     * Requests are spaced this much wider than 1 / max_rps: a strict server counts every
+     * request in any 1-second span, and a process that wakes late brings its request closer
+     * to the next ones (mod.rs says more).
+     */
+    private const PACING_HEADROOM = 1.1;
 
     /** This process's handle: its connection cache keeps connections alive across calls. */
     private static ?\CurlHandle $curl = null;
@@ -262,7 +274,7 @@ final class Session
     ) {
         $this->origin = Url::origin($baseUrl);
         $this->deadline = Clock::now() + $deadline;
-        $this->minInterval = min(1 / $maxRps, self::MAX_INTERVAL);
+        $this->minInterval = min(self::PACING_HEADROOM / $maxRps, self::MAX_INTERVAL);
     }
 
     /** Refuses a URL that the API key may not go to: another scheme, host or port. */
@@ -691,15 +703,21 @@ final class Knowledge
     }
 }
 
-/** A paged collection, followed through `_links.next` with loop, origin and page-cap checks. */
+/**
+ * A paged collection, followed through `_links.next` with origin and page-cap checks. Its
+ * last page is whichever end comes first (mod.rs says why): the page whose number reaches
+ * total_pages, a page with fewer items than its per_page (an empty one included), or one
+ * whose `next` leads back to a page already read; such a `next` while the totals say more
+ * pages follow is a loop, and an error.
+ */
 final class Pages
 {
     private ?string $next;
     /** @var array<string, true> */
     private array $visited = [];
 
-    /** $readBefore: pages read by earlier calls, for numbering pages in messages. */
-    public function __construct(?string $first, private string $what, private ?int $cap, private int $readBefore = 0)
+    /** $key: the `_embedded` key of the items; $readBefore: pages read by earlier calls, for numbering pages. */
+    public function __construct(?string $first, private string $what, private string $key, private ?int $cap, private int $readBefore = 0)
     {
         $this->next = $first;
     }
@@ -722,14 +740,21 @@ final class Pages
             throw Failure::pageCap($this->cap);
         }
         [$url, $this->next] = [$this->next, null];
-        $what = "{$this->what} " . ($this->readBefore + \count($this->visited) + 1);
+        $number = $this->readBefore + \count($this->visited) + 1;
+        $what = "{$this->what} $number";
         $this->visited[$url] = true;
         $page = $session->getJson($url, $what);
+        $items = \count(TagCheck::embedded($page, $this->key, $what));
+        $totalPages = Json::count($page, 'total_pages');
+        $perPage = Json::count($page, 'per_page');
+        if ($items === 0 || ($perPage !== null && $items < $perPage) || ($totalPages !== null && $number >= $totalPages)) {
+            return $page;
+        }
         $next = Json::link($page, 'next');
         if ($next !== null) {
             $next = Url::link($next, $what);
             if (isset($this->visited[$next])) {
-                throw Failure::repeatedNext($what);
+                return $totalPages === null ? $page : throw Failure::repeatedNext($what);
             }
             $session->sameOrigin($next, "next link of the $what");
             $this->next = $next;
@@ -744,7 +769,7 @@ final class Pages
  */
 final class TagList
 {
-    /** Without the list's length, only more unknown tags than a page names justify a page. */
+    /** A list that states no length: only more unknown tags than a page names justify reading on. */
     private const PROBE_ABOVE = 25;
 
     private Pages $pages;
@@ -753,18 +778,24 @@ final class TagList
     {
         $progress = $knowledge->listProgress();
         $first = $progress === null ? "{$baseUrl}tags" : $progress['next'];
-        $this->pages = new Pages($first, 'tag list page', null, $progress['read'] ?? 0);
+        $this->pages = new Pages($first, 'tag list page', 'osdi:tags', null, $progress['read'] ?? 0);
     }
 
-    /** Whether reading on is cheaper than looking up $unnamed tags one by one. */
+    /**
+     * Whether reading on is cheaper than looking up $unnamed tags one by one; the first page,
+     * which tells the list's length, as soon as it could save a request.
+     */
     public function isCheaper(Knowledge $knowledge, float $unnamed): bool
     {
         if ($this->pages->finished()) {
             return false;
         }
         $progress = $knowledge->listProgress();
-        $total = $progress['total'] ?? null;
-        return $total === null ? $unnamed > self::PROBE_ABOVE : max(1, $total - $progress['read']) < $unnamed;
+        return match (true) {
+            $progress === null => $unnamed > 1,
+            $progress['total'] === null => $unnamed > self::PROBE_ABOVE,
+            default => max(1, $progress['total'] - $progress['read']) < $unnamed,
+        };
     }
 
     public function readNext(Session $session, Knowledge $knowledge): void
@@ -788,11 +819,12 @@ final class TagList
  * answers it (src/action_network/mod.rs, which says why). A tagging names its tag only by
  * href, so the answer needs T's href: with it, the person lookup plus the taggings pages up
  * to the first match; without it but with every tag of the person named, false for as
- * many. Otherwise a person with more than a page of unknown tags makes the call read the
- * tag list's next unread page early; hrefs still unknown at the end are resolved the
- * cheaper way: one GET per unknown tag, or more unread pages of the tag list. Reaching the
- * list's end proves nothing (pages read earlier may have shifted): a tag still unnamed
- * then is looked up.
+ * many. Otherwise a person with two unknown tags or more makes the call read the tag
+ * list's next unread page early (it also tells the list's length); hrefs still unknown at
+ * the end are resolved the cheaper way: one GET per unknown tag, or more unread pages of
+ * the tag list. Reaching the list's end proves nothing (pages read earlier may have
+ * shifted): a tag still unnamed then is looked up. A tagging without an osdi:tag link is
+ * skipped, as the plugin skips it, but then only true can be known.
  */
 final class TagCheck
 {
@@ -833,11 +865,21 @@ final class TagCheck
         }
     }
 
-    /** The list at `page._embedded.<key>`. */
+    /**
+     * The items at `page._embedded.<key>`. An empty collection may come without _embedded,
+     * as {}, or without the key: none. Only what cannot be a collection fails.
+     */
     public static function embedded(mixed $page, string $key, string $what): array
     {
-        $list = Json::get($page, '_embedded', $key);
-        return \is_array($list) ? $list : throw Failure::badShape($what, "no _embedded.$key list");
+        if (!$page instanceof \stdClass) {
+            throw Failure::badShape($what, 'not a JSON object');
+        }
+        $embedded = $page->_embedded ?? null;
+        if ($embedded !== null && !$embedded instanceof \stdClass) {
+            throw Failure::badShape($what, '_embedded is not an object');
+        }
+        $list = $embedded?->{$key} ?? [];
+        return \is_array($list) ? $list : throw Failure::badShape($what, "_embedded.$key is not a list");
     }
 
     /**
@@ -878,21 +920,26 @@ final class TagCheck
         $targetHrefs = $this->knowledge->hrefsOf($target);
         /** @var array<string, true> $seen every tag href of the person met so far, in order */
         $seen = [];
-        $pages = new Pages($taggings, 'taggings page', $this->maxPages);
+        // Taggings without an osdi:tag link: skipped, but no false can be known with any.
+        $unreadable = 0;
+        $pages = new Pages($taggings, 'taggings page', 'osdi:taggings', $this->maxPages);
         while (!$pages->finished()) {
             $page = $pages->next($this->session);
-            $hrefs = self::taggingHrefs($page);
-            if ($targetHrefs === [] && $seen === []) {
-                // A person with many unknown tags will need the tag list anyway; its first
+            [$hrefs, $skipped] = self::taggingHrefs($page);
+            if ($targetHrefs === [] && $seen === [] && $unreadable === 0) {
+                // A person with several unknown tags may need the tag list anyway; its first
                 // page may name the tag at once, and paging can then stop at the first match.
                 $unnamed = \count($this->unnamed($hrefs));
+                $onPage = \count($hrefs) + $skipped;
+                $after = $pages->finished() ? 0 : self::taggingsAfter($page, $onPage);
                 // The pages after this one are guessed to be as unknown as this one.
-                $expected = $unnamed + floor(self::taggingsAfter($page, \count($hrefs)) * $unnamed / max(1, \count($hrefs)));
+                $expected = $unnamed + floor($after * $unnamed / max(1, $onPage));
                 if ($this->list->isCheaper($this->knowledge, $expected)) {
                     $this->list->readNext($this->session, $this->knowledge);
                     $targetHrefs = $this->knowledge->hrefsOf($target);
                 }
             }
+            $unreadable += $skipped;
             foreach ($hrefs as $href) {
                 if (\in_array($href, $targetHrefs, true)) {
                     return true;
@@ -900,7 +947,8 @@ final class TagCheck
                 $seen[$href] = true;
             }
         }
-        return $targetHrefs === [] ? $this->resolve($target, array_keys($seen)) : false;
+        $found = $targetHrefs === [] && $this->resolve($target, array_keys($seen));
+        return $found || $unreadable === 0 ? $found : throw Failure::unreadableTaggings($unreadable);
     }
 
     /** The person's taggings collection, or null when no person has that email. */
@@ -909,30 +957,48 @@ final class TagCheck
         // OData string literal: quotes doubled. urlencode() also sends "+" as %2B.
         $filter = "email_address eq '" . str_replace("'", "''", $email) . "'";
         $answer = $this->session->getJson("{$this->session->baseUrl}people/?filter=" . urlencode($filter), 'person lookup');
-        $people = Json::get($answer, '_embedded', 'osdi:people');
-        if (!\is_array($people)) {
-            throw Failure::badShape('person lookup', 'no _embedded.osdi:people list');
-        }
         // The people collection's next link is present even on its last page: never followed.
+        $people = self::embedded($answer, 'osdi:people', 'person lookup');
         if ($people === []) {
             return null;
         }
-        $href = Json::link($people[0], 'osdi:taggings') ?? throw Failure::badShape('person lookup', 'the person has no osdi:taggings link');
-        return Url::link($href, 'person lookup');
-    }
-
-    /** The tag hrefs of a taggings page. */
-    private static function taggingHrefs(mixed $page): array
-    {
-        return array_map(static function (mixed $tagging): string {
-            $href = Json::link($tagging, 'osdi:tag') ?? throw Failure::badShape('taggings page', 'a tagging has no osdi:tag link');
-            return Url::link($href, 'taggings page');
-        }, self::embedded($page, 'osdi:taggings', 'taggings page'));
+        $href = Json::link($people[0], 'osdi:taggings');
+        return $href === null ? $this->documentedTaggings($people[0]) : Url::link($href, 'person lookup');
     }
 
     /**
-     * How many taggings a page says come after it: exact with total_records, else estimated.
-     * The server's totals are only numbers: past PHP_INT_MAX the product saturates.
+     * A person without an osdi:taggings link: the documented people/<id>/taggings under
+     * base_url, with the id of its action_network: identifier (a uuid; nothing else goes in a path).
+     */
+    private function documentedTaggings(mixed $person): string
+    {
+        $identifiers = Json::get($person, 'identifiers');
+        foreach (\is_array($identifiers) ? $identifiers : [] as $identifier) {
+            if (\is_string($identifier) && preg_match('/^action_network:([A-Za-z0-9-]+)$/D', $identifier, $m)) {
+                return "{$this->session->baseUrl}people/{$m[1]}/taggings";
+            }
+        }
+        throw Failure::badShape('person lookup', 'the person has neither an osdi:taggings link nor an action_network identifier');
+    }
+
+    /** @return array{list<string>, int} the tag hrefs of a taggings page, and how many of its taggings have no osdi:tag link */
+    private static function taggingHrefs(mixed $page): array
+    {
+        [$hrefs, $unreadable] = [[], 0];
+        foreach (self::embedded($page, 'osdi:taggings', 'taggings page') as $tagging) {
+            $href = Json::link($tagging, 'osdi:tag');
+            if ($href === null) {
+                $unreadable++;
+            } else {
+                $hrefs[] = Url::link($href, 'taggings page');
+            }
+        }
+        return [$hrefs, $unreadable];
+    }
+
+    /**
+     * How many taggings come after a page that is not the last: exact with total_records,
+     * else estimated. The server's totals are only numbers: past PHP_INT_MAX the product saturates.
      */
     private static function taggingsAfter(mixed $page, int $onPage): int
     {
@@ -941,7 +1007,7 @@ final class TagCheck
         return match (true) {
             $total !== null => max(0, $total - $onPage),
             $pages !== null => min(PHP_INT_MAX, max(0, $pages - 1) * 25),
-            default => Json::link($page, 'next') === null ? 0 : 25,
+            default => 25,
         };
     }
 

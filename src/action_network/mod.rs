@@ -4,11 +4,19 @@
 //! holds two tags whose names differ only in case has two, and a person with either has T). With
 //! it (cached from an earlier call of this process) the cost is the person lookup plus the
 //! person's taggings pages up to the first match: `1 + pages`. Without it, but with the name of
-//! every tag the person has, the answer is `false` for the same `1 + pages`. Otherwise a person with more than a page
-//! of unknown tags makes the call read the next unread page of the group's tag list early (25
-//! names, and the list's length); the hrefs still unknown at the end are resolved by whichever
-//! is cheaper: one `GET` per unknown tag href (never more than the plugin's one per tagging), or
-//! more pages of the tag list, stopping once T is named or every href of the person is.
+//! every tag the person has, the answer is `false` for the same `1 + pages`. Otherwise a person
+//! with two unknown tags or more makes the call read the next unread page of the group's tag
+//! list early (25 names, and the list's length, which no other request tells); the hrefs still
+//! unknown at the end are resolved by whichever is cheaper, knowing that length: one `GET` per
+//! unknown tag href, or more pages of the tag list, stopping once T is named or every href of
+//! the person is. So, with a tag list that states its length (as Action Network documents), a
+//! cold call costs at most one request more than the plugin's one per tagging (when the first
+//! list page names none of the person's tags, and the lookups are cheaper than the rest of the
+//! list), with no cliff at any number of tags.
+//!
+//! The answer is `true` as soon as a tagging names an href of T; `false` only when every
+//! tagging was read (`Pages` says where a collection ends) and none is T's: a tagging without
+//! an `osdi:tag` link is skipped, as the plugin skips it, but then only `true` can be known.
 //!
 //! Every name a page of the list gives is kept, and so is the reading position: a process reads
 //! each page of the list at most once per `tag_cache_ttl`, and never looks up a tag it can
@@ -35,9 +43,15 @@ use http::Session;
 pub use cache::entries as tag_cache_entries;
 pub use http::requests_sent;
 
-/// A person with more unknown tag hrefs than this makes the call look at the group's tag
-/// list (25 names a request) rather than fetch each tag.
+/// A tag list that states no length (no `total_pages`): only more unknown tag hrefs than a
+/// page names justify reading on rather than fetching each tag.
 const PROBE_LIST_ABOVE: usize = 25;
+
+/// Requests are spaced this much wider than `1 / max_rps`. A strict server counts every request
+/// in any 1-second span, and a process that wakes late from its pacing sleep brings its request
+/// closer to the ones after it: 10% leaves 100 ms of such lateness within each second of
+/// requests, for 9% of the throughput.
+const PACING_HEADROOM: f64 = 1.1;
 
 /// Pacing never spaces requests further apart than this, whatever `max_rps` says.
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
@@ -110,6 +124,7 @@ pub enum Error {
     Deadline { what: String },
     Status { what: String, status: u16, message: Option<String> },
     PageCap { max_pages: u32 },
+    UnreadableTaggings { count: usize },
     RepeatedNext { what: String },
     ForeignLink { what: String, origin: String },
     TooManyRedirects { what: String, max: usize },
@@ -134,6 +149,10 @@ impl fmt::Display for Error {
             Error::PageCap { max_pages } => write!(
                 f,
                 "the person has more than {max_pages} pages of taggings (max_pages); the answer is unknown"
+            ),
+            Error::UnreadableTaggings { count } => write!(
+                f,
+                "{count} of the person's taggings could not be read (no osdi:tag link), and the asked tag is not among the others; the answer is unknown"
             ),
             Error::RepeatedNext { what } => {
                 write!(f, "Action Network's {what} links back to a page already read; stopped to avoid a loop")
@@ -165,7 +184,7 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
         api_key,
         timeout: settings.timeout,
         deadline: far_future_if_none(Instant::now().checked_add(settings.deadline)),
-        min_interval: Duration::try_from_secs_f64(1.0 / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
+        min_interval: Duration::try_from_secs_f64(PACING_HEADROOM / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
         shared: store.as_ref(),
     };
     let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl, store.clone());
@@ -196,18 +215,23 @@ fn check(
     let mut list = TagList::new(session, knowledge)?;
     // Every tag href of the person met so far, in order.
     let mut seen: Vec<String> = Vec::new();
-    let mut pages = Pages::new(taggings, "taggings page", Some(settings.max_pages));
+    // Taggings without an `osdi:tag` link: skipped, as the plugin skips them, but a `false`
+    // cannot be known while there are any.
+    let mut unreadable = 0;
+    let mut pages = Pages::new(taggings, "taggings page", "osdi:taggings", Some(settings.max_pages));
     while let Some(page) = pages.next(session)? {
-        let hrefs = tagging_hrefs(&page)?;
-        if target_hrefs.is_empty() && seen.is_empty() {
-            // A person with many unknown tags will need the tag list anyway; reading its first
-            // page now may name the tag at once, and paging can then stop at the first match.
+        let (hrefs, skipped) = tagging_hrefs(&page)?;
+        if target_hrefs.is_empty() && seen.is_empty() && unreadable == 0 {
+            // A person with several unknown tags may need the tag list anyway; reading its
+            // first page now may name the tag at once, and paging can then stop at the first match.
             let unnamed = hrefs.iter().filter(|h| knowledge.name_of(h).is_none()).count();
-            if list.is_cheaper(knowledge, expected_unnamed(&page, hrefs.len(), unnamed)) {
+            let after = if pages.finished() { 0 } else { taggings_after(&page, hrefs.len() + skipped) };
+            if list.is_cheaper(knowledge, expected_unnamed(after, hrefs.len() + skipped, unnamed)) {
                 list.read_next(session, knowledge)?;
                 target_hrefs = knowledge.hrefs_of(target);
             }
         }
+        unreadable += skipped;
         for href in hrefs {
             if target_hrefs.contains(&href) {
                 return Ok(Some(true));
@@ -217,26 +241,28 @@ fn check(
             }
         }
     }
-    if !target_hrefs.is_empty() {
-        return Ok(Some(false));
+    let found = target_hrefs.is_empty() && resolve(session, target, &seen, knowledge, &mut list)?;
+    if !found && unreadable > 0 {
+        return Err(Error::UnreadableTaggings { count: unreadable });
     }
-    resolve(session, target, &seen, knowledge, &mut list).map(Some)
+    Ok(Some(found))
 }
 
-/// The person's unnamed tags, guessing that the pages after the first are as unknown as it is.
-/// The server's totals are only numbers: the arithmetic saturates.
-fn expected_unnamed(first_page: &Value, on_page: usize, unnamed: usize) -> usize {
-    unnamed.saturating_add(taggings_after(first_page, on_page).saturating_mul(unnamed) / on_page.max(1))
+/// The person's unnamed tags, guessing that the `after` taggings after the first page's
+/// `on_page` are as unknown as its own. The server's totals are only numbers: the arithmetic
+/// saturates.
+fn expected_unnamed(after: usize, on_page: usize, unnamed: usize) -> usize {
+    unnamed.saturating_add(after.saturating_mul(unnamed) / on_page.max(1))
 }
 
-/// How many taggings a page says come after it: exact with `total_records`, else estimated.
+/// How many taggings come after a page that is not the last: exact with `total_records`,
+/// else estimated.
 fn taggings_after(page: &Value, on_page: usize) -> usize {
     let number = |key: &str| count(page, key).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    match (number("total_records"), number("total_pages"), link(page, "next")) {
-        (Some(total), _, _) => total.saturating_sub(on_page),
-        (None, Some(pages), _) => pages.saturating_sub(1).saturating_mul(25),
-        (None, None, Some(_)) => 25,
-        (None, None, None) => 0,
+    match (number("total_records"), number("total_pages")) {
+        (Some(total), _) => total.saturating_sub(on_page),
+        (None, Some(pages)) => pages.saturating_sub(1).saturating_mul(25),
+        (None, None) => 25,
     }
 }
 
@@ -286,22 +312,24 @@ struct TagList {
 impl TagList {
     fn new(session: &Session, knowledge: &Knowledge) -> Result<Self, Error> {
         let pages = match knowledge.list_progress() {
-            Some(progress) => Pages::resume(progress.next.clone(), "tag list page", progress.read),
-            None => Pages::new(session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?, "tag list page", None),
+            Some(progress) => Pages::resume(progress.next.clone(), "tag list page", "osdi:tags", progress.read),
+            None => Pages::new(session.origin.join("tags").map_err(|e| bad_shape("tag list", e))?, "tag list page", "osdi:tags", None),
         };
         Ok(TagList { pages })
     }
 
-    /// Whether reading on is cheaper than looking up `unnamed` tags one by one. Without the
-    /// list's length, only more than a page's worth of unknown tags justifies a page, which
-    /// tells the length.
+    /// Whether reading on is cheaper than looking up `unnamed` tags one by one: with the
+    /// list's length, when fewer pages are unread than tags unnamed. The first page tells the
+    /// length (and names 25 tags), so it is read as soon as it could save a request: for two
+    /// unnamed tags or more, at the risk of one request more than the lookups.
     fn is_cheaper(&self, knowledge: &Knowledge, unnamed: usize) -> bool {
         if self.pages.finished() {
             return false;
         }
         match knowledge.list_progress() {
+            None => unnamed > 1,
             Some(ListProgress { read, total: Some(total), .. }) => (total.saturating_sub(*read).max(1) as usize) < unnamed,
-            _ => unnamed > PROBE_LIST_ABOVE,
+            Some(ListProgress { total: None, .. }) => unnamed > PROBE_LIST_ABOVE,
         }
     }
 
@@ -323,37 +351,58 @@ fn find_person(session: &Session, settings: &Settings, email: &str) -> Result<Op
     let filter = format!("email_address eq '{}'", email.replace('\'', "''"));
     url.query_pairs_mut().append_pair("filter", &filter);
     let answer = session.get_json(&url, "person lookup")?;
-    let people = answer
-        .get("_embedded")
-        .and_then(|e| e.get("osdi:people"))
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad_shape("person lookup", "no _embedded.osdi:people list"))?;
     // The people collection's `next` link is present even on its last page: never followed.
-    let Some(person) = people.first() else {
+    let Some(person) = embedded(&answer, "osdi:people", "person lookup")?.first() else {
         return Ok(None);
     };
-    let href = link(person, "osdi:taggings").ok_or_else(|| bad_shape("person lookup", "the person has no osdi:taggings link"))?;
-    parse_link(href, "person lookup").map(Some)
+    match link(person, "osdi:taggings") {
+        Some(href) => parse_link(href, "person lookup").map(Some),
+        None => documented_taggings(&settings.base_url, person).map(Some),
+    }
 }
 
-/// A paged collection, followed through `_links.next` with loop, origin and page-cap checks.
+/// A person without an `osdi:taggings` link: the address Action Network documents for its
+/// taggings, `people/<id>/taggings` under `base_url`, with the id of its `action_network:`
+/// identifier (a uuid; anything else is not put in a path).
+fn documented_taggings(base_url: &Url, person: &Value) -> Result<Url, Error> {
+    let id = person
+        .get("identifiers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|identifier| identifier.as_str()?.strip_prefix("action_network:"))
+        .find(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .ok_or_else(|| bad_shape("person lookup", "the person has neither an osdi:taggings link nor an action_network identifier"))?;
+    base_url.join(&format!("people/{id}/taggings")).map_err(|e| bad_shape("person lookup", e))
+}
+
+/// A paged collection, followed through `_links.next` with origin and page-cap checks.
+///
+/// Its last page is whichever end comes first: the page whose number reaches `total_pages`,
+/// a page with fewer items than its `per_page` (an empty one included), or one whose `next`
+/// leads back to a page already read. So no request goes past an end that the totals or a
+/// short page show, however the server links `next` there (Action Network's people list links
+/// it on its last page too). A `next` back to a page already read while the totals say more
+/// pages follow is a loop, and an error: ending there could miss taggings.
 struct Pages {
     next: Option<Url>,
     visited: HashSet<Url>,
     what: &'static str,
+    /// The `_embedded` key of the collection's items.
+    key: &'static str,
     cap: Option<u32>,
-    /// Pages read by earlier calls, for numbering pages in messages.
+    /// Pages read by earlier calls, for numbering pages.
     read_before: u32,
 }
 
 impl Pages {
-    fn new(first: Url, what: &'static str, cap: Option<u32>) -> Self {
-        Pages { cap, ..Pages::resume(Some(first), what, 0) }
+    fn new(first: Url, what: &'static str, key: &'static str, cap: Option<u32>) -> Self {
+        Pages { cap, ..Pages::resume(Some(first), what, key, 0) }
     }
 
     /// Goes on after `read_before` pages read earlier; `next: None` once they were all.
-    fn resume(next: Option<Url>, what: &'static str, read_before: u32) -> Self {
-        Pages { next, visited: HashSet::new(), what, cap: None, read_before }
+    fn resume(next: Option<Url>, what: &'static str, key: &'static str, read_before: u32) -> Self {
+        Pages { next, visited: HashSet::new(), what, key, cap: None, read_before }
     }
 
     fn finished(&self) -> bool {
@@ -367,15 +416,20 @@ impl Pages {
                 return Err(Error::PageCap { max_pages: cap });
             }
         }
-        let what = format!("{} {}", self.what, self.read_before as usize + self.visited.len() + 1);
-        if !self.visited.insert(url.clone()) {
-            return Err(Error::RepeatedNext { what });
-        }
+        let number = u64::from(self.read_before) + self.visited.len() as u64 + 1;
+        let what = format!("{} {number}", self.what);
+        self.visited.insert(url.clone());
         let page = session.get_json(&url, &what)?;
+        let items = embedded(&page, self.key, &what)?.len() as u64;
+        let total_pages = count(&page, "total_pages");
+        let short = items == 0 || count(&page, "per_page").is_some_and(|per_page| items < per_page);
+        if short || total_pages.is_some_and(|total| number >= total) {
+            return Ok(Some(page));
+        }
         if let Some(next) = link(&page, "next") {
             let next = parse_link(next, &what)?;
             if self.visited.contains(&next) {
-                return Err(Error::RepeatedNext { what });
+                return if total_pages.is_some() { Err(Error::RepeatedNext { what }) } else { Ok(Some(page)) };
             }
             session.same_origin(&next, &format!("next link of the {what}"))?;
             self.next = Some(next);
@@ -384,16 +438,17 @@ impl Pages {
     }
 }
 
-/// The tag hrefs of a taggings page.
-fn tagging_hrefs(page: &Value) -> Result<Vec<String>, Error> {
-    let taggings = embedded(page, "osdi:taggings", "taggings page")?;
-    taggings
-        .iter()
-        .map(|tagging| {
-            let href = link(tagging, "osdi:tag").ok_or_else(|| bad_shape("taggings page", "a tagging has no osdi:tag link"))?;
-            Ok(parse_link(href, "taggings page")?.to_string())
-        })
-        .collect()
+/// The tag hrefs of a taggings page, and how many of its taggings have no `osdi:tag` link.
+fn tagging_hrefs(page: &Value) -> Result<(Vec<String>, usize), Error> {
+    let mut hrefs = Vec::new();
+    let mut unreadable = 0;
+    for tagging in embedded(page, "osdi:taggings", "taggings page")? {
+        match link(tagging, "osdi:tag") {
+            Some(href) => hrefs.push(parse_link(href, "taggings page")?.to_string()),
+            None => unreadable += 1,
+        }
+    }
+    Ok((hrefs, unreadable))
 }
 
 /// (name, href) of each tag on a tag list page.
@@ -408,11 +463,21 @@ fn list_tags(page: &Value) -> Result<Vec<(String, String)>, Error> {
         .collect()
 }
 
-fn embedded<'a>(page: &'a Value, key: &str, what: &str) -> Result<&'a Vec<Value>, Error> {
-    page.get("_embedded")
-        .and_then(|e| e.get(key))
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad_shape(what, format!("no _embedded.{key} list")))
+/// The items of a collection page, `_embedded.<key>`. An empty collection may come without
+/// `_embedded`, as `{}`, or without the key (the OSDI specification allows each): none. Only
+/// what cannot be a collection fails: a page that is not an object, or something else where
+/// `_embedded` or the list should be.
+fn embedded<'a>(page: &'a Value, key: &str, what: &str) -> Result<&'a [Value], Error> {
+    let page = page.as_object().ok_or_else(|| bad_shape(what, "not a JSON object"))?;
+    match page.get("_embedded") {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Object(embedded)) => match embedded.get(key) {
+            None | Some(Value::Null) => Ok(&[]),
+            Some(Value::Array(items)) => Ok(items),
+            Some(_) => Err(bad_shape(what, format!("_embedded.{key} is not a list"))),
+        },
+        Some(_) => Err(bad_shape(what, "_embedded is not an object")),
+    }
 }
 
 /// `resource._links.<rel>.href`
@@ -463,22 +528,40 @@ mod tests {
         assert_eq!(taggings_after(&huge_pages, 25), usize::MAX);
         // 4 unnamed of 4, then as many of the (saturated) rest.
         let saturated = 4 + usize::MAX / 4;
-        assert_eq!(expected_unnamed(&huge_pages, 4, 4), saturated);
+        assert_eq!(expected_unnamed(taggings_after(&huge_pages, 4), 4, 4), saturated);
         // 2^62 + 1 pages: 25 × 2^62 would wrap to 2^62, and × 4 to 0.
-        assert_eq!(expected_unnamed(&page(serde_json::json!({"total_pages": (1u64 << 62) + 1})), 4, 4), saturated);
-        assert_eq!(expected_unnamed(&page(serde_json::json!({"total_records": (1u64 << 62) + 4})), 4, 4), saturated);
-        // Past what a PHP int holds, or not an integer: absent, as in the polyfill.
-        assert_eq!(taggings_after(&page(serde_json::json!({"total_pages": 1u64 << 63})), 25), 0);
-        assert_eq!(taggings_after(&page(serde_json::json!({"total_records": -5, "total_pages": 2.5})), 25), 0);
+        let after = |totals: Value| taggings_after(&page(totals), 4);
+        assert_eq!(expected_unnamed(after(serde_json::json!({"total_pages": (1u64 << 62) + 1})), 4, 4), saturated);
+        assert_eq!(expected_unnamed(after(serde_json::json!({"total_records": (1u64 << 62) + 4})), 4, 4), saturated);
+        // Past what a PHP int holds, or not an integer: absent, as in the polyfill; a page
+        // that is not the last then has a page's worth after it.
+        assert_eq!(taggings_after(&page(serde_json::json!({"total_pages": 1u64 << 63})), 25), 25);
+        assert_eq!(taggings_after(&page(serde_json::json!({"total_records": -5, "total_pages": 2.5})), 25), 25);
     }
 
     #[test]
     fn shapes_are_checked() {
-        let page = serde_json::json!({"_embedded": {"osdi:taggings": [{"_links": {"osdi:tag": {"href": "http://h/api/v2/tags/1"}}}]}});
-        assert_eq!(tagging_hrefs(&page).unwrap(), vec!["http://h/api/v2/tags/1".to_string()]);
-        assert!(matches!(tagging_hrefs(&serde_json::json!({"foo": 1})), Err(Error::BadShape { .. })));
-        assert!(matches!(tagging_hrefs(&serde_json::json!([])), Err(Error::BadShape { .. })));
-        let bad_tag = serde_json::json!({"_embedded": {"osdi:taggings": [{"_links": {}}]}});
-        assert!(matches!(tagging_hrefs(&bad_tag), Err(Error::BadShape { .. })));
+        let json = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        let page = json(r#"{"_embedded": {"osdi:taggings": [{"_links": {"osdi:tag": {"href": "http://h/api/v2/tags/1"}}}, {"_links": {}}, "x"]}}"#);
+        assert_eq!(tagging_hrefs(&page).unwrap(), (vec!["http://h/api/v2/tags/1".to_string()], 2), "two taggings without a tag link");
+        // An empty collection, however it comes.
+        for empty in [r#"{}"#, r#"{"foo": 1}"#, r#"{"_embedded": {}}"#, r#"{"_embedded": null}"#, r#"{"_embedded": {"osdi:taggings": null}}"#] {
+            assert_eq!(tagging_hrefs(&json(empty)).unwrap(), (vec![], 0), "{empty}");
+        }
+        for wrong in [r#"[]"#, r#""page""#, r#"{"_embedded": "x"}"#, r#"{"_embedded": {"osdi:taggings": "x"}}"#, r#"{"_embedded": {"osdi:taggings": {}}}"#] {
+            assert!(matches!(tagging_hrefs(&json(wrong)), Err(Error::BadShape { .. })), "{wrong}");
+        }
+        let bad_link = json(r#"{"_embedded": {"osdi:taggings": [{"_links": {"osdi:tag": {"href": "not a url"}}}]}}"#);
+        assert!(matches!(tagging_hrefs(&bad_link), Err(Error::BadShape { .. })));
+    }
+
+    #[test]
+    fn a_person_without_a_taggings_link_has_the_documented_one() {
+        let base = Url::parse("http://127.0.0.1:1/api/v2/").unwrap();
+        let person = serde_json::json!({"identifiers": ["other:1", "action_network:d3f1-99ab"]});
+        assert_eq!(documented_taggings(&base, &person).unwrap().as_str(), "http://127.0.0.1:1/api/v2/people/d3f1-99ab/taggings");
+        for unusable in [serde_json::json!({}), serde_json::json!({"identifiers": ["action_network:../x"]}), serde_json::json!({"identifiers": "action_network:1"})] {
+            assert!(matches!(documented_taggings(&base, &unusable), Err(Error::BadShape { .. })), "{unusable}");
+        }
     }
 }

@@ -87,6 +87,15 @@ final class StandInServer
         $this->control('POST', 'state', ['tags' => $tags, 'people' => $people, 'latency_ms' => $latencyMs, 'case_sensitive_names' => $caseSensitiveNames]);
     }
 
+    /** Switches the shapes of the answers (an_server.py's /_control/shapes); load() restores today's. */
+    public function shapes(array $switches): void
+    {
+        // An empty array would go as a JSON list; no switch is no change.
+        if ($switches !== []) {
+            $this->control('POST', 'shapes', $switches);
+        }
+    }
+
     public function fault(string $kind, string $path = '/api/v2/', int $times = 1, array $extra = []): void
     {
         $this->control('POST', 'fault', ['kind' => $kind, 'path' => $path, 'times' => $times] + $extra);
@@ -110,6 +119,27 @@ final class StandInServer
         $filter = rawurlencode("email_address eq '$email'");
         $people = json_decode(file_get_contents($this->baseUrl() . "people/?filter=$filter", false, $context), true);
         return parse_url($people['_embedded']['osdi:people'][0]['_links']['osdi:taggings']['href'], PHP_URL_PATH);
+    }
+
+    /**
+     * The load of the host-wide pacing test and benchmark: 8 members, each with 4 tags past
+     * the tag list's first page in a 300-tag group, so that a cold check looks each one up
+     * (7 requests). Returns, per member's email, the tag to ask and whether the member has it
+     * (even members do, odd ones do not).
+     *
+     * @return array<string, array{string, bool}>
+     */
+    public function loadPacingMembers(): array
+    {
+        $names = self::tagNames(300);
+        [$people, $asks] = [[], []];
+        for ($i = 0; $i < 8; $i++) {
+            $email = "m$i@example.org";
+            $people[] = ['email' => $email, 'tags' => \array_slice($names, 200 + 10 * $i, 4)];
+            $asks[$email] = [$names[200 + 10 * $i + ($i % 2 === 0 ? 3 : 5)], $i % 2 === 0];
+        }
+        $this->load($names, $people);
+        return $asks;
     }
 
     /** "Tag 001" .. "Tag <n>" */

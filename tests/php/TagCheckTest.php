@@ -178,7 +178,7 @@ final class TagCheckTest extends JoinBlockTestCase
                 [$member, 'Tag 150', true, 1 + 6],
             ]],
             "href known, the member lacks it (Tag 250 after another person's check looked it up)" => [[
-                [$newcomer, 'Tag 251', true, 1 + 1 + 2],
+                [$newcomer, 'Tag 251', true, 1 + 1 + 1 + 2],
                 [$member, 'Tag 250', false, 1 + 8],
             ]],
             "every tag of the member named, not the asked one (after Tag 200)" => [[
@@ -283,7 +283,8 @@ final class TagCheckTest extends JoinBlockTestCase
 
     public function testAFailedTagLookupIsNotCached(): void
     {
-        self::loadMember(3, 3);
+        // One tag: looked up, never worth a page of the tag list.
+        self::loadMember(1, 3);
         // The first tag lookup answers 404 once, as a passing fault (or a replica behind) would.
         self::$server->fault('status', '/api/v2/tags/', 1, ['status' => 404]);
         [$failed, $again] = self::inOneProcess([['member@example.org', 'Tag 001'], ['member@example.org', 'Tag 001']]);
@@ -298,13 +299,14 @@ final class TagCheckTest extends JoinBlockTestCase
     /** @return array<string, array{int|string|null, int|null, int}> total_pages (a decimal string past PHP's ints), total_records, requests */
     public static function hugeTotals(): array
     {
-        // Person, taggings page 1, then either the tag list's first page (a huge remainder makes
-        // the list worth reading) or, when a total is ignored, one lookup per tag.
+        // Person, taggings page 1, then the tag list's first page, which names the 4 tags: a
+        // page shorter than per_page is the last, whatever its totals say (the arithmetic on
+        // them is src/action_network/mod.rs's server_totals_saturate).
         return [
             'total_pages 2^62' => [2 ** 62, null, 3],
             'total_pages 2^62 + 1 (25 × 2^62 wraps to a multiple of 2^64 / 4)' => [2 ** 62 + 1, null, 3],
             'total_records 2^62 + 4' => [null, 2 ** 62 + 4, 3],
-            'total_pages 2^63: not an integer PHP can hold, ignored' => ['9223372036854775808', null, 6],
+            'total_pages 2^63: not an integer PHP can hold, ignored' => ['9223372036854775808', null, 3],
         ];
     }
 
@@ -418,6 +420,119 @@ final class TagCheckTest extends JoinBlockTestCase
             array_combine($asked, [true, true, false, false, true, true, true]),
             array_combine($asked, array_map(fn ($c) => $c['result'] ?? $c, $calls))
         );
+    }
+
+    /**
+     * What the real Action Network may plausibly send (tests/an_server.py's shape switches),
+     * with the requests each case costs: a member with no tag asked Tag 001, one with Tag
+     * 001..025 asked Tag 025 (has it) and Tag 040 (lacks it), one with Tag 001..030 asked Tag
+     * 040, and an email without a person; in a group of Tag 001..040.
+     *
+     * @return array<string, array{array<string, mixed>, list<int>}> switches, requests per case
+     */
+    public static function shapeVariants(): array
+    {
+        $today = [2, 3, 3, 5, 1];
+        // Without totals, a full last page of taggings that links `next` takes one request
+        // more to show it is the last: the empty page after it.
+        $oneMore = [2, 3, 4, 5, 1];
+        return [
+            "today's shapes" => [[], $today],
+            'an empty page without _embedded' => [['empty_page' => 'no-embedded'], $today],
+            'an empty page as {}' => [['empty_page' => 'bare'], $today],
+            'an empty page with _embedded but no list' => [['empty_page' => 'no-key'], $today],
+            '`next` on the last page too, totals sent' => [['next_on_last' => true], $today],
+            'no total_pages / total_records' => [['totals' => false], $today],
+            'both of the two above' => [['next_on_last' => true, 'totals' => false], $oneMore],
+            'chunked bodies, no Content-Length' => [['chunked' => true], $today],
+            'all at once' => [['empty_page' => 'bare', 'next_on_last' => true, 'totals' => false, 'chunked' => true], $oneMore],
+        ];
+    }
+
+    /**
+     * Each variant answers right, in a fresh process (as a site meets it), with at most one
+     * request more than today's shapes.
+     *
+     * @dataProvider shapeVariants
+     */
+    public function testEveryPlausibleShapeAnswersRight(array $switches, array $requests): void
+    {
+        $tags = StandInServer::tagNames(40);
+        self::$server->load($tags, [
+            ['email' => 'none@example.org', 'tags' => []],
+            ['email' => 'page@example.org', 'tags' => array_slice($tags, 0, 25)],
+            ['email' => 'more@example.org', 'tags' => array_slice($tags, 0, 30)],
+        ]);
+        self::$server->shapes($switches);
+        $cases = [
+            ['none@example.org', 'Tag 001', false], ['page@example.org', 'Tag 025', true], ['page@example.org', 'Tag 040', false],
+            ['more@example.org', 'Tag 040', false], ['nobody@example.org', 'Tag 001', null],
+        ];
+        foreach ($cases as $i => [$email, $tag, $answer]) {
+            [$call] = self::inOneProcess([[$email, $tag]]);
+            $this->assertArrayHasKey('result', $call, "$email, $tag: " . json_encode($call));
+            $this->assertSame($answer, $call['result'], "$email, $tag");
+            $this->assertSame($requests[$i], $call['requests'], "$email, $tag: " . implode(' ', $call['urls']));
+            $this->assertLessThanOrEqual(self::shapeVariants()["today's shapes"][1][$i] + 1, $call['requests'], 'at most one request more than today');
+        }
+    }
+
+    /** A person without an osdi:taggings link: its documented address, under base_url. */
+    public function testAPersonWithoutATaggingsLinkIsReadAtTheDocumentedAddress(): void
+    {
+        self::loadMember(3, 40);
+        $taggings = self::$server->taggingsPath('member@example.org');
+        self::$server->shapes(['person_taggings_link' => false]);
+        [$has, $lacks] = [self::inOneProcess([['member@example.org', 'Tag 003']])[0], self::inOneProcess([['member@example.org', 'Tag 040']])[0]];
+        $this->assertSame([true, false], [$has['result'] ?? $has, $lacks['result'] ?? $lacks]);
+        $this->assertSame(1, $has['by_path'][$taggings] ?? 0, implode(' ', $has['urls']));
+        $this->assertSame(3, $has['requests'], 'the person, its taggings, the first page of the tag list');
+    }
+
+    /**
+     * A tagging without an osdi:tag link is skipped, as the plugin skips it: the answer is
+     * true when the asked tag is among the others, else unknown (an exception saying how many).
+     */
+    public function testATaggingWithoutATagLinkLeavesOnlyTrueKnowable(): void
+    {
+        self::loadMember(5, 40);
+        self::$server->shapes(['tag_link_missing' => ['Tag 003', 'Tag 004']]);
+        $unknown = "2 of the person's taggings could not be read (no osdi:tag link), and the asked tag is not among the others; the answer is unknown";
+        foreach (['Tag 005' => ['result' => true], 'Tag 040' => ['exception' => ActionNetworkException::class, 'message' => $unknown], 'Tag 003' => ['exception' => ActionNetworkException::class, 'message' => $unknown]] as $tag => $expected) {
+            [$call] = self::inOneProcess([['member@example.org', $tag]]);
+            $this->assertSame($expected, array_intersect_key($call, ['result' => 0, 'exception' => 0, 'message' => 0]), $tag);
+            $this->assertSame(3, $call['requests'], "$tag: the person, its taggings, the first page of the tag list");
+        }
+    }
+
+    /**
+     * BENCHMARKS.md's cold/warm table: a member with the first k tags of a 300-tag group,
+     * asked the last of them (has it) and Tag 300 (lacks it). No cliff at 25: a person with two
+     * unknown tags or more makes the call read the tag list's first page, which tells the
+     * group's size, and the rest is decided knowing it.
+     *
+     * @return array<string, array{int, int, int}> k, cold requests (has it and lacks it alike), taggings pages
+     */
+    public static function coldTable(): array
+    {
+        $rows = [];
+        foreach ([1 => 3, 5 => 3, 10 => 3, 20 => 3, 25 => 3, 26 => 5, 50 => 5, 200 => 17] as $k => $cold) {
+            $rows["k = $k"] = [$k, $cold, (int) ceil($k / 25)];
+        }
+        return $rows;
+    }
+
+    /** @dataProvider coldTable */
+    public function testColdCostHasNoCliff(int $k, int $cold, int $pages): void
+    {
+        $tags = self::loadMember($k, 300);
+        foreach ([$tags[$k - 1] => true, 'Tag 300' => false] as $tag => $answer) {
+            [$first, $again] = self::inOneProcess([['member@example.org', $tag], ['member@example.org', $tag]]);
+            $this->assertSame([$answer, $answer], [$first['result'] ?? $first, $again['result'] ?? $again], $tag);
+            $this->assertSame($cold, $first['requests'], "cold, $tag: " . implode(' ', $first['urls']));
+            $this->assertSame(1 + $pages, $again['requests'], "warm, $tag");
+            $this->assertLessThanOrEqual(1 + $pages + $k, $first['requests'], 'never more than the plugin');
+        }
     }
 
     /** Paths of single-tag lookups among counted requests. */
