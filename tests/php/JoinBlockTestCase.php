@@ -6,7 +6,13 @@ namespace JoinBlock\Tests;
 
 use PHPUnit\Framework\TestCase;
 
-/** Child PHP processes, scratch directories and the plugin's lock-file name. */
+/**
+ * Child PHP processes, scratch directories and the plugin's lock-file name.
+ *
+ * The suite runs under PHPUnit 9 (Debian 12) and 11 (Debian 13): a test's data provider is
+ * named twice, `#[DataProvider]` for PHPUnit 10 and later (which deprecate doc-comment
+ * metadata) and `@dataProvider` for PHPUnit 9 (which reads no attributes).
+ */
 abstract class JoinBlockTestCase extends TestCase
 {
     /** The user Debian's PHP-FPM runs a site's PHP as. Root ignores file permissions. */

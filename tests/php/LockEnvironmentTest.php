@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockException;
 use JoinBlock\LockTimeoutException;
 
@@ -85,6 +86,7 @@ final class LockEnvironmentTest extends JoinBlockTestCase
     }
 
     /** @dataProvider childFrees */
+    #[DataProvider('childFrees')]
     public function testForkedChildDoesNotReleaseTheParentsLock(string $how): void
     {
         $dir = $this->scratchDir();
@@ -104,6 +106,7 @@ final class LockEnvironmentTest extends JoinBlockTestCase
     }
 
     /** @dataProvider endings */
+    #[DataProvider('endings')]
     public function testEndOfRequestReleasesTheLock(string $ending): void
     {
         $dir = $this->scratchDir();

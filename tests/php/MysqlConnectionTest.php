@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockException;
 
 /**
@@ -82,6 +83,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
      *
      * @dataProvider staleConnections
      */
+    #[DataProvider('staleConnections')]
     public function testFirstLockAfterTheConnectionWentStaleWorksAtOnce(string $what): void
     {
         $proxy = $what === 'proxy' ? self::startProxy() : null;
@@ -146,6 +148,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
     }
 
     /** @dataProvider sameServerOtherSpelling */
+    #[DataProvider('sameServerOtherSpelling')]
     public function testMovingToAnotherServerWhileHoldingIsRefused(string $to): void
     {
         joinblock_configure(self::settings());
@@ -209,6 +212,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
      *
      * @dataProvider deadServers
      */
+    #[DataProvider('deadServers')]
     public function testConnectingGivesUpAtTheConnectTimeout(string $server): void
     {
         // Never accept()ed: the kernel completes the handshake for the first connections, and

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockException;
 use JoinBlock\LockTimeoutException;
 
@@ -181,6 +182,7 @@ final class MysqlLockTest extends JoinBlockTestCase
     }
 
     /** @dataProvider badServers */
+    #[DataProvider('badServers')]
     public function testBadServersAreClearExceptionsWithoutThePassword(array $override, string $pattern): void
     {
         joinblock_configure(['lock_backend' => 'mysql'] + $override + self::$db->wordpressSettings());
@@ -216,6 +218,7 @@ final class MysqlLockTest extends JoinBlockTestCase
     }
 
     /** @dataProvider badSettings */
+    #[DataProvider('badSettings')]
     public function testBadSettingsAreArgumentErrors(array $settings, string $class, string $pattern): void
     {
         $e = self::assertThrows($class, $pattern, fn () => joinblock_configure($settings));
@@ -258,6 +261,7 @@ final class MysqlLockTest extends JoinBlockTestCase
      * @dataProvider backends
      * @param list<string>|null $implementations of host a and host b; null: the one under test
      */
+    #[DataProvider('backends')]
     public function testTwoHostsOneDatabase(string $backend, string $expectedOverlaps, ?array $implementations = null): void
     {
         if ($implementations !== null && self::implementation() === 'polyfill') {

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * The host's shared state of joinblock_person_has_tag (README "The host's shared state"): a
  * tag map and a request pace that every PHP process of the host shares through files in the
@@ -128,6 +130,7 @@ final class SharedStateTest extends JoinBlockTestCase
      *
      * @dataProvider rateLimits
      */
+    #[DataProvider('rateLimits')]
     public function testEightProcessesTogetherKeepTheHostWideLimit(string $limiter): void
     {
         $asks = self::$server->loadPacingMembers();
@@ -172,6 +175,7 @@ final class SharedStateTest extends JoinBlockTestCase
     }
 
     /** @dataProvider spoiledFiles */
+    #[DataProvider('spoiledFiles')]
     public function testAFileThatCannotBeTrustedIsIgnored(string $how): void
     {
         $tags = self::loadMember();
