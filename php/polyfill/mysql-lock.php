@@ -229,12 +229,7 @@ final class MysqlConnection
         $started = Clock::now();
         try {
             [$db, $wsrepOn, $readOnly] = self::quietly(static function () use ($target, $seconds): array {
-                $db = mysqli_init();
-                $db->options(MYSQLI_OPT_CONNECT_TIMEOUT, $seconds);
-                $db->options(MYSQLI_OPT_READ_TIMEOUT, $seconds);
-                // mysqli takes a socket only with host localhost.
-                $host = $target->socket === null ? $target->host : 'localhost';
-                $db->real_connect($host, $target->user, $target->password, $target->database, $target->port, $target->socket);
+                $db = self::connect($target, $seconds);
                 try {
                     return [$db, ...$db->query('SELECT @@global.wsrep_on, @@global.read_only')->fetch_row()];
                 } catch (\mysqli_sql_exception $e) {
@@ -266,6 +261,35 @@ final class MysqlConnection
         self::$generation++;
         self::$locks = 0;
         return $db;
+    }
+
+    /**
+     * Connects within $seconds. A Unix socket whose listen backlog is full refuses a
+     * connection at once (EAGAIN), where TCP would wait for room: waits for room the same way,
+     * within the bound, so a burst of connections is not refused and a wedged server is
+     * reported as one that did not answer.
+     */
+    private static function connect(MysqlTarget $target, int $seconds): \mysqli
+    {
+        $giveUp = Clock::now() + $seconds;
+        $backoff = new Backoff(0.01, 0.2);
+        while (true) {
+            $db = mysqli_init();
+            $db->options(MYSQLI_OPT_CONNECT_TIMEOUT, $seconds);
+            $db->options(MYSQLI_OPT_READ_TIMEOUT, $seconds);
+            // mysqli takes a socket only with host localhost.
+            $host = $target->socket === null ? $target->host : 'localhost';
+            try {
+                $db->real_connect($host, $target->user, $target->password, $target->database, $target->port, $target->socket);
+                return $db;
+            } catch (\mysqli_sql_exception $e) {
+                $left = $giveUp - Clock::now();
+                if (Os::errno($e->getMessage()) !== 11 || $left <= 0) {
+                    throw $e;
+                }
+                Clock::sleep($backoff->next($left));
+            }
+        }
     }
 
     /**

@@ -5,6 +5,7 @@
 //! `mysql` (`GET_LOCK` on the database server every web host of a site shares). What they share
 //! lives here: waits, errors, counters, and each thread's claims.
 
+mod alarm;
 pub mod file;
 pub mod holder;
 pub mod mysql;

@@ -27,8 +27,9 @@
 //!   that thread is refused, as in the file backend.
 //! - Moving to another server (or another spelling of it) while this thread holds locks on
 //!   the current one is refused: replacing the connection would free them silently.
-//! - Every wait on the server is bounded: connecting by the connect bound, and each reply by
-//!   the `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
+//! - Every wait on the server is bounded: connecting by the connect bound (a Unix socket's
+//!   connect, which the crate does not bound, by an [`Alarm`]), and each reply by the
+//!   `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
 //! - After `fork`, the child runs only the forking thread but holds a copy of every thread's
 //!   socket. Invariant: every connected socket of the process is listed in `SOCKETS` (a list
 //!   read without any lock, since a lock another thread held at the fork would stay held in
@@ -59,7 +60,7 @@ use std::{
 
 use mysql::{prelude::Queryable, Conn, OptsBuilder};
 
-use super::{lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
+use super::{alarm::Alarm, lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
 
 /// Longest single `GET_LOCK` wait; longer waits repeat it.
 const WAIT_SLICE: Duration = Duration::from_secs(5);
@@ -432,7 +433,10 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
     let late = format!("the server did not answer within {:.3} s (joinblock.mysql_connect_timeout)", bound.as_secs_f64());
     let fail = |e: mysql::Error| LockError::Database { action: format!("connect to MySQL server {server}"), detail: describe_error(&e, &late) };
     let started = Instant::now();
+    // The crate bounds a TCP connect, not a Unix socket's (see `alarm`).
+    let alarm = target.socket.as_ref().and_then(|_| Alarm::arm(bound));
     let mut conn = Conn::new(target.options(bound)).map_err(fail)?;
+    drop(alarm);
     // The server check's reply, within what is left of the bound.
     let left = bound.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
     set_read_timeout(&conn, left).map_err(fail)?;
@@ -470,7 +474,8 @@ fn unsafe_server(wsrep_on: Option<&str>, read_only: Option<&str>) -> Option<&'st
 fn describe_error(err: &mysql::Error, late: &str) -> String {
     use mysql::DriverError;
     let io = |e: &io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => late.to_owned(),
+        // Interrupted: by the connect's alarm, at the bound.
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => late.to_owned(),
         io::ErrorKind::UnexpectedEof => "the server closed the connection".to_owned(),
         _ => e.to_string(),
     };
@@ -482,6 +487,7 @@ fn describe_error(err: &mysql::Error, late: &str) -> String {
             None => format!("the server's reply could not be read ({codec})"),
         },
         mysql::Error::DriverError(DriverError::ConnectTimeout) => late.to_owned(),
+        mysql::Error::DriverError(DriverError::CouldNotConnect(Some((_, _, io::ErrorKind::Interrupted)))) => late.to_owned(),
         mysql::Error::DriverError(DriverError::CouldNotConnect(Some((address, reason, _)))) => {
             format!("connecting to {address} failed: {reason}")
         }
