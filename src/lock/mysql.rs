@@ -389,6 +389,17 @@ fn with_lock_connection<T>(
     .unwrap_or(Ok(None))
 }
 
+/// Closes this thread's connection if it is still the one of `generation` (the server then
+/// frees every lock it held); how many locks it still held, or `None` when it was gone.
+fn close_lock_connection(generation: u64) -> Option<usize> {
+    Slot::with(|mut slot| {
+        let others = slot.0.as_ref().filter(|c| c.generation == generation)?.locks;
+        slot.close(false);
+        Some(others)
+    })
+    .flatten()
+}
+
 fn use_error(target: &MysqlTarget, err: &mysql::Error, reply_limit: Duration) -> LockError {
     let late = format!(
         "the server did not answer within {:.3} s (the lock wait asked for, plus joinblock.mysql_connect_timeout)",
@@ -601,9 +612,16 @@ impl DbLock {
             connection.expect_reply_within(Duration::ZERO, self.connect_timeout)?;
             connection.conn.exec_first::<Option<i64>, _, _>("SELECT RELEASE_LOCK(?)", (&self.name,))
         });
+        let lock = format!("MySQL lock {} on {}", self.name, self.target.describe());
         match released {
             Ok(Some(Some(Some(1)))) => Ok(()),
-            _ => Err(LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) }),
+            // Refused (KILL QUERY, out of memory, a server limit) on a connection that lives
+            // on and so still holds the lock: ending it is the one way left to free it.
+            Err(LockError::Database { detail, .. }) => match close_lock_connection(self.generation) {
+                Some(others) => Err(LockError::ReleaseRefused { lock, detail, others }),
+                None => Err(LockError::Lost { lock }),
+            },
+            _ => Err(LockError::Lost { lock }),
         }
     }
 }
