@@ -7,6 +7,7 @@
 
 mod alarm;
 pub mod file;
+mod fork;
 pub mod holder;
 pub mod mysql;
 mod release_watch;

@@ -31,11 +31,10 @@
 //!   connect, which the crate does not bound, by an [`Alarm`]), and each reply by the
 //!   `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
 //! - After `fork`, the child runs only the forking thread but holds a copy of every thread's
-//!   socket. Invariant: every connected socket of the process is listed in `SOCKETS` (a list
-//!   read without any lock, since a lock another thread held at the fork would stay held in
-//!   the child), and the child's fork handler detaches each one listed (without telling the
-//!   server: that would end the parent's session and free its locks). The forking thread's own
-//!   connection is dropped at its next use; the other threads' never run again. Closing the
+//!   socket. Every connected socket is listed in [`fork`], whose child handler detaches each
+//!   one (without telling the server: that would end the parent's session and free its
+//!   locks). The forking thread's own connection is dropped at its next use; the other
+//!   threads' never run again. Closing the
 //!   copies at once means a parent killed while holding a lock frees it at once too, even
 //!   while the child lives on. The one gap: a socket still connecting in another thread at the
 //!   moment of the fork is listed only once connected, so the child keeps that copy until it
@@ -49,18 +48,14 @@ use std::{
     fmt, io,
     marker::PhantomData,
     os::fd::AsRawFd,
-    ptr,
-    sync::{
-        atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering},
-        Once,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use mysql::{prelude::Queryable, Conn, OptsBuilder};
 
-use super::{alarm::Alarm, lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
+use super::{alarm::Alarm, fork, lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
 
 /// Longest single `GET_LOCK` wait; longer waits repeat it.
 const WAIT_SLICE: Duration = Duration::from_secs(5);
@@ -188,7 +183,7 @@ impl MysqlTarget {
 struct Connection {
     conn: Conn,
     /// Where its socket is listed for the fork handler.
-    listed: &'static ListedSocket,
+    listed: &'static fork::Listed,
     target: MysqlTarget,
     pid: u32,
     generation: u64,
@@ -200,9 +195,7 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Only its own entry: in a forked child the handler emptied it, and a connection of
-        // the child's may have taken it since (with another descriptor, as this one is open).
-        let _ = self.listed.fd.compare_exchange(self.conn.as_raw_fd(), -1, Ordering::SeqCst, Ordering::SeqCst);
+        self.listed.unlist(self.conn.as_raw_fd());
     }
 }
 
@@ -214,70 +207,6 @@ thread_local! {
 
 /// Process-wide, so that every connection, on whichever thread, has its own number.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static FORK_HANDLER: Once = Once::new();
-
-/// One entry of `SOCKETS`: a connected socket, or -1 when free for the next connection.
-struct ListedSocket {
-    fd: AtomicI32,
-    /// Set before the entry is published, never changed after.
-    next: AtomicPtr<ListedSocket>,
-}
-
-/// Every connected socket of the process, for the fork handler, which may take no lock. A
-/// singly linked list that only grows: entries are reused, never freed, so there are at most
-/// as many as connections were ever open at once (one per thread), and a reader needs no lock.
-static SOCKETS: AtomicPtr<ListedSocket> = AtomicPtr::new(ptr::null_mut());
-
-/// Lists `fd`, in a free entry if there is one.
-fn list_socket(fd: i32) -> &'static ListedSocket {
-    let mut entry = SOCKETS.load(Ordering::Acquire);
-    // SAFETY: entries are leaked boxes, never freed.
-    while let Some(listed) = unsafe { entry.as_ref() } {
-        if listed.fd.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
-            return listed;
-        }
-        entry = listed.next.load(Ordering::Acquire);
-    }
-    let listed: &'static ListedSocket =
-        Box::leak(Box::new(ListedSocket { fd: AtomicI32::new(fd), next: AtomicPtr::new(ptr::null_mut()) }));
-    let mut head = SOCKETS.load(Ordering::Acquire);
-    loop {
-        listed.next.store(head, Ordering::Release);
-        match SOCKETS.compare_exchange(head, ptr::from_ref(listed).cast_mut(), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return listed,
-            Err(now) => head = now,
-        }
-    }
-}
-
-/// In a forked child: every inherited socket is closed before the child runs any code of its
-/// own, without a word to the server (see `detach_socket`).
-extern "C" fn close_inherited_sockets() {
-    let mut entry = SOCKETS.load(Ordering::Acquire);
-    // SAFETY: entries are leaked boxes, never freed.
-    while let Some(listed) = unsafe { entry.as_ref() } {
-        let fd = listed.fd.swap(-1, Ordering::SeqCst);
-        if fd >= 0 {
-            detach_socket(fd);
-        }
-        entry = listed.next.load(Ordering::Acquire);
-    }
-}
-
-/// Closes the socket behind `fd` by pointing `fd` at `/dev/null`: the client that owns `fd`
-/// can still be dropped normally, and its goodbye (`COM_QUIT`) goes nowhere instead of ending
-/// a session someone else holds locks on, or raising SIGPIPE on a dead Unix socket. Uses only
-/// calls that are safe in a fork handler.
-fn detach_socket(fd: i32) {
-    // SAFETY: plain syscalls on descriptors; `fd` is the connection's own socket.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if null >= 0 {
-            libc::dup3(null, fd, libc::O_CLOEXEC);
-            libc::close(null);
-        }
-    }
-}
 
 /// This thread's connection slot.
 struct Slot<'a>(&'a mut Option<Connection>);
@@ -298,10 +227,6 @@ impl Slot<'_> {
     }
 
     fn open(&mut self, target: &MysqlTarget, bound: Duration) -> Result<&mut Connection, LockError> {
-        FORK_HANDLER.call_once(|| {
-            // SAFETY: registers a handler that only touches atomics and descriptors.
-            unsafe { libc::pthread_atfork(None, None, Some(close_inherited_sockets)) };
-        });
         Ok(self.0.insert(open(target, bound)?))
     }
 
@@ -309,7 +234,7 @@ impl Slot<'_> {
     fn close(&mut self, dead: bool) {
         if let Some(connection) = self.0.take() {
             if dead {
-                detach_socket(connection.conn.as_raw_fd());
+                fork::detach(connection.conn.as_raw_fd());
             }
         }
     }
@@ -464,7 +389,7 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
         return Err(LockError::UnsafeServer { server, reason });
     }
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
-    let listed = list_socket(conn.as_raw_fd());
+    let listed = fork::list(conn.as_raw_fd());
     Ok(Connection { conn, listed, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound })
 }
 
