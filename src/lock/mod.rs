@@ -10,7 +10,7 @@ pub mod file;
 mod fork;
 pub mod holder;
 pub mod mysql;
-mod release_watch;
+pub mod release_watch;
 
 use std::{
     fmt, io,
