@@ -296,6 +296,7 @@ final class SharedStore
                 usort($entries, static fn ($a, $b) => $a[2] <=> $b[2]);
                 $entries = \array_slice($entries, -self::MAX_ENTRIES);
             }
+            self::removeLeftovers($this->dir, ".joinblock-an-{$this->hash}.tags.");
             $body = json_encode(['format' => self::TAGS_FORMAT, 'group' => $this->hash, 'entries' => $entries], JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION);
             [$temp, $out] = Os::createPrivate($this->dir, ".joinblock-an-{$this->hash}.tags.") ?? [null, false];
             if ($out === false || fwrite($out, $body) !== \strlen($body) || !fclose($out) || !@rename($temp, $path)) {
@@ -306,6 +307,21 @@ final class SharedStore
             }
         } finally {
             self::unlock($handle);
+        }
+    }
+
+    /**
+     * Removes this user's temporary files named $prefix… in $dir older than a minute: the
+     * extension's and the polyfill's, left by a process killed while publishing (a publish
+     * takes milliseconds, under the pace file's lock), which nothing else would remove.
+     */
+    private static function removeLeftovers(string $dir, string $prefix): void
+    {
+        foreach (@scandir($dir) ?: [] as $name) {
+            $stat = str_starts_with($name, $prefix) ? @lstat("$dir/$name") : false;
+            if ($stat !== false && $stat['uid'] === Users::me() && $stat['mtime'] < time() - 60) {
+                @unlink("$dir/$name");
+            }
         }
     }
 

@@ -13,7 +13,8 @@
 //! - `joinblock-an-<h>.tags`: JSON `{"format":"joinblock-tags 1","group":"<h>",
 //!   "entries":[[href, folded name, learned, expires], ...]}` (times as above). Replaced only
 //!   whole: written to `.joinblock-an-<h>.tags.<pid>.tmp` (O_EXCL) and renamed over, under
-//!   the pace file's lock, so a reader sees the old or the new file, never a torn one.
+//!   the pace file's lock, so a reader sees the old or the new file, never a torn one. A
+//!   publish removes such temporary files older than a minute, left by killed publishers.
 //!
 //! # Invariants, and why
 //! - No secret reaches the disk: the key only inside a SHA-1, never an email (files hold tag
@@ -176,6 +177,7 @@ impl Store {
             entries.sort_by(|a, b| a.2.total_cmp(&b.2));
             entries.drain(..entries.len() - MAX_ENTRIES);
         }
+        remove_leftovers(&self.dir, &format!(".joinblock-an-{}.tags.", self.hash));
         let rows: Vec<Value> = entries.iter().map(|(h, n, l, e)| json!([h, n, l, e])).collect();
         let body = json!({"format": TAGS_FORMAT, "group": self.hash, "entries": rows}).to_string();
         if let Err(problem) = replace(&self.dir, &path, body.as_bytes()) {
@@ -292,6 +294,27 @@ pub fn parse_tags(body: &[u8], hash: &str) -> Option<Vec<SharedEntry>> {
             (href.len() + name.len() <= MAX_ENTRY_BYTES).then(|| (href.to_owned(), name.to_owned(), learned, expires))
         })
         .collect()
+}
+
+/// A temporary file older than this was left by a publisher that died mid-write (a publish
+/// takes milliseconds, under the pace file's lock).
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes this user's temporary files named `prefix…` in `dir` older than [`LEFTOVER_AGE`]:
+/// the extension's and the polyfill's, left by a process killed while publishing, which
+/// nothing else would ever remove. Removing a name never follows it.
+fn remove_leftovers(dir: &Path, prefix: &str) {
+    let Ok(listing) = std::fs::read_dir(dir) else { return };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for item in listing.flatten() {
+        let old = item.metadata().is_ok_and(|meta| {
+            meta.uid() == me && meta.modified().is_ok_and(|at| at.elapsed().is_ok_and(|age| age > LEFTOVER_AGE))
+        });
+        if old && item.file_name().to_str().is_some_and(|name| name.starts_with(prefix)) {
+            let _ = std::fs::remove_file(item.path());
+        }
+    }
 }
 
 /// Writes `body` to a new temporary file in `dir` and renames it over `path`.

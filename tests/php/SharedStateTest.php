@@ -199,6 +199,27 @@ final class SharedStateTest extends JoinBlockTestCase
         $this->assertLessThanOrEqual($later + 3600, (float) $blockedNow, 'no block kept longer than an hour');
     }
 
+    /**
+     * Temporary files left by publishers killed mid-write (the extension's and the polyfill's
+     * names) are removed by the next publish once older than a minute; a fresh one is not.
+     */
+    public function testAPublishRemovesTemporaryFilesLeftByKilledPublishers(): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        self::runCalls($dir, [['p@example.org', 'Member']]);
+        [$tagsFile] = glob("$dir/joinblock-an-*.tags");
+        $prefix = $dir . '/.' . basename($tagsFile) . '.';
+        foreach (["{$prefix}4242.tmp", "{$prefix}Xy12Ab"] as $leftover) {
+            file_put_contents($leftover, '{"format":"joinblock-tags 1","gro');
+            touch($leftover, time() - 3600);
+        }
+        file_put_contents("{$prefix}4343.tmp", '{');
+        [$call] = self::runCalls($dir, [['p@example.org', 'Member', ['tag_cache_ttl' => 0.001]]]);
+        $this->assertTrue($call['result'] ?? $call['message']);
+        $this->assertSame(["{$prefix}4343.tmp"], glob("$dir/.joinblock-an-*"), 'the old leftovers are gone, the fresh one stays');
+    }
+
     /** @return array<string, array{string}> */
     public static function spoiledFiles(): array
     {
