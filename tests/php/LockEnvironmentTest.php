@@ -99,6 +99,45 @@ final class LockEnvironmentTest extends JoinBlockTestCase
         $this->assertSame([], glob("$dir/join-lock-*"), 'the parent released it at the end');
     }
 
+    /**
+     * A child made with pcntl_fork that lives on, its parent killed while holding a file lock.
+     * The extension points the child's copy of the lock's descriptor at /dev/null as it forks,
+     * so the parent's death frees the lock at once. The polyfill cannot (PHP has no fork
+     * handler): the child's copy keeps the lock until the child ends, as README says.
+     */
+    public function testAForkedChildDoesNotKeepADeadParentsLock(): void
+    {
+        $dir = $this->scratchDir();
+        $parent = self::startPhp(self::phpCode(sprintf(<<<'PHP'
+            $lock = joinblock_acquire_lock('forked@example.org', ['dir' => %s]);
+            $child = pcntl_fork();
+            if ($child === 0) {
+                sleep(30);
+                exit(0);
+            }
+            echo "$child\n";
+            sleep(60);
+            PHP, var_export($dir, true))));
+        $child = (int) fgets($parent['pipes'][1]);
+        $this->assertGreaterThan(0, $child);
+        try {
+            posix_kill(proc_get_status($parent['proc'])['pid'], SIGKILL);
+            self::finish($parent);
+            $this->assertTrue(posix_kill($child, 0), 'the child lives on');
+            if (self::implementation() === 'extension') {
+                $started = microtime(true);
+                joinblock_acquire_lock('forked@example.org', ['dir' => $dir, 'timeout' => 3])->release();
+                $this->assertLessThan(1.0, microtime(true) - $started, 'free at once');
+            } else {
+                self::assertThrows(LockTimeoutException::class, '~^timed out after~', fn () => joinblock_acquire_lock('forked@example.org', ['dir' => $dir, 'timeout' => 0.5]));
+                posix_kill($child, SIGKILL);
+                joinblock_acquire_lock('forked@example.org', ['dir' => $dir, 'timeout' => 3])->release();
+            }
+        } finally {
+            posix_kill($child, SIGKILL);
+        }
+    }
+
     /** @return array<string, array{string}> */
     public static function endings(): array
     {
