@@ -233,6 +233,31 @@ abstract class JoinBlockTestCase extends TestCase
         return self::finish($proc, $limit);
     }
 
+    /**
+     * A holder that forks: a PHP process runs `$acquire` (code that takes a lock into `$lock`),
+     * forks a child that sleeps on with its copies of the parent's descriptors, and is killed
+     * (SIGKILL). Returns the child's pid, still alive: the caller kills it when done.
+     */
+    protected function killHolderKeepingItsForkedChild(string $acquire): int
+    {
+        $parent = self::startPhp(self::phpCode($acquire . <<<'PHP'
+
+            $child = pcntl_fork();
+            if ($child === 0) {
+                sleep(30);
+                exit(0);
+            }
+            echo "$child\n";
+            sleep(60);
+            PHP));
+        $child = (int) fgets($parent['pipes'][1]);
+        $this->assertGreaterThan(0, $child);
+        posix_kill(proc_get_status($parent['proc'])['pid'], SIGKILL);
+        self::finish($parent);
+        $this->assertTrue(posix_kill($child, 0), 'the child lives on');
+        return $child;
+    }
+
     /** @return array{proc: resource, pipes: array<int, resource>} */
     protected static function startPhp(array $command): array
     {

@@ -282,23 +282,8 @@ final class MysqlConnectionTest extends JoinBlockTestCase
     public function testAForkedChildDoesNotKeepADeadParentsLock(): void
     {
         self::extensionOnly('PHP code cannot close the child\'s copy of mysqli\'s socket without ending the parent\'s session (README: the polyfill)');
-        $parent = self::startPhp(self::phpCode(sprintf(<<<'PHP'
-            joinblock_configure(%s);
-            $lock = joinblock_acquire_lock('forked@example.org');
-            $child = pcntl_fork();
-            if ($child === 0) {
-                sleep(10);
-                exit(0);
-            }
-            echo "$child\n";
-            sleep(60);
-            PHP, var_export(self::settings(), true))));
-        $child = (int) fgets($parent['pipes'][1]);
-        $this->assertGreaterThan(0, $child);
+        $child = $this->killHolderKeepingItsForkedChild(sprintf('joinblock_configure(%s); $lock = joinblock_acquire_lock("forked@example.org");', var_export(self::settings(), true)));
         try {
-            posix_kill(proc_get_status($parent['proc'])['pid'], SIGKILL);
-            self::finish($parent);
-            $this->assertTrue(posix_kill($child, 0), 'the child lives on');
             joinblock_configure(self::settings());
             $started = microtime(true);
             $lock = joinblock_acquire_lock('forked@example.org', ['timeout' => 5]);
