@@ -110,7 +110,7 @@ check_so_fits() {
   the .so was built for PHP $(php_version_of_api "$api") (API $api), $(describe_build "$zts" "$debug") [$id]
   this PHP is $PHP_FULL_VERSION (API $PHP_API), $(describe_build "$PHP_ZTS" "$PHP_DEBUG_BUILD") [$PHP_BUILD_ID]
   Build for this PHP: install php$PHP_VERSION-dev, then run this again without JOINBLOCK_SO and with
-  PHP_CONFIG=$PHP_CONFIG_BIN (see README, Install)."
+  PHP_CONFIG=$PHP_CONFIG_BIN (see docs/install.md)."
     fi
     local loaded
     loaded=$("$PHP_BIN" -n -d "extension=$so" -r 'echo extension_loaded("joinblock") ? "yes" : "no";' 2>&1) || true

@@ -187,7 +187,7 @@ final class FileLock implements Held
                         . ($holder === null ? '' : ", held by $holder"));
                 }
                 $lock->close();
-                // PHP has no inotify: timed waits poll (README).
+                // PHP has no inotify: timed waits poll (docs/integration.md).
                 Clock::sleep($backoff->next($deadline - $now));
                 continue;
             }

@@ -2,7 +2,7 @@
 
 /**
  * The per-host store of joinblock_person_has_tag: the same files, format and rules as the
- * extension's (src/action_network/shared.rs, and README "The host's shared state"), so that
+ * extension's (src/action_network/shared.rs, and docs/configuration.md, "The host's shared state"), so that
  * extension workers and polyfill requests of one site share one tag map and one request pace.
  *
  * In the lock directory in effect, for a group "<base_url> <sha1(api key)>" named by

@@ -13,7 +13,7 @@ final class ComposerProject
 {
     public const PACKAGE = 'joinblock/joinblock-polyfill';
     /** What a Composer package needs of this repository: the rest stays out of copies. */
-    public const PACKAGE_FILES = ['composer.json', 'README.md', 'php'];
+    public const PACKAGE_FILES = ['composer.json', 'README.md', 'docs', 'php'];
 
     /**
      * Creates the project in `$dir` (which must exist) and requires the package.

@@ -7,9 +7,10 @@ namespace JoinBlock\Tests;
 use PHPUnit\Framework\Attributes\DataProvider;
 
 /**
- * Every ini line the documentation shows for the mysql backend (README's ini blocks, the
- * packaged ini's example), loaded as a site admin loads it: from a conf.d file by PHP's own
- * ini parser, and from a php-fpm pool file; then a lock is taken with it.
+ * Every ini line the documentation shows for the mysql backend (the ini blocks of README.md and
+ * docs/*.md: docs/configuration.md has them; the packaged ini's example), loaded as a site
+ * admin loads it: from a conf.d file by PHP's own ini parser, and from a php-fpm pool file;
+ * then a lock is taken with it.
  */
 final class DocumentedSettingsTest extends JoinBlockTestCase
 {
@@ -33,7 +34,8 @@ final class DocumentedSettingsTest extends JoinBlockTestCase
     private static function documentedLines(): array
     {
         $root = dirname(__DIR__, 2);
-        preg_match_all('~^```ini\n(.*?)^```~ms', (string) file_get_contents("$root/README.md"), $blocks);
+        $pages = implode("\n", array_map(fn (string $page) => (string) file_get_contents($page), ["$root/README.md", ...glob("$root/docs/*.md")]));
+        preg_match_all('~^```ini\n(.*?)^```~ms', $pages, $blocks);
         preg_match_all('~^; Example: (.*)$~m', (string) file_get_contents("$root/packaging/joinblock.ini"), $examples);
         $lines = [];
         foreach ([...explode("\n", implode("\n", $blocks[1])), ...$examples[1]] as $line) {
@@ -41,7 +43,7 @@ final class DocumentedSettingsTest extends JoinBlockTestCase
                 $lines[] = $line;
             }
         }
-        self::assertGreaterThanOrEqual(5, count($lines), 'README and the ini show the mysql settings');
+        self::assertGreaterThanOrEqual(5, count($lines), 'docs/configuration.md and the ini show the mysql settings');
         return $lines;
     }
 
@@ -101,14 +103,15 @@ final class DocumentedSettingsTest extends JoinBlockTestCase
     }
 
     /**
-     * In a php-fpm pool file, as README advises for the password: php-fpm starts, and the
-     * extension takes the lock on that server. The polyfill cannot see pool settings (README):
+     * In a php-fpm pool file, as docs/configuration.md advises for the password: php-fpm starts,
+     * and the extension takes the lock on that server. The polyfill cannot see pool settings
+     * (docs/integration.md):
      * it takes a file lock there, and joinblock_configure() is its way to the server.
      */
     public function testThePoolFileLinesWorkInPhpFpm(): void
     {
         $pool = array_map(self::aimed(...), array_values(array_filter(self::documentedLines(), fn (string $line) => str_starts_with($line, 'php_admin_value['))));
-        $this->assertCount(2, $pool, 'README\'s pool file example: the backend and the server');
+        $this->assertCount(2, $pool, 'docs/configuration.md\'s pool file example: the backend and the server');
         $fpm = FpmServer::start($this->scratchDir(), 1, $this->webUserPhpArgs(), null, $pool);
         try {
             $asConfigured = $fpm->request('lock_path.php', ['email' => 'pool@example.org']);

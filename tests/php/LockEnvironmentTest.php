@@ -103,7 +103,7 @@ final class LockEnvironmentTest extends JoinBlockTestCase
      * A child made with pcntl_fork that lives on, its parent killed while holding a file lock.
      * The extension points the child's copy of the lock's descriptor at /dev/null as it forks,
      * so the parent's death frees the lock at once. The polyfill cannot (PHP has no fork
-     * handler): the child's copy keeps the lock until the child ends, as README says.
+     * handler): the child's copy keeps the lock until the child ends, as docs/integration.md says.
      */
     public function testAForkedChildDoesNotKeepADeadParentsLock(): void
     {

@@ -250,7 +250,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
 
     /**
      * A server that stops answering mid-call, without closing anything (a relay that freezes):
-     * the call gives up within its timeout plus three connect timeouts at most (README).
+     * the call gives up within its timeout plus three connect timeouts at most (docs/configuration.md).
      */
     public function testAServerThatFallsSilentMidCallIsGivenUpOn(): void
     {
@@ -277,11 +277,11 @@ final class MysqlConnectionTest extends JoinBlockTestCase
 
     /**
      * A child made with pcntl_fork that lives on must not keep its parent's locks alive: the
-     * parent dying (kill -9) frees them at once, as README promises.
+     * parent dying (kill -9) frees them at once, as docs/configuration.md promises.
      */
     public function testAForkedChildDoesNotKeepADeadParentsLock(): void
     {
-        self::extensionOnly('PHP code cannot close the child\'s copy of mysqli\'s socket without ending the parent\'s session (README: the polyfill)');
+        self::extensionOnly('PHP code cannot close the child\'s copy of mysqli\'s socket without ending the parent\'s session (docs/integration.md: the polyfill)');
         $child = $this->killHolderKeepingItsForkedChild(sprintf('joinblock_configure(%s); $lock = joinblock_acquire_lock("forked@example.org");', var_export(self::settings(), true)));
         try {
             joinblock_configure(self::settings());
@@ -295,9 +295,9 @@ final class MysqlConnectionTest extends JoinBlockTestCase
     }
 
     /**
-     * README: the holder dying frees the lock at once, even when it started a program with
+     * docs/configuration.md: the holder dying frees the lock at once, even when it started a program with
      * proc_open that lives on. The extension's socket is close-on-exec; mysqli's is not, so
-     * with the polyfill the lock lasts until that program ends (README says so).
+     * with the polyfill the lock lasts until that program ends (docs/integration.md says so).
      */
     public function testAHoldersProgramStartedWithProcOpenAndTheHoldersDeath(): void
     {
@@ -320,7 +320,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         if (self::implementation() === 'extension') {
             $this->assertLessThan(1.0, $took, 'freed when the holder died');
         } else {
-            $this->assertGreaterThan(1.5, $took, 'the polyfill\'s lock lasts until the program ends (README)');
+            $this->assertGreaterThan(1.5, $took, 'the polyfill\'s lock lasts until the program ends (docs/integration.md)');
         }
     }
 

@@ -7,7 +7,7 @@ namespace JoinBlock\Tests;
 use PHPUnit\Framework\Attributes\DataProvider;
 
 /**
- * The plugin's call sequences (tests/php/fixtures/plugin_flow.php, the README's integration
+ * The plugin's call sequences (tests/php/fixtures/plugin_flow.php, docs/integration.md's integration
  * guide): a join and two webhook deliveries for one member at once, each checking a tag and
  * writing against the stand-in Action Network.
  */

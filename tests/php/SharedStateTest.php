@@ -7,7 +7,7 @@ namespace JoinBlock\Tests;
 use PHPUnit\Framework\Attributes\DataProvider;
 
 /**
- * The host's shared state of joinblock_person_has_tag (README "The host's shared state"): a
+ * The host's shared state of joinblock_person_has_tag (docs/configuration.md, "The host's shared state"): a
  * tag map and a request pace that every PHP process of the host shares through files in the
  * lock directory, and the store's refusal of files it cannot trust.
  */

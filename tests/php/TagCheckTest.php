@@ -162,7 +162,7 @@ final class TagCheckTest extends JoinBlockTestCase
     }
 
     /**
-     * README's request table ("### joinblock_person_has_tag"), one case per row and example: a
+     * docs/api.md's request table ("## `joinblock_person_has_tag`"), one case per row and example: a
      * member with Tag 001..Tag 200 (8 taggings pages) in a group of Tag 001..Tag 300 (12 tag list
      * pages, in the same order), and a newcomer with Tag 250 and Tag 251. Each case is one fresh
      * process, a PHP-FPM worker's life, asking different tags one after another.
@@ -200,7 +200,7 @@ final class TagCheckTest extends JoinBlockTestCase
     }
 
     /**
-     * Each call costs what README's table says for what the worker knows by then, and a worker
+     * Each call costs what docs/api.md's table says for what the worker knows by then, and a worker
      * never reads a page of the tag list, or looks up a tag, twice.
      *
      * @dataProvider readmeRows
@@ -413,7 +413,7 @@ final class TagCheckTest extends JoinBlockTestCase
     }
 
     /**
-     * Names compare by Unicode lowercasing, as Action Network is assumed to (README): "STRASSE"
+     * Names compare by Unicode lowercasing, as Action Network is assumed to (docs/api.md): "STRASSE"
      * is not "Straße" (ß lowercases to itself), and the forms of sigma are one letter.
      */
     public function testNonAsciiNamesCompareByLowercasing(): void

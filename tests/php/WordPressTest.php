@@ -9,7 +9,7 @@ use PHPUnit\Framework\Attributes\DataProvider;
 /**
  * Inside a real WordPress (WordPressSite: Debian's wordpress 6.1, nginx, php-fpm as www-data,
  * a private MariaDB): the test plugin (fixtures/wordpress/joinblock-test) requires the Composer
- * package and serves a join route and a Stripe-webhook route that lock and tag as the README's
+ * package and serves a join route and a Stripe-webhook route that lock and tag as docs/integration.md's
  * integration guide says. Three runs on one site, each with php-fpm restarted:
  * - `extension`: the build under test, loaded with `-d extension=` on php-fpm's command line
  *   (installing it for the whole system would change the PHP of every other test of the suite,

@@ -44,6 +44,7 @@ require __DIR__ . '/StandInServer.php';
 require __DIR__ . '/FpmServer.php';
 require __DIR__ . '/ApacheServer.php';
 require __DIR__ . '/MariaDbServer.php';
+require __DIR__ . '/MessageSources.php';
 require_once __DIR__ . '/ComposerProject.php';
 require __DIR__ . '/WordPressSite.php';
 require __DIR__ . '/HeadlessChromium.php';
