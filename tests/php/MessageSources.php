@@ -7,8 +7,8 @@ namespace JoinBlock\Tests;
 /**
  * The texts a user can meet, read out of the sources: every prose string literal of the
  * extension's non-test Rust code (src/), of the polyfill (php/polyfill/, php/joinblock.php) and
- * of the Site Health report (php/site-health.php), minus the few that are not messages
- * (NOT_MESSAGES). Messages are built from parts (`cannot {action}: {detail}`, an action
+ * of the Site Health report (php/site-health.php), minus SQL and the few other texts that
+ * are not messages (NOT_MESSAGES). Messages are built from parts (`cannot {action}: {detail}`, an action
  * `connect to MySQL server {server}`), so each literal is one part; its placeholders (Rust's
  * `{…}`, sprintf's `%s`, PHP's interpolated variables) are normalised to `…`.
  *
@@ -52,11 +52,6 @@ final class MessageSources
             'Network is unreachable', 'Connection reset by peer', 'Connection timed out', 'Connection refused',
             'No route to host', 'Disk quota exceeded', 'Not a directory', 'Is a directory',
         ],
-        'php/polyfill/mysql-lock.php' => [
-            // SQL sent to the server.
-            'SELECT @@global.wsrep_on, @@global.read_only', 'SELECT @@global.read_only',
-            "SELECT CONCAT(USER, '@', HOST) FROM information_schema.PROCESSLIST WHERE ID = ",
-        ],
         'src/action_network/shared.rs' => [
             // The first words of the host's shared-state files, which name their format.
             'joinblock-pace 1', 'joinblock-tags 1',
@@ -64,11 +59,6 @@ final class MessageSources
         'php/polyfill/shared-state.php' => [
             // The first words of the host's shared-state files, which name their format.
             'joinblock-pace 1', 'joinblock-tags 1',
-        ],
-        'src/lock/mysql.rs' => [
-            // SQL sent to the server.
-            'SELECT @@global.wsrep_on, @@global.read_only', 'SELECT @@global.read_only',
-            "SELECT CONCAT(USER, '@', HOST) FROM information_schema.PROCESSLIST WHERE ID = ?",
         ],
         'php/site-health.php' => [
             // The Info tab's row labels and the section's description (docs/wordpress.md).
@@ -128,7 +118,8 @@ final class MessageSources
     {
         $messages = [];
         foreach (self::files($root) as $file) {
-            $messages[$file] = array_values(array_diff(self::literals($root, $file), self::NOT_MESSAGES[$file] ?? []));
+            $literals = array_filter(self::literals($root, $file), fn (string $text): bool => !self::isSql($text));
+            $messages[$file] = array_values(array_diff($literals, self::NOT_MESSAGES[$file] ?? []));
         }
         return $messages;
     }
@@ -137,6 +128,15 @@ final class MessageSources
     private static function isProse(string $text): bool
     {
         return str_contains($text, ' ') && preg_match_all('~(?<![\\\\\w])[A-Za-z]{2,}\b~', $text) >= 2;
+    }
+
+    /**
+     * SQL sent to the database server, whole or a piece of a statement split over lines: it
+     * has a keyword in capitals that no message uses.
+     */
+    private static function isSql(string $text): bool
+    {
+        return (bool) preg_match('~\\b(SELECT|INSERT|UPDATE|DELETE|CREATE|FROM|WHERE|VALUES|INTERVAL|PRIMARY KEY|NOT NULL|ENGINE|DATETIME|VARCHAR|CHAR|TIMESTAMPDIFF|UTC_TIMESTAMP|GREATEST|LEAST)\\b~', $text);
     }
 
     /** Collapses white space and runs of placeholders. */

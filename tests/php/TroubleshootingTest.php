@@ -45,7 +45,7 @@ final class TroubleshootingTest extends TestCase
 
     /**
      * The extraction finds the messages, not nothing: enough of them in each part, and the
-     * ones every reader meets first.
+     * ones every reader meets first; and no SQL statement is taken for one.
      */
     public function testTheSourcesYieldTheMessages(): void
     {
@@ -66,9 +66,12 @@ final class TroubleshootingTest extends TestCase
             '…: owned by uid …, not by this user (uid …); ignored',
             'joinblock_acquire_lock(): Argument #1 ($key) must not be empty after trimming white space',
             'is "…"; expected "file" or "mysql"',
+            // Capitals of SQL in a message: not taken for SQL.
+            'GET_LOCK answered NULL (the server killed the wait or ran out of memory)',
         ] as $expected) {
             $this->assertContains($expected, $all);
         }
+        $this->assertSame([], array_values(array_filter($all, fn (string $m) => str_contains($m, 'SELECT '))), 'SQL is not a message');
     }
 
     /** The non-messages still occur where the list says: the list cannot hide a message by going stale. */
