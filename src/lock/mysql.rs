@@ -388,6 +388,20 @@ fn with_lock_connection<T>(
     .unwrap_or(Ok(None))
 }
 
+/// Runs `work` on this thread's connection to `target` (the one its locks use), every reply
+/// within the connect bound, as `with_connection` does for locks. For the tag check's
+/// site-wide shared state (`action_network::site_state`), which never holds a lock over it.
+pub fn with_shared_connection<T>(
+    target: &MysqlTarget,
+    connect_timeout: Duration,
+    mut work: impl FnMut(&mut Conn) -> Result<T, mysql::Error>,
+) -> Result<T, LockError> {
+    with_connection(target, connect_timeout, |connection| {
+        connection.expect_reply_within(Duration::ZERO, connect_timeout)?;
+        work(&mut connection.conn)
+    })
+}
+
 fn use_error(target: &MysqlTarget, err: &mysql::Error, reply_limit: Duration) -> LockError {
     let late = format!(
         "the server did not answer within {:.3} s (the lock wait asked for, plus joinblock.mysql_connect_timeout)",
