@@ -20,6 +20,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Polyfill;
 
+use JoinBlock\LockException;
+
 final class SiteState
 {
     private const MAX_ENTRIES = 4096;
