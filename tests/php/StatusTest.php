@@ -31,7 +31,7 @@ final class StatusTest extends JoinBlockTestCase
             'action_network_url' => 'https://actionnetwork.org/api/v2/',
         ], array_intersect_key($status, array_flip(['implementation', 'version', 'lock_backend', 'lock_dir', 'mysql_server', 'action_network_url'])));
         $this->assertSame([], $status['problems']);
-        $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'thread_safety', 'version'], self::sortedKeys($status));
+        $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'shared_state', 'thread_safety', 'version'], self::sortedKeys($status));
     }
 
     public function testTheBuildIsNamedNtsOrZtsAndZtsCountersSayAllThreads(): void
