@@ -348,17 +348,20 @@ final class Session
         return $left > 0 ? $left : throw Failure::deadline($what);
     }
 
-    /** Waits for this process's next request slot; never past the deadline. */
+    /** Waits for the host's next request slot (the shared store's), else this process's; never past the deadline. */
     private function pace(string $what): void
     {
-        if ($this->shared !== null) {
+        while ($this->shared !== null) {
             $latest = microtime(true) + ($this->deadline - Clock::now());
             $slot = $this->shared->reserve($this->minInterval, $latest);
             if ($slot === null) {
                 throw Failure::deadline("$what (waiting for a request slot under max_rps)");
             }
-            if ($slot !== false) {
-                Clock::sleep($slot - microtime(true));
+            if ($slot === false) {
+                break;
+            }
+            Clock::sleep($slot[1] - microtime(true));
+            if ($slot[0]) {
                 return;
             }
         }

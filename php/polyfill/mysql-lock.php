@@ -177,10 +177,14 @@ final class MysqlConnection
         }
     }
 
-    /** Runs $work(connection) on the connection of $generation; null once it is gone. */
+    /**
+     * Runs $work(connection) on the connection of $generation; null once it is gone.
+     *
+     * @throws LockException the server refused $work, and the connection lives on
+     */
     public static function withLockConnection(int $generation, float $bound, callable $work): mixed
     {
-        if (self::$db === null || self::$pid !== getmypid() || self::$generation !== $generation) {
+        if (!self::isCurrent($generation)) {
             return null;
         }
         try {
@@ -188,9 +192,29 @@ final class MysqlConnection
         } catch (\mysqli_sql_exception $e) {
             if (self::endsConnection($e)) {
                 self::$db = null;
+                return null;
             }
+            throw new LockException(self::describe($e));
+        }
+    }
+
+    private static function isCurrent(int $generation): bool
+    {
+        return self::$db !== null && self::$pid === getmypid() && self::$generation === $generation;
+    }
+
+    /**
+     * Closes the connection of $generation if it is still this process's (the server then
+     * frees every lock it held); how many locks it still held, or null when it was gone.
+     */
+    public static function closeLockConnection(int $generation): ?int
+    {
+        if (!self::isCurrent($generation)) {
             return null;
         }
+        self::$db->close();
+        self::$db = null;
+        return self::$locks;
     }
 
     public static function counted(int $generation, int $change): void
@@ -229,12 +253,7 @@ final class MysqlConnection
         $started = Clock::now();
         try {
             [$db, $wsrepOn, $readOnly] = self::quietly(static function () use ($target, $seconds): array {
-                $db = mysqli_init();
-                $db->options(MYSQLI_OPT_CONNECT_TIMEOUT, $seconds);
-                $db->options(MYSQLI_OPT_READ_TIMEOUT, $seconds);
-                // mysqli takes a socket only with host localhost.
-                $host = $target->socket === null ? $target->host : 'localhost';
-                $db->real_connect($host, $target->user, $target->password, $target->database, $target->port, $target->socket);
+                $db = self::connect($target, $seconds);
                 try {
                     return [$db, ...$db->query('SELECT @@global.wsrep_on, @@global.read_only')->fetch_row()];
                 } catch (\mysqli_sql_exception $e) {
@@ -266,6 +285,35 @@ final class MysqlConnection
         self::$generation++;
         self::$locks = 0;
         return $db;
+    }
+
+    /**
+     * Connects within $seconds. A Unix socket whose listen backlog is full refuses a
+     * connection at once (EAGAIN), where TCP would wait for room: waits for room the same way,
+     * within the bound, so a burst of connections is not refused and a wedged server is
+     * reported as one that did not answer.
+     */
+    private static function connect(MysqlTarget $target, int $seconds): \mysqli
+    {
+        $giveUp = Clock::now() + $seconds;
+        $backoff = new Backoff(0.01, 0.2);
+        while (true) {
+            $db = mysqli_init();
+            $db->options(MYSQLI_OPT_CONNECT_TIMEOUT, $seconds);
+            $db->options(MYSQLI_OPT_READ_TIMEOUT, $seconds);
+            // mysqli takes a socket only with host localhost.
+            $host = $target->socket === null ? $target->host : 'localhost';
+            try {
+                $db->real_connect($host, $target->user, $target->password, $target->database, $target->port, $target->socket);
+                return $db;
+            } catch (\mysqli_sql_exception $e) {
+                $left = $giveUp - Clock::now();
+                if (Os::errno($e->getMessage()) !== 11 || $left <= 0) {
+                    throw $e;
+                }
+                Clock::sleep($backoff->next($left));
+            }
+        }
     }
 
     /**
@@ -398,8 +446,12 @@ final class DbLock implements Held
     /** True while this process's connection still holds the lock (asks the server). */
     public function isHeld(): bool
     {
-        return !$this->released && $this->pid === getmypid()
-            && $this->onItsConnection("SELECT IS_USED_LOCK('{$this->name}') = CONNECTION_ID()");
+        try {
+            return !$this->released && $this->pid === getmypid()
+                && $this->onItsConnection("SELECT IS_USED_LOCK('{$this->name}') = CONNECTION_ID()");
+        } catch (LockException) {
+            return false;
+        }
     }
 
     /** RELEASE_LOCK; a lock whose connection was lost is reported: someone else may hold it. */
@@ -414,13 +466,29 @@ final class DbLock implements Held
             return;
         }
         MysqlConnection::counted($this->generation, -1);
-        if (!$this->onItsConnection("SELECT RELEASE_LOCK('{$this->name}')")) {
-            throw new LockException("MySQL lock {$this->name} on {$this->target->describe()} was lost with its"
-                . ' database connection; another request may hold it now');
+        $lock = "MySQL lock {$this->name} on {$this->target->describe()}";
+        try {
+            $released = $this->onItsConnection("SELECT RELEASE_LOCK('{$this->name}')");
+        } catch (LockException $e) {
+            // Refused (KILL QUERY, out of memory, a server limit) on a connection that lives
+            // on and so still holds the lock: ending it is the one way left to free it.
+            $others = MysqlConnection::closeLockConnection($this->generation);
+            if ($others !== null) {
+                throw new LockException("the server refused to release $lock ({$e->getMessage()}); its connection was closed instead, which frees it"
+                    . match ($others) { 0 => '', 1 => ', and the other lock this process held on that connection', default => ", and the $others other locks this process held on that connection" });
+            }
+            $released = false;
+        }
+        if (!$released) {
+            throw new LockException("$lock was lost with its database connection; another request may hold it now");
         }
     }
 
-    /** Whether $sql answers 1 on the connection that took the lock (false once it is gone). */
+    /**
+     * Whether $sql answers 1 on the connection that took the lock (false once it is gone).
+     *
+     * @throws LockException the server refused $sql
+     */
     private function onItsConnection(string $sql): bool
     {
         return MysqlConnection::withLockConnection($this->generation, $this->bound, fn (\mysqli $db): bool =>

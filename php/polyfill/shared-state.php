@@ -7,7 +7,8 @@
  *
  * In the lock directory in effect, for a group "<base_url> <sha1(api key)>" named by
  * h = sha1(group): `joinblock-an-<h>.pace`, one line "joinblock-pace 1 <last> <blocked>\n"
- * (Unix seconds, 6 decimals), read and rewritten only under flock(LOCK_EX) and never
+ * (Unix seconds, 6 decimals), read and rewritten only under flock(LOCK_EX) (waited for at
+ * most LOCK_PATIENCE: a stalled holder makes the call go on without the store) and never
  * unlinked; `joinblock-an-<h>.tags`, JSON {"format":"joinblock-tags 1","group":h,
  * "entries":[[href, folded name, learned, expires], ...]}, replaced whole by a rename under
  * the pace file's lock. A file is used only when it is a regular file owned by this user and
@@ -15,6 +16,11 @@
  * the open and must name the inode opened. A file that fails any check is ignored (warning
  * kept for joinblock_status-like reports); the call then paces per process and keeps its own
  * cache. No API key (only its hash) and no email reaches the disk.
+ *
+ * A slot more than one interval ahead is not taken (the caller asks again then), so no writer
+ * leaves `last` more than one interval, or `blocked` more than MAX_BLOCK, after its clock's
+ * now; what is read is clamped to that (and rewritten), as only a clock stepped back since
+ * the write leaves more, and believing it would fail every call until the clock caught up.
  */
 
 declare(strict_types=1);
@@ -24,6 +30,10 @@ namespace JoinBlock\Polyfill;
 final class SharedStore
 {
     public const MAX_FILE_BYTES = 8 << 20;
+    /** The longest Retry-After honoured (seconds): no stored block lasts longer. */
+    public const MAX_BLOCK = 3600.0;
+    /** Seconds the pace file's lock is waited for (LOCK_PATIENCE in shared.rs). */
+    private const LOCK_PATIENCE = 0.2;
     private const MAX_ENTRIES = 4096;
     private const MAX_ENTRY_BYTES = 1024;
     private const PACE_MAGIC = 'joinblock-pace 1';
@@ -104,26 +114,49 @@ final class SharedStore
             self::warn($handle);
             return null;
         }
-        if (!flock($handle, LOCK_EX)) {
-            fclose($handle);
-            self::warn($this->path('pace') . ': cannot lock; per-process pacing');
-            return null;
+        // As LOCK_PATIENCE in shared.rs: a holder that keeps the lock longer than a read and a
+        // write is stalled, and is not waited for past the patience.
+        $giveUp = microtime(true) + self::LOCK_PATIENCE;
+        $pause = 0.001;
+        while (!flock($handle, LOCK_EX | LOCK_NB, $wouldBlock)) {
+            if (!$wouldBlock || microtime(true) + $pause >= $giveUp) {
+                fclose($handle);
+                self::warn($this->path('pace') . ($wouldBlock
+                    ? ': held by another process for over ' . (int) (self::LOCK_PATIENCE * 1000) . ' ms (stalled?); per-process pacing'
+                    : ': cannot lock; per-process pacing'));
+                return null;
+            }
+            usleep((int) ($pause * 1e6));
+            $pause = min($pause * 2, 0.01);
         }
         return $handle;
     }
 
-    /** @param resource $handle @return array{float, float} */
-    private function readPace($handle): array
+    /**
+     * [last, blocked], clamped to what a writer could have left by $now; a line that does not
+     * parse, or that had to be clamped, is rewritten.
+     *
+     * @param resource $handle @return array{float, float}|null null: it cannot be rewritten
+     */
+    private function readPace($handle, float $now, float $interval): ?array
     {
         rewind($handle);
         $text = (string) fread($handle, 256);
-        if (preg_match('/\A' . self::PACE_MAGIC . ' (-?[0-9]+(?:\.[0-9]+)?) (-?[0-9]+(?:\.[0-9]+)?)\n\z/', $text, $m) === 1) {
-            return [(float) $m[1], (float) $m[2]];
+        if (preg_match('/\A' . self::PACE_MAGIC . ' (-?[0-9]+(?:\.[0-9]+)?) (-?[0-9]+(?:\.[0-9]+)?)\n\z/', $text, $m) !== 1) {
+            if ($text !== '') {
+                self::warn($this->path('pace') . ': not a pace line; rewritten');
+            }
+            return [0.0, 0.0];
         }
-        if ($text !== '') {
-            self::warn($this->path('pace') . ': not a pace line; rewritten');
+        [$last, $blocked] = [(float) $m[1], (float) $m[2]];
+        $clamped = [min($last, $now + $interval), min($blocked, $now + self::MAX_BLOCK)];
+        if ($clamped !== [$last, $blocked]) {
+            self::warn($this->path('pace') . ": times ahead of this host's clock (stepped back?); clamped");
+            if (!self::writePace($handle, ...$clamped)) {
+                return null;
+            }
         }
-        return [0.0, 0.0];
+        return $clamped;
     }
 
     /** @param resource $handle */
@@ -142,22 +175,33 @@ final class SharedStore
     }
 
     /**
-     * Takes the host's next request slot (Unix seconds) for a spacing of $interval, unless it
-     * falls at or after $latest: then null. False: the store cannot be used.
+     * Takes the host's next request slot for a spacing of $interval: [true, slot] (Unix
+     * seconds); [false, when] when the next free slot lies more than one interval ahead (ask
+     * again then); null when it falls at or after $latest; false when the store cannot be used.
+     *
+     * @return array{bool, float}|false|null
      */
-    public function reserve(float $interval, float $latest): float|false|null
+    public function reserve(float $interval, float $latest): array|false|null
     {
         $handle = $this->lock();
         if ($handle === null) {
             return false;
         }
         try {
-            [$last, $blocked] = $this->readPace($handle);
-            $slot = max(microtime(true), $last + $interval, $blocked);
+            $now = microtime(true);
+            $pace = $this->readPace($handle, $now, $interval);
+            if ($pace === null) {
+                return false;
+            }
+            [$last, $blocked] = $pace;
+            $slot = max($now, $last + $interval, $blocked);
             if ($slot >= $latest) {
                 return null;
             }
-            return self::writePace($handle, $slot, $blocked) ? $slot : false;
+            if ($slot > $now + $interval) {
+                return [false, $slot - $interval];
+            }
+            return self::writePace($handle, $slot, $blocked) ? [true, $slot] : false;
         } finally {
             self::unlock($handle);
         }
@@ -171,8 +215,10 @@ final class SharedStore
             return false;
         }
         try {
-            [$last, $blocked] = $this->readPace($handle);
-            return self::writePace($handle, $last, max($blocked, $until));
+            $now = microtime(true);
+            // `last` as read: the next reserve clamps it with the interval it knows.
+            $pace = $this->readPace($handle, $now, INF);
+            return $pace !== null && self::writePace($handle, $pace[0], max($pace[1], min($until, $now + self::MAX_BLOCK)));
         } finally {
             self::unlock($handle);
         }
@@ -263,6 +309,7 @@ final class SharedStore
                 usort($entries, static fn ($a, $b) => $a[2] <=> $b[2]);
                 $entries = \array_slice($entries, -self::MAX_ENTRIES);
             }
+            self::removeLeftovers($this->dir, ".joinblock-an-{$this->hash}.tags.");
             $body = json_encode(['format' => self::TAGS_FORMAT, 'group' => $this->hash, 'entries' => $entries], JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION);
             [$temp, $out] = Os::createPrivate($this->dir, ".joinblock-an-{$this->hash}.tags.") ?? [null, false];
             if ($out === false || fwrite($out, $body) !== \strlen($body) || !fclose($out) || !@rename($temp, $path)) {
@@ -273,6 +320,21 @@ final class SharedStore
             }
         } finally {
             self::unlock($handle);
+        }
+    }
+
+    /**
+     * Removes this user's temporary files named $prefix… in $dir older than a minute: the
+     * extension's and the polyfill's, left by a process killed while publishing (a publish
+     * takes milliseconds, under the pace file's lock), which nothing else would remove.
+     */
+    private static function removeLeftovers(string $dir, string $prefix): void
+    {
+        foreach (@scandir($dir) ?: [] as $name) {
+            $stat = str_starts_with($name, $prefix) ? @lstat("$dir/$name") : false;
+            if ($stat !== false && $stat['uid'] === Users::me() && $stat['mtime'] < time() - 60) {
+                @unlink("$dir/$name");
+            }
         }
     }
 

@@ -9,8 +9,10 @@
  * Tables `joinblock_an_pace` (group -> last_slot, blocked_until) and `joinblock_an_tags`
  * ((group, sha1(href)) -> href, folded name, learned, expires), made on first use. Every time
  * is the server's UTC_TIMESTAMP(6): a process learns only durations from it, so hosts whose
- * clocks disagree keep one pace; what is read is clamped (no slot more than MAX_QUEUED_SLOTS
- * intervals ahead, no block past the longest Retry-After honoured). A request's slot costs one
+ * clocks disagree keep one pace. As for the files, a slot is taken only when it lies at most
+ * one interval ahead of the server's now (else the process asks again then), and what is read
+ * is clamped to that: last_slot to now + one interval, blocked_until to now + the longest
+ * Retry-After honoured (rewritten so), whatever a clock step of the server's left behind. A request's slot costs one
  * UPDATE, whose wait comes back through LAST_INSERT_ID(expr); no lock is held over a request.
  * Any failure makes the rest of the call use the host's files (SharedStore), with a warning
  * for joinblock_status(). No API key (only its hash) and no email reaches the server.
@@ -26,7 +28,6 @@ final class SiteState
 {
     private const MAX_ENTRIES = 4096;
     private const MAX_ENTRY_BYTES = 1024;
-    private const MAX_QUEUED_SLOTS = 128;
     private const MAX_BLOCK_SECONDS = 3600;
     private const ROWS_PER_INSERT = 64;
     private const NO_SUCH_TABLE = 1146;
@@ -42,13 +43,14 @@ final class SiteState
         . 'PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)'
         . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin';
     private const ADD_GROUP = "INSERT IGNORE INTO joinblock_an_pace (grp, last_slot, blocked_until) VALUES (?, '1970-01-02', '1970-01-02')";
-    /** As in site_state.rs; parameters: the queue bound and the interval (µs). */
+    /** As in site_state.rs; parameters: the interval (µs), twice. */
     private const NEXT_SLOT = 'GREATEST(UTC_TIMESTAMP(6), LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) + INTERVAL ? MICROSECOND, '
         . 'LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND))';
     private const TAKE_SLOT = 'UPDATE joinblock_an_pace SET last_slot = IF(LAST_INSERT_ID(1 + TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), '
-        . self::NEXT_SLOT . ')) < ?, ' . self::NEXT_SLOT . ', last_slot) WHERE grp = ?';
-    private const PUSH_BACK = 'UPDATE joinblock_an_pace SET blocked_until = '
-        . 'GREATEST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) WHERE grp = ?';
+        . self::NEXT_SLOT . ')) <= ?, ' . self::NEXT_SLOT . ', LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)), '
+        . 'blocked_until = LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND) WHERE grp = ?';
+    private const PUSH_BACK = 'UPDATE joinblock_an_pace SET blocked_until = GREATEST('
+        . 'LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) WHERE grp = ?';
     private const READ_TAGS = 'SELECT href, name, TIMESTAMPDIFF(MICROSECOND, learned, UTC_TIMESTAMP(6)), '
         . 'TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires) FROM joinblock_an_tags '
         . 'WHERE grp = ? AND expires > UTC_TIMESTAMP(6) ORDER BY learned DESC LIMIT 4096';
@@ -165,15 +167,16 @@ final class SiteState
     }
 
     /** As SharedStore::reserve(): the slot in this host's Unix seconds. */
-    public function reserve(float $interval, float $latest): float|false|null
+    public function reserve(float $interval, float $latest): array|false|null
     {
         $step = self::micros($interval);
-        $taken = $this->onSite(function (\mysqli $db) use ($step, $latest): ?float {
+        $taken = $this->onSite(function (\mysqli $db) use ($step, $interval, $latest): ?array {
             $maxWait = self::micros($latest - microtime(true));
-            $queue = $step * self::MAX_QUEUED_SLOTS;
+            // Taken when 1 + wait <= this: wait within one interval and before the deadline.
+            $takeLimit = min($step + 1, $maxWait);
             $reported = 0;
             foreach ([true, false] as $first) {
-                $reported = (int) self::execute($db, self::TAKE_SLOT, [$queue, $step, $maxWait + 1, $queue, $step, $this->hash])->insert_id;
+                $reported = (int) self::execute($db, self::TAKE_SLOT, [$step, $step, $takeLimit, $step, $step, $step, $this->hash])->insert_id;
                 if ($reported > 0 || !$first) {
                     break;
                 }
@@ -184,7 +187,11 @@ final class SiteState
                 throw new \mysqli_sql_exception('the pace row of the group could not be made');
             }
             $wait = $reported - 1;
-            return $wait < $maxWait ? microtime(true) + $wait / 1e6 : null;
+            $at = microtime(true) + $wait / 1e6;
+            if ($wait >= $maxWait) {
+                return null;
+            }
+            return $wait > $step ? [false, $at - $interval] : [true, $at];
         });
         return $taken !== null ? $taken[0] : ($this->files?->reserve($interval, $latest) ?? false);
     }

@@ -179,7 +179,7 @@ final class Os
     /** Linux's texts for the errors lock files and connections meet. */
     private const MESSAGES = [
         1 => 'Operation not permitted', 2 => 'No such file or directory', 5 => 'Input/output error',
-        6 => 'No such device or address', 12 => 'Cannot allocate memory', 13 => 'Permission denied',
+        6 => 'No such device or address', 11 => 'Resource temporarily unavailable', 12 => 'Cannot allocate memory', 13 => 'Permission denied',
         17 => 'File exists', 20 => 'Not a directory', 21 => 'Is a directory', 22 => 'Invalid argument',
         23 => 'Too many open files in system', 24 => 'Too many open files',
         28 => 'No space left on device', 30 => 'Read-only file system', 36 => 'File name too long',

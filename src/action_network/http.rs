@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use reqwest::{blocking::Client, header, redirect, StatusCode, Url};
 use serde_json::Value;
 
-use super::Error;
+use super::{shared::Slot, Error};
 use crate::backoff::Backoff;
 
 /// Largest response body read; a page of 25 resources is a few tens of KiB.
@@ -204,15 +204,19 @@ impl Session<'_> {
     /// there is no usable store; never past the deadline.
     fn pace(&self, what: &str) -> Result<(), Error> {
         if let Some(store) = self.shared {
-            let now = super::shared::unix_now();
-            let latest = now + self.deadline.saturating_duration_since(Instant::now()).as_secs_f64();
-            match store.reserve(self.min_interval.as_secs_f64(), latest) {
-                Ok(Some(slot)) => {
-                    thread::sleep(Duration::try_from_secs_f64(slot - super::shared::unix_now()).unwrap_or(Duration::ZERO));
+            loop {
+                let now = super::shared::unix_now();
+                let latest = now + self.deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+                let (until, taken) = match store.reserve(self.min_interval.as_secs_f64(), latest) {
+                    Ok(Slot::Taken(slot)) => (slot, true),
+                    Ok(Slot::Later(at)) => (at, false),
+                    Ok(Slot::Late) => return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") }),
+                    Err(()) => break,
+                };
+                thread::sleep(Duration::try_from_secs_f64(until - super::shared::unix_now()).unwrap_or(Duration::ZERO));
+                if taken {
                     return Ok(());
                 }
-                Ok(None) => return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") }),
-                Err(()) => {}
             }
         }
         let slot = {

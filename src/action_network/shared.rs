@@ -13,7 +13,8 @@
 //! - `joinblock-an-<h>.tags`: JSON `{"format":"joinblock-tags 1","group":"<h>",
 //!   "entries":[[href, folded name, learned, expires], ...]}` (times as above). Replaced only
 //!   whole: written to `.joinblock-an-<h>.tags.<pid>.tmp` (O_EXCL) and renamed over, under
-//!   the pace file's lock, so a reader sees the old or the new file, never a torn one.
+//!   the pace file's lock, so a reader sees the old or the new file, never a torn one. A
+//!   publish removes such temporary files older than a minute, left by killed publishers.
 //!
 //! # Invariants, and why
 //! - No secret reaches the disk: the key only inside a SHA-1, never an email (files hold tag
@@ -27,7 +28,17 @@
 //!   [`super::cache::MAX_ENTRY_BYTES`] each, the file read at most [`MAX_FILE_BYTES`].
 //! - Pacing: a request takes the slot `max(now, last + 1/max_rps, blocked)` and stores it as
 //!   `last`, all under the lock, so every process of the host together keeps `max_rps`; the
-//!   lock is held for a read and a write, never over a sleep.
+//!   lock is held for a read and a write, never over a sleep, and waited for at most
+//!   [`LOCK_PATIENCE`] (then the call goes on without the store), so a stalled holder holds
+//!   a call back no longer than that. A slot more than one interval
+//!   ahead is not taken: the process comes back when it is one interval ahead. So a `last`
+//!   written by any process lies at most one interval after its clock's now, and a `blocked`
+//!   at most [`MAX_BLOCK`] after it.
+//! - What is read is clamped to that: `last` to `now + interval`, `blocked` to `now +`
+//!   [`MAX_BLOCK`] (and the file rewritten). Only a clock stepped back since the write (NTP's
+//!   first step at boot, a restored snapshot) leaves more, and believing it would fail every
+//!   call of the host until the clock caught up; a file left behind by a forward step (times
+//!   in the past) is harmless as it is.
 //! - Whatever goes wrong with the store, the call goes on with per-process pacing and its own
 //!   cache: the store saves requests, it is never needed for a right answer.
 
@@ -36,7 +47,8 @@ use std::{
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use fs2::FileExt;
@@ -51,6 +63,13 @@ const PACE_MAGIC: &str = "joinblock-pace 1";
 const TAGS_FORMAT: &str = "joinblock-tags 1";
 /// Warnings kept for `php --ri`.
 const MAX_WARNINGS: usize = 8;
+/// The longest `Retry-After` honoured (seconds): no stored block lasts longer.
+pub const MAX_BLOCK: f64 = 3600.0;
+/// How long the pace file's lock is waited for. A working holder keeps it for one read and
+/// one write (microseconds); one that keeps it longer is stalled (stopped, swapped out, on a
+/// hung filesystem), and waiting for it would make the call overrun its deadline: the call
+/// goes on as with no store (per-process pacing, its own cache), as for any unusable store.
+pub const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 
 /// Process-wide, for `php --ri`, whichever thread met the problem.
 static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -104,32 +123,52 @@ impl Store {
                 return None;
             }
         };
-        if let Err(e) = file.lock_exclusive() {
-            warn(format!("{}: cannot lock ({e}); per-process pacing", path.display()));
-            return None;
+        let give_up = Instant::now() + LOCK_PATIENCE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock_exclusive() {
+                Ok(()) => return Some(Locked { file, path }),
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() + pause < give_up => {
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    let waited = LOCK_PATIENCE.as_millis();
+                    warn(format!("{}: held by another process for over {waited} ms (stalled?); per-process pacing", path.display()));
+                    return None;
+                }
+                Err(e) => {
+                    warn(format!("{}: cannot lock ({e}); per-process pacing", path.display()));
+                    return None;
+                }
+            }
         }
-        Some(Locked { file, path })
     }
 
     /// Takes the host's next request slot for a spacing of `interval` seconds, unless it falls
     /// at or after `latest` (then nothing is taken). `Err(())`: the store cannot be used.
-    pub fn reserve(&self, interval: f64, latest: f64) -> Result<Option<f64>, ()> {
+    pub fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
         let mut locked = self.lock().ok_or(())?;
-        let (last, blocked) = locked.read_pace();
         let now = unix_now();
+        let (last, blocked) = locked.read_pace(now, interval)?;
         let slot = now.max(last + interval).max(blocked);
         if slot >= latest {
-            return Ok(None);
+            return Ok(Slot::Late);
+        }
+        if slot > now + interval {
+            return Ok(Slot::Later(slot - interval));
         }
         locked.write_pace(slot, blocked).map_err(|_| ())?;
-        Ok(Some(slot))
+        Ok(Slot::Taken(slot))
     }
 
     /// Action Network asked to wait until `until`: every process of the host waits.
     pub fn push_back(&self, until: f64) -> Result<(), ()> {
         let mut locked = self.lock().ok_or(())?;
-        let (last, blocked) = locked.read_pace();
-        locked.write_pace(last, blocked.max(until)).map_err(|_| ())
+        let now = unix_now();
+        // `last` as read: the next reserve clamps it with the interval it knows.
+        let (last, blocked) = locked.read_pace(now, f64::INFINITY)?;
+        locked.write_pace(last, blocked.max(until.min(now + MAX_BLOCK))).map_err(|_| ())
     }
 
     /// The group's shared entries; empty (with a warning) when the file is unusable.
@@ -161,6 +200,7 @@ impl Store {
             entries.sort_by(|a, b| a.2.total_cmp(&b.2));
             entries.drain(..entries.len() - MAX_ENTRIES);
         }
+        remove_leftovers(&self.dir, &format!(".joinblock-an-{}.tags.", self.hash));
         let rows: Vec<Value> = entries.iter().map(|(h, n, l, e)| json!([h, n, l, e])).collect();
         let body = json!({"format": TAGS_FORMAT, "group": self.hash, "entries": rows}).to_string();
         if let Err(problem) = replace(&self.dir, &path, body.as_bytes()) {
@@ -169,13 +209,26 @@ impl Store {
     }
 }
 
+/// What [`Store::reserve`] gives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slot {
+    /// This slot (Unix seconds) is the caller's: it sends then.
+    Taken(f64),
+    /// The next free slot is more than one interval ahead: ask again at this time.
+    Later(f64),
+    /// The next free slot falls at or after the caller's `latest`.
+    Late,
+}
+
 struct Locked {
     file: File,
     path: PathBuf,
 }
 
 impl Locked {
-    fn read_pace(&mut self) -> (f64, f64) {
+    /// `(last, blocked)`, clamped to what a writer could have left by `now` (the module's
+    /// invariants); a line that does not parse, or that had to be clamped, is rewritten.
+    fn read_pace(&mut self, now: f64, interval: f64) -> Result<(f64, f64), ()> {
         let mut text = String::new();
         let read = self.file.seek(SeekFrom::Start(0)).and_then(|_| (&self.file).take(256).read_to_string(&mut text));
         let parsed = read.ok().and_then(|_| {
@@ -184,12 +237,18 @@ impl Locked {
             let (last, blocked) = (numbers.next()??, numbers.next()??);
             numbers.next().is_none().then_some((last, blocked))
         });
-        parsed.unwrap_or_else(|| {
+        let Some((last, blocked)) = parsed else {
             if !text.is_empty() {
                 warn(format!("{}: not a pace line; rewritten", self.path.display()));
             }
-            (0.0, 0.0)
-        })
+            return Ok((0.0, 0.0));
+        };
+        let clamped = (last.min(now + interval), blocked.min(now + MAX_BLOCK));
+        if clamped != (last, blocked) {
+            warn(format!("{}: times ahead of this host's clock (stepped back?); clamped", self.path.display()));
+            self.write_pace(clamped.0, clamped.1).map_err(|_| ())?;
+        }
+        Ok(clamped)
     }
 
     fn write_pace(&mut self, last: f64, blocked: f64) -> std::io::Result<()> {
@@ -258,6 +317,27 @@ pub fn parse_tags(body: &[u8], hash: &str) -> Option<Vec<SharedEntry>> {
             (href.len() + name.len() <= MAX_ENTRY_BYTES).then(|| (href.to_owned(), name.to_owned(), learned, expires))
         })
         .collect()
+}
+
+/// A temporary file older than this was left by a publisher that died mid-write (a publish
+/// takes milliseconds, under the pace file's lock).
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes this user's temporary files named `prefix…` in `dir` older than [`LEFTOVER_AGE`]:
+/// the extension's and the polyfill's, left by a process killed while publishing, which
+/// nothing else would ever remove. Removing a name never follows it.
+fn remove_leftovers(dir: &Path, prefix: &str) {
+    let Ok(listing) = std::fs::read_dir(dir) else { return };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for item in listing.flatten() {
+        let old = item.metadata().is_ok_and(|meta| {
+            meta.uid() == me && meta.modified().is_ok_and(|at| at.elapsed().is_ok_and(|age| age > LEFTOVER_AGE))
+        });
+        if old && item.file_name().to_str().is_some_and(|name| name.starts_with(prefix)) {
+            let _ = std::fs::remove_file(item.path());
+        }
+    }
 }
 
 /// Writes `body` to a new temporary file in `dir` and renames it over `path`.
@@ -337,13 +417,32 @@ mod tests {
     fn slots_are_spaced_and_a_push_back_delays_them() {
         let dir = scratch("pace");
         let store = Store::new(&dir, "g");
-        let first = store.reserve(0.25, f64::INFINITY).unwrap().unwrap();
-        let second = store.reserve(0.25, f64::INFINITY).unwrap().unwrap();
+        let Ok(Slot::Taken(first)) = store.reserve(0.25, f64::INFINITY) else { panic!("a first slot") };
+        let Ok(Slot::Taken(second)) = store.reserve(0.25, f64::INFINITY) else { panic!("a second slot") };
         assert!((second - first - 0.25).abs() < 1e-3);
+        // A third would lie more than one interval ahead: not taken, asked again later.
+        let Ok(Slot::Later(again)) = store.reserve(0.25, f64::INFINITY) else { panic!("come back later") };
+        assert!((again - second).abs() < 1e-3);
         store.push_back(first + 5.0).unwrap();
         // The file keeps microseconds.
-        assert!(store.reserve(0.25, f64::INFINITY).unwrap().unwrap() >= first + 5.0 - 1e-6);
-        assert_eq!(store.reserve(0.25, first + 1.0), Ok(None), "past the deadline nothing is taken");
+        let Ok(Slot::Later(again)) = store.reserve(0.25, f64::INFINITY) else { panic!("held back") };
+        assert!(again >= first + 4.75 - 1e-6);
+        assert_eq!(store.reserve(0.25, first + 1.0), Ok(Slot::Late), "past the deadline nothing is taken");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn times_ahead_of_the_clock_are_clamped() {
+        let dir = scratch("clock");
+        let store = Store::new(&dir, "g");
+        let now = unix_now();
+        std::fs::write(store.path("pace"), format!("{PACE_MAGIC} {:.6} {:.6}\n", now + 3600.0, now + 86400.0)).unwrap();
+        let Ok(Slot::Later(again)) = store.reserve(0.25, f64::INFINITY) else { panic!("held back by the block") };
+        assert!(again <= unix_now() + MAX_BLOCK, "no block longer than the longest Retry-After");
+        std::fs::write(store.path("pace"), format!("{PACE_MAGIC} {:.6} 0\n", now + 3600.0)).unwrap();
+        // Clamped to one interval ahead, as another process's reservation could be.
+        let Ok(Slot::Later(again)) = store.reserve(0.25, f64::INFINITY) else { panic!("after the clamped slot") };
+        assert!(again <= unix_now() + 0.25 + 1e-3, "no slot further ahead than one interval");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -17,9 +17,13 @@
 //!
 //! - One clock: every time stored or compared is the server's `UTC_TIMESTAMP(6)`; a host only
 //!   ever learns durations from it (how long to wait, how old an entry is), so hosts whose
-//!   clocks disagree, or step, still keep one pace. What is read is clamped to what could be
-//!   true now: no slot more than [`MAX_QUEUED_SLOTS`] intervals ahead (that many requests
-//!   queued), no block longer than the longest `Retry-After` honoured.
+//!   clocks disagree, or step, still keep one pace. As for the files (`shared.rs`), a slot is
+//!   taken only when it lies at most one interval ahead of the server's now (otherwise the
+//!   process asks again when it will), so a `last_slot` written lies at most one interval
+//!   ahead and a `blocked_until` at most [`MAX_BLOCK_SECONDS`]. What is read is clamped to
+//!   that (and `blocked_until` rewritten so): only the server's clock stepped back since
+//!   (a restored snapshot, NTP's first step) leaves more, and believing it would hold every
+//!   host of the site back until the clock caught up.
 //! - One round trip per request paced and no lock held over a request: a slot is taken by
 //!   a single `UPDATE` of the group's row (InnoDB holds its row lock for that statement only)
 //!   whose wait comes back in the OK packet through `LAST_INSERT_ID(expr)`. Only the group's
@@ -36,12 +40,9 @@ use mysql::{prelude::Queryable, Conn, Value as Sql};
 use parking_lot::Mutex;
 
 use super::cache::{MAX_ENTRIES, MAX_ENTRY_BYTES};
-use super::shared::{unix_now, SharedEntry, Store};
+use super::shared::{unix_now, SharedEntry, Slot, Store};
 use crate::lock::mysql::{with_shared_connection, MysqlTarget};
 
-/// A queue of more requests than this cannot be: a stored slot further ahead is the trace of
-/// a clock step of the server's, and is read as this many intervals ahead.
-pub const MAX_QUEUED_SLOTS: u32 = 128;
 /// The longest `Retry-After` honoured (seconds), as in `http.rs`.
 pub const MAX_BLOCK_SECONDS: u32 = 3600;
 /// Rows sent per `INSERT` when publishing.
@@ -60,8 +61,8 @@ const CREATE_TAGS: &str = "CREATE TABLE IF NOT EXISTS joinblock_an_tags (\
     PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)\
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
 const ADD_GROUP: &str = "INSERT IGNORE INTO joinblock_an_pace (grp, last_slot, blocked_until) VALUES (?, '1970-01-02', '1970-01-02')";
-/// The next slot: `max(now, min(last, now + MAX_QUEUED_SLOTS intervals) + interval,
-/// min(blocked, now + 1 h))`; parameters: the queue bound and the interval (µs).
+/// The next slot: `max(now, min(last, now + interval) + interval, min(blocked, now + 1 h))`;
+/// parameters: the interval (µs), twice.
 macro_rules! next_slot {
     () => {
         "GREATEST(UTC_TIMESTAMP(6), LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) + INTERVAL ? MICROSECOND, \
@@ -69,16 +70,19 @@ macro_rules! next_slot {
     };
 }
 /// `LAST_INSERT_ID(1 + the slot's wait in µs)` reports the slot in the OK packet (0: no row);
-/// it is stored only when the caller can wait for it (third parameter: its longest wait + 1).
+/// it is stored only when the caller takes it (third parameter: 1 + the longest wait taken,
+/// which is at most one interval and less than the caller's deadline). Times from a clock
+/// step of the server's are rewritten clamped in the same statement (the sixth parameter is
+/// the interval), or every caller would be told to come back later, again and again.
 const TAKE_SLOT: &str = concat!(
     "UPDATE joinblock_an_pace SET last_slot = IF(LAST_INSERT_ID(1 + TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), ",
     next_slot!(),
-    ")) < ?, ",
+    ")) <= ?, ",
     next_slot!(),
-    ", last_slot) WHERE grp = ?"
+    ", LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)), blocked_until = LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND) WHERE grp = ?"
 );
-const PUSH_BACK: &str = "UPDATE joinblock_an_pace SET blocked_until = \
-    GREATEST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) WHERE grp = ?";
+const PUSH_BACK: &str = "UPDATE joinblock_an_pace SET blocked_until = GREATEST(\
+    LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) WHERE grp = ?";
 /// Ages and lifetimes in µs, as durations from the server's now.
 const READ_TAGS: &str = "SELECT href, name, TIMESTAMPDIFF(MICROSECOND, learned, UTC_TIMESTAMP(6)), \
     TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires) FROM joinblock_an_tags \
@@ -173,15 +177,16 @@ impl SharedState {
     }
 
     /// As `shared::Store::reserve`: the slot in this host's Unix seconds.
-    pub fn reserve(&self, interval: f64, latest: f64) -> Result<Option<f64>, ()> {
+    pub fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
         let hash = &self.hash;
         let step = micros(interval);
         let taken = self.on_site(|conn| {
             let max_wait = micros(latest - unix_now());
-            let queue = step.saturating_mul(i64::from(MAX_QUEUED_SLOTS));
+            // Taken when 1 + wait <= this: wait within one interval and before the deadline.
+            let take_limit = step.saturating_add(1).min(max_wait);
             let mut reported = 0;
             for first in [true, false] {
-                conn.exec_drop(TAKE_SLOT, (queue, step, max_wait.saturating_add(1), queue, step, hash))?;
+                conn.exec_drop(TAKE_SLOT, (step, step, take_limit, step, step, step, hash))?;
                 reported = conn.last_insert_id();
                 if reported > 0 || !first {
                     break;
@@ -194,7 +199,14 @@ impl SharedState {
                 return Err(mysql::Error::MySqlError(mysql::MySqlError { state: "HY000".into(), code: 0, message }));
             }
             let wait = (reported - 1) as i64;
-            Ok((wait < max_wait).then(|| unix_now() + wait as f64 / 1e6))
+            let at = unix_now() + wait as f64 / 1e6;
+            Ok(if wait >= max_wait {
+                Slot::Late
+            } else if wait > step {
+                Slot::Later(at - interval)
+            } else {
+                Slot::Taken(at)
+            })
         });
         match taken {
             Some(slot) => Ok(slot),

@@ -24,13 +24,18 @@
 //!
 //! Locks are per open file description. A second acquisition of a key by the same thread
 //! would wait for itself forever, so it is refused. After `fork`, a child shares the parent's
-//! description: only the process that acquired a lock may unlock or unlink it; any other
-//! process just closes its copy of the descriptor.
+//! description: only the process that acquired a lock may unlock or unlink it, and the
+//! child's copy of a held lock's descriptor is pointed at `/dev/null` before the child runs
+//! (see [`super::fork`]), so a parent that dies frees its locks at once even while a child
+//! lives on.
 
 use std::{
     fs::{File, OpenOptions},
     io,
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -39,7 +44,7 @@ use std::{
 use fs2::FileExt;
 use parking_lot::Mutex;
 
-use super::{holder, lock_name, record_acquired, record_timeout, release_watch::ReleaseWatch, Claim, LockError, LockId, Wait};
+use super::{fork, holder, lock_name, record_acquired, record_timeout, release_watch::ReleaseWatch, Claim, LockError, LockId, Wait};
 use crate::backoff::Backoff;
 
 /// Longest wait on a release watch between tries: a holder that dies without unlinking (killed)
@@ -81,8 +86,8 @@ pub fn lock_path(dir: &Path, key: &[u8]) -> Result<PathBuf, LockError> {
 #[derive(Debug)]
 pub struct FileLock {
     path: PathBuf,
-    /// The locked descriptor and its claim; `None` once released.
-    held: Option<(File, Claim)>,
+    /// The locked descriptor, where it is listed for a fork, and its claim; `None` once released.
+    held: Option<(File, &'static fork::Listed, Claim)>,
 }
 
 impl FileLock {
@@ -133,7 +138,8 @@ impl FileLock {
             };
             if locked && path_names(path, &id)? {
                 record_acquired(had_to_wait);
-                return Ok(FileLock { path: path.to_owned(), held: Some((file, claim)) });
+                let listed = fork::list(file.as_raw_fd());
+                return Ok(FileLock { path: path.to_owned(), held: Some((file, listed, claim)) });
             }
             // The name moved on from the inode we waited for (or locked): start again.
             had_to_wait = true;
@@ -147,17 +153,18 @@ impl FileLock {
     /// True while this process still holds the lock (false after release, and in a forked
     /// child, which shares the descriptor but not the ownership).
     pub fn is_held(&self) -> bool {
-        self.held.as_ref().is_some_and(|(_, claim)| claim.pid == std::process::id())
+        self.held.as_ref().is_some_and(|(_, _, claim)| claim.pid == std::process::id())
     }
 
     /// Unlinks the path (only if it still names our file), then unlocks and closes.
     /// Releasing twice, or from a forked child, only closes what is left.
     pub fn release(&mut self) -> Result<(), LockError> {
-        let Some((file, claim)) = self.held.take() else {
+        let Some((file, listed, claim)) = self.held.take() else {
             return Ok(());
         };
+        listed.unlist(file.as_raw_fd());
         if claim.pid != std::process::id() {
-            // A forked child: closing our copy of the descriptor leaves the parent's lock alone.
+            // A forked child: its copy of the descriptor already points at /dev/null.
             return Ok(());
         }
         let unlinked = match path_names(&self.path, &claim.id) {

@@ -5,10 +5,12 @@
 //! `mysql` (`GET_LOCK` on the database server every web host of a site shares). What they share
 //! lives here: waits, errors, counters, and each thread's claims.
 
+mod alarm;
 pub mod file;
+mod fork;
 pub mod holder;
 pub mod mysql;
-mod release_watch;
+pub mod release_watch;
 
 use std::{
     fmt, io,
@@ -83,6 +85,9 @@ pub enum LockError {
     UnsafeServer { server: String, reason: &'static str },
     /// The connection that held the lock is gone, and the lock with it.
     Lost { lock: String },
+    /// The server refused to release the lock; its connection was closed so that the server
+    /// frees it, with the `others` this thread held on it.
+    ReleaseRefused { lock: String, detail: String, others: usize },
     /// The MySQL server in effect changed while this thread holds locks on the previous one.
     ServerChanged { from: String, to: String, held: usize },
 }
@@ -133,6 +138,14 @@ impl fmt::Display for LockError {
                 f,
                 "{lock} was lost with its database connection; another request may hold it now"
             ),
+            LockError::ReleaseRefused { lock, detail, others } => {
+                write!(f, "the server refused to release {lock} ({detail}); its connection was closed instead, which frees it")?;
+                match others {
+                    0 => Ok(()),
+                    1 => f.write_str(", and the other lock this thread held on that connection"),
+                    n => write!(f, ", and the {n} other locks this thread held on that connection"),
+                }
+            }
             LockError::ServerChanged { from, to, held } => write!(
                 f,
                 "cannot take a MySQL lock on {to} while this thread holds {held} {} on {from}: moving to another \

@@ -27,14 +27,14 @@
 //!   that thread is refused, as in the file backend.
 //! - Moving to another server (or another spelling of it) while this thread holds locks on
 //!   the current one is refused: replacing the connection would free them silently.
-//! - Every wait on the server is bounded: connecting by the connect bound, and each reply by
-//!   the `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
+//! - Every wait on the server is bounded: connecting by the connect bound (a Unix socket's
+//!   connect, which the crate does not bound, by an [`Alarm`]), and each reply by the
+//!   `GET_LOCK` slice it waits for plus that bound, so a silent server is noticed.
 //! - After `fork`, the child runs only the forking thread but holds a copy of every thread's
-//!   socket. Invariant: every connected socket of the process is listed in `SOCKETS` (a list
-//!   read without any lock, since a lock another thread held at the fork would stay held in
-//!   the child), and the child's fork handler detaches each one listed (without telling the
-//!   server: that would end the parent's session and free its locks). The forking thread's own
-//!   connection is dropped at its next use; the other threads' never run again. Closing the
+//!   socket. Every connected socket is listed in [`fork`], whose child handler detaches each
+//!   one (without telling the server: that would end the parent's session and free its
+//!   locks). The forking thread's own connection is dropped at its next use; the other
+//!   threads' never run again. Closing the
 //!   copies at once means a parent killed while holding a lock frees it at once too, even
 //!   while the child lives on. The one gap: a socket still connecting in another thread at the
 //!   moment of the fork is listed only once connected, so the child keeps that copy until it
@@ -48,18 +48,14 @@ use std::{
     fmt, io,
     marker::PhantomData,
     os::fd::AsRawFd,
-    ptr,
-    sync::{
-        atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering},
-        Once,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use mysql::{prelude::Queryable, Conn, OptsBuilder};
 
-use super::{lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
+use super::{alarm::Alarm, fork, lock_name, record_acquired, record_timeout, Claim, LockError, LockId, Wait};
 
 /// Longest single `GET_LOCK` wait; longer waits repeat it.
 const WAIT_SLICE: Duration = Duration::from_secs(5);
@@ -187,7 +183,7 @@ impl MysqlTarget {
 struct Connection {
     conn: Conn,
     /// Where its socket is listed for the fork handler.
-    listed: &'static ListedSocket,
+    listed: &'static fork::Listed,
     target: MysqlTarget,
     pid: u32,
     generation: u64,
@@ -199,9 +195,7 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Only its own entry: in a forked child the handler emptied it, and a connection of
-        // the child's may have taken it since (with another descriptor, as this one is open).
-        let _ = self.listed.fd.compare_exchange(self.conn.as_raw_fd(), -1, Ordering::SeqCst, Ordering::SeqCst);
+        self.listed.unlist(self.conn.as_raw_fd());
     }
 }
 
@@ -213,70 +207,6 @@ thread_local! {
 
 /// Process-wide, so that every connection, on whichever thread, has its own number.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static FORK_HANDLER: Once = Once::new();
-
-/// One entry of `SOCKETS`: a connected socket, or -1 when free for the next connection.
-struct ListedSocket {
-    fd: AtomicI32,
-    /// Set before the entry is published, never changed after.
-    next: AtomicPtr<ListedSocket>,
-}
-
-/// Every connected socket of the process, for the fork handler, which may take no lock. A
-/// singly linked list that only grows: entries are reused, never freed, so there are at most
-/// as many as connections were ever open at once (one per thread), and a reader needs no lock.
-static SOCKETS: AtomicPtr<ListedSocket> = AtomicPtr::new(ptr::null_mut());
-
-/// Lists `fd`, in a free entry if there is one.
-fn list_socket(fd: i32) -> &'static ListedSocket {
-    let mut entry = SOCKETS.load(Ordering::Acquire);
-    // SAFETY: entries are leaked boxes, never freed.
-    while let Some(listed) = unsafe { entry.as_ref() } {
-        if listed.fd.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
-            return listed;
-        }
-        entry = listed.next.load(Ordering::Acquire);
-    }
-    let listed: &'static ListedSocket =
-        Box::leak(Box::new(ListedSocket { fd: AtomicI32::new(fd), next: AtomicPtr::new(ptr::null_mut()) }));
-    let mut head = SOCKETS.load(Ordering::Acquire);
-    loop {
-        listed.next.store(head, Ordering::Release);
-        match SOCKETS.compare_exchange(head, ptr::from_ref(listed).cast_mut(), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return listed,
-            Err(now) => head = now,
-        }
-    }
-}
-
-/// In a forked child: every inherited socket is closed before the child runs any code of its
-/// own, without a word to the server (see `detach_socket`).
-extern "C" fn close_inherited_sockets() {
-    let mut entry = SOCKETS.load(Ordering::Acquire);
-    // SAFETY: entries are leaked boxes, never freed.
-    while let Some(listed) = unsafe { entry.as_ref() } {
-        let fd = listed.fd.swap(-1, Ordering::SeqCst);
-        if fd >= 0 {
-            detach_socket(fd);
-        }
-        entry = listed.next.load(Ordering::Acquire);
-    }
-}
-
-/// Closes the socket behind `fd` by pointing `fd` at `/dev/null`: the client that owns `fd`
-/// can still be dropped normally, and its goodbye (`COM_QUIT`) goes nowhere instead of ending
-/// a session someone else holds locks on, or raising SIGPIPE on a dead Unix socket. Uses only
-/// calls that are safe in a fork handler.
-fn detach_socket(fd: i32) {
-    // SAFETY: plain syscalls on descriptors; `fd` is the connection's own socket.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if null >= 0 {
-            libc::dup3(null, fd, libc::O_CLOEXEC);
-            libc::close(null);
-        }
-    }
-}
 
 /// This thread's connection slot.
 struct Slot<'a>(&'a mut Option<Connection>);
@@ -297,10 +227,6 @@ impl Slot<'_> {
     }
 
     fn open(&mut self, target: &MysqlTarget, bound: Duration) -> Result<&mut Connection, LockError> {
-        FORK_HANDLER.call_once(|| {
-            // SAFETY: registers a handler that only touches atomics and descriptors.
-            unsafe { libc::pthread_atfork(None, None, Some(close_inherited_sockets)) };
-        });
         Ok(self.0.insert(open(target, bound)?))
     }
 
@@ -308,7 +234,7 @@ impl Slot<'_> {
     fn close(&mut self, dead: bool) {
         if let Some(connection) = self.0.take() {
             if dead {
-                detach_socket(connection.conn.as_raw_fd());
+                fork::detach(connection.conn.as_raw_fd());
             }
         }
     }
@@ -402,6 +328,17 @@ pub fn with_shared_connection<T>(
     })
 }
 
+/// Closes this thread's connection if it is still the one of `generation` (the server then
+/// frees every lock it held); how many locks it still held, or `None` when it was gone.
+fn close_lock_connection(generation: u64) -> Option<usize> {
+    Slot::with(|mut slot| {
+        let others = slot.0.as_ref().filter(|c| c.generation == generation)?.locks;
+        slot.close(false);
+        Some(others)
+    })
+    .flatten()
+}
+
 fn use_error(target: &MysqlTarget, err: &mysql::Error, reply_limit: Duration) -> LockError {
     let late = format!(
         "the server did not answer within {:.3} s (the lock wait asked for, plus joinblock.mysql_connect_timeout)",
@@ -446,7 +383,10 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
     let late = format!("the server did not answer within {:.3} s (joinblock.mysql_connect_timeout)", bound.as_secs_f64());
     let fail = |e: mysql::Error| LockError::Database { action: format!("connect to MySQL server {server}"), detail: describe_error(&e, &late) };
     let started = Instant::now();
+    // The crate bounds a TCP connect, not a Unix socket's (see `alarm`).
+    let alarm = target.socket.as_ref().and_then(|_| Alarm::arm(bound));
     let mut conn = Conn::new(target.options(bound)).map_err(fail)?;
+    drop(alarm);
     // The server check's reply, within what is left of the bound.
     let left = bound.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
     set_read_timeout(&conn, left).map_err(fail)?;
@@ -463,7 +403,7 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
         return Err(LockError::UnsafeServer { server, reason });
     }
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
-    let listed = list_socket(conn.as_raw_fd());
+    let listed = fork::list(conn.as_raw_fd());
     Ok(Connection { conn, listed, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound })
 }
 
@@ -484,7 +424,8 @@ fn unsafe_server(wsrep_on: Option<&str>, read_only: Option<&str>) -> Option<&'st
 fn describe_error(err: &mysql::Error, late: &str) -> String {
     use mysql::DriverError;
     let io = |e: &io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => late.to_owned(),
+        // Interrupted: by the connect's alarm, at the bound.
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => late.to_owned(),
         io::ErrorKind::UnexpectedEof => "the server closed the connection".to_owned(),
         _ => e.to_string(),
     };
@@ -496,6 +437,7 @@ fn describe_error(err: &mysql::Error, late: &str) -> String {
             None => format!("the server's reply could not be read ({codec})"),
         },
         mysql::Error::DriverError(DriverError::ConnectTimeout) => late.to_owned(),
+        mysql::Error::DriverError(DriverError::CouldNotConnect(Some((_, _, io::ErrorKind::Interrupted)))) => late.to_owned(),
         mysql::Error::DriverError(DriverError::CouldNotConnect(Some((address, reason, _)))) => {
             format!("connecting to {address} failed: {reason}")
         }
@@ -609,9 +551,16 @@ impl DbLock {
             connection.expect_reply_within(Duration::ZERO, self.connect_timeout)?;
             connection.conn.exec_first::<Option<i64>, _, _>("SELECT RELEASE_LOCK(?)", (&self.name,))
         });
+        let lock = format!("MySQL lock {} on {}", self.name, self.target.describe());
         match released {
             Ok(Some(Some(Some(1)))) => Ok(()),
-            _ => Err(LockError::Lost { lock: format!("MySQL lock {} on {}", self.name, self.target.describe()) }),
+            // Refused (KILL QUERY, out of memory, a server limit) on a connection that lives
+            // on and so still holds the lock: ending it is the one way left to free it.
+            Err(LockError::Database { detail, .. }) => match close_lock_connection(self.generation) {
+                Some(others) => Err(LockError::ReleaseRefused { lock, detail, others }),
+                None => Err(LockError::Lost { lock }),
+            },
+            _ => Err(LockError::Lost { lock }),
         }
     }
 }

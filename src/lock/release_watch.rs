@@ -9,10 +9,15 @@
 //! it drained, *before* the try that follows it, so a release between a failed try and the
 //! wait cannot be missed.
 //!
-//! Each thread keeps one inotify instance for good (per process: a forked child makes its
-//! own): closing an instance waits for an RCU grace period, measured at about 6 ms, which would
-//! land on every contended acquisition. Watches are removed after each wait, so no events queue
-//! up between waits.
+//! A thread keeps its inotify instance (per process: a forked child makes its own) from its
+//! first wait until its request ends ([`end_of_request`]): closing an instance waits for an
+//! RCU grace period, measured at about 6 ms, which would land on every contended acquisition,
+//! while an instance kept for good by every idle worker counts against
+//! `fs.inotify.max_user_instances` (128 by default), shared by all processes of PHP's user: a
+//! pool larger than that took them all, and the user's other programs could make none. So
+//! only threads inside a request that waited hold one. When none can be made, waits poll
+//! (`php --ri joinblock` says so: [`probe`]). Watches are removed after each wait, so no events
+//! queue up between waits.
 
 use std::{
     cell::RefCell,
@@ -40,6 +45,22 @@ fn inotify() -> Option<RawFd> {
         }
         slot.as_ref().map(|(_, fd)| fd.as_raw_fd())
     })
+}
+
+/// Closes this thread's instance, if it made one: its request is over.
+pub fn end_of_request() {
+    INOTIFY.with_borrow_mut(|slot| *slot = None);
+}
+
+/// Whether this process can make an inotify instance now, and the OS's reason if not.
+pub fn probe() -> std::io::Result<()> {
+    // SAFETY: a new descriptor, closed at once by OwnedFd.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
 }
 
 pub struct ReleaseWatch {

@@ -10,6 +10,7 @@ use std::{
 use ext_php_rs::{
     binary::Binary,
     binary_slice::BinarySlice,
+    boxed::ZBox,
     exception::PhpException,
     prelude::*,
     types::ZendClassObject,
@@ -85,9 +86,13 @@ fn to_exception(err: LockError) -> PhpException {
 }
 
 /// Takes the lock for `key` (an email, usually), waiting as `$options['timeout']` says.
+///
+/// The PHP object is made before the lock is taken. Its allocation is the one that may hit
+/// `memory_limit`, and PHP's fatal error then jumps over every Rust frame, dropping nothing:
+/// a lock taken before it would stay held, and claimed, for the rest of the worker's life.
 #[php_function]
 #[php(defaults(options = OptionsArg::default()))]
-pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpResult<Lock> {
+pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpResult<ZBox<ZendClassObject<Lock>>> {
     let options = Options::parse("joinblock_acquire_lock", "#2 ($options)", options, &["dir", "timeout", "backend"])?;
     let wait = options.seconds("timeout")?.map_or(Wait::Forever, Wait::AtMost);
     let dir = options.bytes("dir")?;
@@ -101,6 +106,9 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
         }
         None => config::lock_backend().map_err(|p| LOCK_EXCEPTION.with(p))?,
     };
+    // SAFETY: never dereferenced before `initialize` below; freed uninitialized on an error,
+    // which ext-php-rs's free handler allows.
+    let mut object = unsafe { ZendClassObject::<Lock>::new_uninit(None) };
     let held = match backend {
         Backend::File => {
             let dir = match dir {
@@ -117,7 +125,8 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
             Held::Mysql(DbLock::acquire(&target, &key, wait, connect_timeout).map_err(to_exception)?)
         }
     };
-    Ok(Lock { inner: Mutex::new(held) })
+    object.initialize(Lock { inner: Mutex::new(held) });
+    Ok(object)
 }
 
 /// Releases a lock from `joinblock_acquire_lock`; null or an already released lock do nothing.

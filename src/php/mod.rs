@@ -37,6 +37,11 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("MySQL server for locks", mysql.as_str());
     let connect = config::mysql_connect_timeout().map_or_else(shown, |bound| format!("{} s", bound.as_secs_f64()));
     info_table_row!("MySQL connect timeout", connect.as_str());
+    let waits = match crate::lock::release_watch::probe() {
+        Ok(()) => "woken by the release (inotify)".to_owned(),
+        Err(e) => format!("polled: no inotify instance can be made ({e}; see fs.inotify.max_user_instances)"),
+    };
+    info_table_row!("timed lock waits", waits.as_str());
     // The counters and the tag cache are process-wide: in a thread-safe PHP, the sum over all
     // of the process's request threads, and the labels say so.
     let scope = if ext_php_rs::PHP_ZTS { "this process, all threads" } else { "this process" };
@@ -90,6 +95,7 @@ extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
 
 extern "C" fn request_shutdown(_type: i32, _module_number: i32) -> i32 {
     config::clear_request_settings();
+    crate::lock::release_watch::end_of_request();
     0
 }
 

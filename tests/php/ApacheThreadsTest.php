@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * The thread-safe (ZTS) build of the extension in a real threaded server: Debian's Apache 2.4,
  * event MPM, ONE child process whose threads serve every request through a ZTS mod_php built
@@ -163,6 +165,7 @@ final class ApacheThreadsTest extends JoinBlockTestCase
      *
      * @dataProvider backends
      */
+    #[DataProvider('backends')]
     public function testBurstsOnOneMembersLockNeverOverlap(string $backend): void
     {
         $apache = $this->startApache($backend === 'mysql' ? self::dbIni() : []);
@@ -377,6 +380,7 @@ final class ApacheThreadsTest extends JoinBlockTestCase
      *
      * @dataProvider fatalErrors
      */
+    #[DataProvider('fatalErrors')]
     public function testAFatalErrorInsideTheLockFreesItForTheOthers(string $backend, string $fatal): void
     {
         $apache = $this->startApache($backend === 'mysql' ? self::dbIni() : []);

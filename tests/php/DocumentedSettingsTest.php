@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * Every ini line the documentation shows for the mysql backend (README's ini blocks, the
  * packaged ini's example), loaded as a site admin loads it: from a conf.d file by PHP's own
@@ -75,6 +77,7 @@ final class DocumentedSettingsTest extends JoinBlockTestCase
      *
      * @dataProvider urlLines
      */
+    #[DataProvider('urlLines')]
     public function testTheLineWorksInAConfDFile(string $documented): void
     {
         $dir = $this->scratchDir();

@@ -83,6 +83,21 @@ final class FpmServer
         proc_close($this->process);
     }
 
+    /** @return list<int> the pids of the pool's workers */
+    public function workerPids(): array
+    {
+        $master = proc_get_status($this->process)['pid'];
+        $workers = [];
+        foreach (glob('/proc/[0-9]*/stat') as $stat) {
+            // "pid (comm) state ppid ...": comm may hold spaces, never ") ".
+            $fields = explode(' ', substr((string) @file_get_contents($stat), strrpos((string) @file_get_contents($stat), ') ') + 2));
+            if ((int) ($fields[1] ?? 0) === $master) {
+                $workers[] = (int) basename(\dirname($stat));
+            }
+        }
+        return $workers;
+    }
+
     /** What php-fpm logged (worker crashes show up here). */
     public function log(): string
     {

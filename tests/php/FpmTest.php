@@ -137,6 +137,57 @@ final class FpmTest extends JoinBlockTestCase
         }
     }
 
+    /**
+     * Every inotify instance counts against fs.inotify.max_user_instances (128 by default),
+     * shared by all processes of PHP's user. 200 workers whose requests each waited for one
+     * member's lock: once idle, they must hold none, or the user's other programs could make
+     * none; during the crowd, waiters beyond the limit poll, and every request is answered.
+     */
+    public function testTwoHundredIdleWorkersHoldNoInotifyInstance(): void
+    {
+        self::extensionOnly('the polyfill has no inotify: its timed waits poll');
+        $locks = $this->webUserScratchDir();
+        $fpm = FpmServer::start($this->scratchDir(), 200, $this->webUserPhpArgs());
+        try {
+            // Held here until every request has had time to start waiting for it.
+            $lock = joinblock_acquire_lock('crowd@example.org', ['dir' => $locks]);
+            $sent = array_map(fn () => $fpm->send('lock.php', ['email' => 'crowd@example.org', 'dir' => $locks, 'hold_ms' => 5]), range(1, 200));
+            sleep(3);
+            $started = microtime(true);
+            $lock->release();
+            $answers = array_map(fn (array $request) => $fpm->answer($request, microtime(true) + 120), $sent);
+            $took = microtime(true) - $started;
+            foreach ($answers as $answer) {
+                $this->assertSame(200, $answer['status'], $answer['body']);
+                $this->assertFalse(json_decode($answer['body'], true)['overlap'] ?? null, $answer['body']);
+            }
+            $held = 0;
+            foreach ($fpm->workerPids() as $pid) {
+                foreach (glob("/proc/$pid/fd/*") as $fd) {
+                    $held += @readlink($fd) === 'anon_inode:inotify' ? 1 : 0;
+                }
+            }
+            fwrite(STDERR, sprintf("\n[200 php-fpm workers, fs.inotify.max_user_instances %d] 200 waiting requests answered %.2f s after the release; inotify instances held by the idle workers: %d\n", (int) file_get_contents('/proc/sys/fs/inotify/max_user_instances'), $took, $held));
+            $this->assertSame(0, $held, 'idle workers hold no inotify instance');
+        } finally {
+            $fpm->stop();
+        }
+        // When the user's instances are all taken (here by a program of its own), php --ri says
+        // that timed waits poll.
+        $hog = self::startPhp([...self::asWebUser(), '/usr/bin/python3', '-c', 'import ctypes, time' . "\n"
+            . 'fds = list(iter(ctypes.CDLL(None).inotify_init, -1))' . "\n"
+            . 'print(len(fds), flush=True)' . "\n"
+            . 'time.sleep(60)']);
+        try {
+            $this->assertGreaterThan(0, (int) fgets($hog['pipes'][1]), 'the program took the instances left');
+            $info = self::runPhpOk([...self::asWebUser(), PHP_BINARY, ...$this->webUserPhpArgs(), '--ri', 'joinblock']);
+            $this->assertStringContainsString('timed lock waits => polled: no inotify instance can be made (Too many open files (os error 24); see fs.inotify.max_user_instances)', $info);
+        } finally {
+            proc_terminate($hog['proc'], SIGKILL);
+            proc_close($hog['proc']);
+        }
+    }
+
     public function testARequestThatDiesMidLockDoesNotLeaveItHeld(): void
     {
         $locks = $this->webUserScratchDir();

@@ -6,7 +6,13 @@ namespace JoinBlock\Tests;
 
 use PHPUnit\Framework\TestCase;
 
-/** Child PHP processes, scratch directories and the plugin's lock-file name. */
+/**
+ * Child PHP processes, scratch directories and the plugin's lock-file name.
+ *
+ * The suite runs under PHPUnit 9 (Debian 12) and 11 (Debian 13): a test's data provider is
+ * named twice, `#[DataProvider]` for PHPUnit 10 and later (which deprecate doc-comment
+ * metadata) and `@dataProvider` for PHPUnit 9 (which reads no attributes).
+ */
 abstract class JoinBlockTestCase extends TestCase
 {
     /** The user Debian's PHP-FPM runs a site's PHP as. Root ignores file permissions. */
@@ -225,6 +231,31 @@ abstract class JoinBlockTestCase extends TestCase
     {
         $proc = self::startPhp($command);
         return self::finish($proc, $limit);
+    }
+
+    /**
+     * A holder that forks: a PHP process runs `$acquire` (code that takes a lock into `$lock`),
+     * forks a child that sleeps on with its copies of the parent's descriptors, and is killed
+     * (SIGKILL). Returns the child's pid, still alive: the caller kills it when done.
+     */
+    protected function killHolderKeepingItsForkedChild(string $acquire): int
+    {
+        $parent = self::startPhp(self::phpCode($acquire . <<<'PHP'
+
+            $child = pcntl_fork();
+            if ($child === 0) {
+                sleep(30);
+                exit(0);
+            }
+            echo "$child\n";
+            sleep(60);
+            PHP));
+        $child = (int) fgets($parent['pipes'][1]);
+        $this->assertGreaterThan(0, $child);
+        posix_kill(proc_get_status($parent['proc'])['pid'], SIGKILL);
+        self::finish($parent);
+        $this->assertTrue(posix_kill($child, 0), 'the child lives on');
+        return $child;
     }
 
     /** @return array{proc: resource, pipes: array<int, resource>} */

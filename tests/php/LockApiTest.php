@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\Lock;
 use JoinBlock\LockException;
 use JoinBlock\LockTimeoutException;
@@ -27,6 +28,7 @@ final class LockApiTest extends JoinBlockTestCase
     }
 
     /** @dataProvider keys */
+    #[DataProvider('keys')]
     public function testLockFileNameMatchesThePluginByteForByte(string $key): void
     {
         $dir = $this->scratchDir();
@@ -159,6 +161,7 @@ final class LockApiTest extends JoinBlockTestCase
     }
 
     /** @dataProvider badArguments */
+    #[DataProvider('badArguments')]
     public function testBadArgumentsThrowPhpErrors(string $class, string $pattern, callable $call): void
     {
         self::assertThrows($class, $pattern, $call);

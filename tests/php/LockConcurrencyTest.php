@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /** Several real PHP processes on one key: mutual exclusion under contention and in bursts. */
 final class LockConcurrencyTest extends JoinBlockTestCase
 {
@@ -129,6 +131,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
     }
 
     /** @dataProvider bursts */
+    #[DataProvider('bursts')]
     public function testBurstsOfRequestsNeverOverlap(int $parties, int $bursts): void
     {
         $overlapped = $this->runBursts('ext', $parties, $bursts);

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockException;
 use JoinBlock\LockTimeoutException;
 
@@ -85,6 +86,7 @@ final class LockEnvironmentTest extends JoinBlockTestCase
     }
 
     /** @dataProvider childFrees */
+    #[DataProvider('childFrees')]
     public function testForkedChildDoesNotReleaseTheParentsLock(string $how): void
     {
         $dir = $this->scratchDir();
@@ -97,6 +99,31 @@ final class LockEnvironmentTest extends JoinBlockTestCase
         $this->assertSame([], glob("$dir/join-lock-*"), 'the parent released it at the end');
     }
 
+    /**
+     * A child made with pcntl_fork that lives on, its parent killed while holding a file lock.
+     * The extension points the child's copy of the lock's descriptor at /dev/null as it forks,
+     * so the parent's death frees the lock at once. The polyfill cannot (PHP has no fork
+     * handler): the child's copy keeps the lock until the child ends, as README says.
+     */
+    public function testAForkedChildDoesNotKeepADeadParentsLock(): void
+    {
+        $dir = $this->scratchDir();
+        $child = $this->killHolderKeepingItsForkedChild(sprintf('$lock = joinblock_acquire_lock("forked@example.org", ["dir" => %s]);', var_export($dir, true)));
+        try {
+            if (self::implementation() === 'extension') {
+                $started = microtime(true);
+                joinblock_acquire_lock('forked@example.org', ['dir' => $dir, 'timeout' => 3])->release();
+                $this->assertLessThan(1.0, microtime(true) - $started, 'free at once');
+            } else {
+                self::assertThrows(LockTimeoutException::class, '~^timed out after~', fn () => joinblock_acquire_lock('forked@example.org', ['dir' => $dir, 'timeout' => 0.5]));
+                posix_kill($child, SIGKILL);
+                joinblock_acquire_lock('forked@example.org', ['dir' => $dir, 'timeout' => 3])->release();
+            }
+        } finally {
+            posix_kill($child, SIGKILL);
+        }
+    }
+
     /** @return array<string, array{string}> */
     public static function endings(): array
     {
@@ -104,6 +131,7 @@ final class LockEnvironmentTest extends JoinBlockTestCase
     }
 
     /** @dataProvider endings */
+    #[DataProvider('endings')]
     public function testEndOfRequestReleasesTheLock(string $ending): void
     {
         $dir = $this->scratchDir();

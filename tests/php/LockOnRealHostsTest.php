@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockTimeoutException;
 
 /**
@@ -72,6 +73,7 @@ final class LockOnRealHostsTest extends JoinBlockTestCase
      *
      * @dataProvider otherUsersFiles
      */
+    #[DataProvider('otherUsersFiles')]
     public function testAnotherUsersLockFileIsRefusedAtOnce(string $how): void
     {
         $dir = $this->sharedDir();

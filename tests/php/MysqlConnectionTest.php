@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockException;
 
 /**
@@ -82,6 +83,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
      *
      * @dataProvider staleConnections
      */
+    #[DataProvider('staleConnections')]
     public function testFirstLockAfterTheConnectionWentStaleWorksAtOnce(string $what): void
     {
         $proxy = $what === 'proxy' ? self::startProxy() : null;
@@ -146,6 +148,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
     }
 
     /** @dataProvider sameServerOtherSpelling */
+    #[DataProvider('sameServerOtherSpelling')]
     public function testMovingToAnotherServerWhileHoldingIsRefused(string $to): void
     {
         joinblock_configure(self::settings());
@@ -201,6 +204,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         return [
             'a server that accepts and never answers' => ['silent'],
             'a server whose listen backlog is full' => ['backlog'],
+            'a Unix socket whose listen backlog is full (DB_HOST localhost)' => ['socket'],
         ];
     }
 
@@ -209,23 +213,26 @@ final class MysqlConnectionTest extends JoinBlockTestCase
      *
      * @dataProvider deadServers
      */
+    #[DataProvider('deadServers')]
     public function testConnectingGivesUpAtTheConnectTimeout(string $server): void
     {
         // Never accept()ed: the kernel completes the handshake for the first connections, and
-        // drops the rest once the backlog (0: one connection) is full.
-        $listener = stream_socket_server('tcp://127.0.0.1:0', $errno, $error, STREAM_SERVER_BIND | STREAM_SERVER_LISTEN, stream_context_create(['socket' => ['backlog' => 0]]));
-        $port = (int) substr(strrchr(stream_socket_get_name($listener, false), ':'), 1);
+        // drops the rest once the backlog (0: one connection) is full. A Unix socket's
+        // connect() waits instead, for as long as the backlog stays full.
+        $address = $server === 'socket' ? 'unix://' . $this->scratchDir(0755) . '/mysqld.sock' : 'tcp://127.0.0.1:0';
+        $listener = stream_socket_server($address, $errno, $error, STREAM_SERVER_BIND | STREAM_SERVER_LISTEN, stream_context_create(['socket' => ['backlog' => 0]]));
+        $dbHost = $server === 'socket' ? 'localhost:' . substr($address, 7) : '127.0.0.1:' . substr(strrchr(stream_socket_get_name($listener, false), ':'), 1);
         $fillers = [];
-        if ($server === 'backlog') {
+        if ($server !== 'silent') {
             for ($i = 0; $i < 4; $i++) {
-                $fillers[] = @stream_socket_client("tcp://127.0.0.1:$port", $errno, $error, 0.2);
+                $fillers[] = @stream_socket_client($server === 'socket' ? $address : "tcp://$dbHost", $errno, $error, 0.2);
             }
         }
         $children = [];
         foreach (['1' => 1, '0' => 0, 'null' => null] as $name => $timeout) {
             $children[$name] = self::startPhp(self::phpCode(sprintf(
                 '$t = microtime(true); joinblock_configure(%s); try { joinblock_acquire_lock("dead@example.org", ["timeout" => %s]); echo "acquired"; } catch (Throwable $e) { echo json_encode([get_class($e), $e->getMessage(), microtime(true) - $t]); }',
-                var_export(self::settings("127.0.0.1:$port"), true),
+                var_export(self::settings($dbHost), true),
                 var_export($timeout, true)
             ), ['joinblock.mysql_connect_timeout' => '1']));
         }
@@ -234,7 +241,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
             $this->assertSame('', $result['err']);
             [$class, $message, $took] = json_decode($result['out'], true) ?? self::fail("timeout $name: {$result['out']}");
             $this->assertSame(LockException::class, $class, "timeout $name");
-            $this->assertMatchesRegularExpression('~^cannot connect to MySQL server joinblock@127\.0\.0\.1:\d+/wordpress: the server did not answer within 1\.000 s \(joinblock\.mysql_connect_timeout\)$~', $message, "timeout $name");
+            $this->assertMatchesRegularExpression("~^cannot connect to MySQL server joinblock@" . preg_quote($dbHost, '~') . "/wordpress: the server did not answer within 1\\.000 s \\(joinblock\\.mysql_connect_timeout\\)$~", $message, "timeout $name");
             $this->assertGreaterThan(0.9, $took, "timeout $name");
             $this->assertLessThan(2.0, $took, "timeout $name: bounded by the connect timeout");
         }
@@ -275,23 +282,8 @@ final class MysqlConnectionTest extends JoinBlockTestCase
     public function testAForkedChildDoesNotKeepADeadParentsLock(): void
     {
         self::extensionOnly('PHP code cannot close the child\'s copy of mysqli\'s socket without ending the parent\'s session (README: the polyfill)');
-        $parent = self::startPhp(self::phpCode(sprintf(<<<'PHP'
-            joinblock_configure(%s);
-            $lock = joinblock_acquire_lock('forked@example.org');
-            $child = pcntl_fork();
-            if ($child === 0) {
-                sleep(10);
-                exit(0);
-            }
-            echo "$child\n";
-            sleep(60);
-            PHP, var_export(self::settings(), true))));
-        $child = (int) fgets($parent['pipes'][1]);
-        $this->assertGreaterThan(0, $child);
+        $child = $this->killHolderKeepingItsForkedChild(sprintf('joinblock_configure(%s); $lock = joinblock_acquire_lock("forked@example.org");', var_export(self::settings(), true)));
         try {
-            posix_kill(proc_get_status($parent['proc'])['pid'], SIGKILL);
-            self::finish($parent);
-            $this->assertTrue(posix_kill($child, 0), 'the child lives on');
             joinblock_configure(self::settings());
             $started = microtime(true);
             $lock = joinblock_acquire_lock('forked@example.org', ['timeout' => 5]);

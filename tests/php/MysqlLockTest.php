@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\LockException;
 use JoinBlock\LockTimeoutException;
 
@@ -148,6 +149,51 @@ final class MysqlLockTest extends JoinBlockTestCase
         $this->assertLessThan(10, microtime(true) - $started, 'nothing hung');
     }
 
+    /**
+     * A release the server refuses leaves the lock with a connection that lives on: that
+     * connection is closed, so the server frees the lock at once, and the exception says so;
+     * the worker's next acquire is a fresh one, not let in again by GET_LOCK's re-entrance.
+     * The refusal here: no prepared statement allowed (the extension prepares a connection's
+     * first RELEASE_LOCK; the polyfill's text queries are not refused by it, so it releases).
+     */
+    public function testARefusedReleaseClosesTheConnectionThatHeldTheLock(): void
+    {
+        $dir = $this->scratchDir();
+        $script = sprintf(<<<'PHP'
+            $wait = function (string $file): void { $d = microtime(true) + 60; while (!file_exists($file) && microtime(true) < $d) { usleep(10000); } };
+            joinblock_configure(%s);
+            $lock = joinblock_acquire_lock('refused@example.org');
+            echo "HELD\n";
+            $wait(%s);
+            try { $lock->release(); echo "released\n"; } catch (Throwable $e) { echo get_class($e), ': ', $e->getMessage(), "\n"; }
+            $wait(%s);
+            try { joinblock_acquire_lock('refused@example.org', ['timeout' => 0.5]); echo "acquired again\n"; } catch (Throwable $e) { echo get_class($e), "\n"; }
+            PHP, var_export(['lock_backend' => 'mysql'] + self::$db->wordpressSettings(), true), var_export("$dir/release", true), var_export("$dir/again", true));
+        $worker = self::startPhp(self::phpCode($script));
+        $this->assertSame("HELD\n", fgets($worker['pipes'][1]));
+        $limit = trim(self::$db->sql('SELECT @@global.max_prepared_stmt_count'));
+        self::$db->sql('SET GLOBAL max_prepared_stmt_count = 0');
+        try {
+            touch("$dir/release");
+            $released = fgets($worker['pipes'][1]);
+        } finally {
+            self::$db->sql("SET GLOBAL max_prepared_stmt_count = $limit");
+        }
+        if (self::implementation() === 'extension') {
+            $this->assertMatchesRegularExpression('~^JoinBlock\\\\LockException: the server refused to release MySQL lock ' . self::lockName('refused@example.org')
+                . ' on joinblock@127\.0\.0\.1:\d+/wordpress \(ERROR 1461 \(42000\): Can\'t create more than max_prepared_stmt_count statements \(current value: 0\)\);'
+                . ' its connection was closed instead, which frees it\n$~', $released);
+        } else {
+            $this->assertSame("released\n", $released);
+        }
+        $other = joinblock_acquire_lock('refused@example.org', ['timeout' => 2]);
+        touch("$dir/again");
+        $result = self::finish($worker);
+        $other->release();
+        $this->assertSame('', $result['err']);
+        $this->assertSame("JoinBlock\\LockTimeoutException\n", $result['out'], 'the worker is not let in again while another holds the lock');
+    }
+
     public function testForkedChildDoesNotReleaseTheParentsLock(): void
     {
         self::extensionOnly('mysqli ends its connection when a process holding it ends, so a forked child\'s exit ends the parent\'s MySQL session');
@@ -181,6 +227,7 @@ final class MysqlLockTest extends JoinBlockTestCase
     }
 
     /** @dataProvider badServers */
+    #[DataProvider('badServers')]
     public function testBadServersAreClearExceptionsWithoutThePassword(array $override, string $pattern): void
     {
         joinblock_configure(['lock_backend' => 'mysql'] + $override + self::$db->wordpressSettings());
@@ -216,6 +263,7 @@ final class MysqlLockTest extends JoinBlockTestCase
     }
 
     /** @dataProvider badSettings */
+    #[DataProvider('badSettings')]
     public function testBadSettingsAreArgumentErrors(array $settings, string $class, string $pattern): void
     {
         $e = self::assertThrows($class, $pattern, fn () => joinblock_configure($settings));
@@ -258,6 +306,7 @@ final class MysqlLockTest extends JoinBlockTestCase
      * @dataProvider backends
      * @param list<string>|null $implementations of host a and host b; null: the one under test
      */
+    #[DataProvider('backends')]
     public function testTwoHostsOneDatabase(string $backend, string $expectedOverlaps, ?array $implementations = null): void
     {
         if ($implementations !== null && self::implementation() === 'polyfill') {

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * The plugin's call sequences (tests/php/fixtures/plugin_flow.php, the README's integration
  * guide): a join and two webhook deliveries for one member at once, each checking a tag and
@@ -92,6 +94,7 @@ final class PluginFlowTest extends JoinBlockTestCase
      *
      * @dataProvider backends
      */
+    #[DataProvider('backends')]
     public function testJoinAndTwoWebhooksForOneMember(string $backend): void
     {
         self::$server->load(['Member', 'Lapsed', 'Paid'], [['email' => 'sam@example.org', 'tags' => ['Lapsed']]], 20);

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * The host's shared state of joinblock_person_has_tag (README "The host's shared state"): a
  * tag map and a request pace that every PHP process of the host shares through files in the
@@ -128,6 +130,7 @@ final class SharedStateTest extends JoinBlockTestCase
      *
      * @dataProvider rateLimits
      */
+    #[DataProvider('rateLimits')]
     public function testEightProcessesTogetherKeepTheHostWideLimit(string $limiter): void
     {
         $asks = self::$server->loadPacingMembers();
@@ -165,6 +168,70 @@ final class SharedStateTest extends JoinBlockTestCase
         $this->assertSame(0, self::finish($one)['exit']);
     }
 
+    /** @return array<string, array{float, float, bool}> last and blocked relative to now, and whether calls still get through */
+    public static function clockSteps(): array
+    {
+        $year = 365 * 86400.0;
+        return [
+            'last an hour ahead (clock stepped back)' => [3600.0, 0.0, true],
+            'blocked a day ahead' => [0.0, 86400.0, false],
+            'both a year behind (clock stepped forward)' => [-$year, -$year, true],
+        ];
+    }
+
+    /**
+     * A pace file written under another clock: what could not be true now is clamped (a slot
+     * at most one interval ahead, a block at most the longest Retry-After honoured, an hour),
+     * and rewritten so.
+     *
+     * @dataProvider clockSteps
+     */
+    #[DataProvider('clockSteps')]
+    public function testAPaceFileFromAnotherClockIsClamped(float $last, float $blocked, bool $through): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        self::runCalls($dir, [['p@example.org', 'Member']]);
+        [$paceFile] = glob("$dir/joinblock-an-*.pace");
+        $now = microtime(true);
+        file_put_contents($paceFile, sprintf("joinblock-pace 1 %.6F %.6F\n", $now + $last, $now + $blocked));
+        touch($paceFile, (int) ($now + max($last, $blocked)));
+        [$call] = self::runCalls($dir, [['p@example.org', 'Member', ['deadline' => 5, 'tag_cache_ttl' => 0]]]);
+        if ($through) {
+            $this->assertTrue($call['result'] ?? $call['message'], 'the call is answered');
+            $this->assertLessThan(4, $call['seconds']);
+        } else {
+            $this->assertSame('JoinBlock\\ActionNetworkException', $call['exception'] ?? null, 'still held back, for at most an hour');
+            $this->assertStringContainsString('waiting for a request slot under max_rps', $call['message']);
+        }
+        $this->assertMatchesRegularExpression('/\Ajoinblock-pace 1 (\S+) (\S+)\n\z/', file_get_contents($paceFile));
+        [, $lastNow, $blockedNow] = explode(' ', trim(substr(file_get_contents($paceFile), \strlen('joinblock-pace '))));
+        $later = microtime(true);
+        $this->assertLessThanOrEqual($later + 1, (float) $lastNow, 'no slot kept further ahead than one interval (1 ms at max_rps 1000)');
+        $this->assertLessThanOrEqual($later + 3600, (float) $blockedNow, 'no block kept longer than an hour');
+    }
+
+    /**
+     * Temporary files left by publishers killed mid-write (the extension's and the polyfill's
+     * names) are removed by the next publish once older than a minute; a fresh one is not.
+     */
+    public function testAPublishRemovesTemporaryFilesLeftByKilledPublishers(): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        self::runCalls($dir, [['p@example.org', 'Member']]);
+        [$tagsFile] = glob("$dir/joinblock-an-*.tags");
+        $prefix = $dir . '/.' . basename($tagsFile) . '.';
+        foreach (["{$prefix}4242.tmp", "{$prefix}Xy12Ab"] as $leftover) {
+            file_put_contents($leftover, '{"format":"joinblock-tags 1","gro');
+            touch($leftover, time() - 3600);
+        }
+        file_put_contents("{$prefix}4343.tmp", '{');
+        [$call] = self::runCalls($dir, [['p@example.org', 'Member', ['tag_cache_ttl' => 0.001]]]);
+        $this->assertTrue($call['result'] ?? $call['message']);
+        $this->assertSame(["{$prefix}4343.tmp"], glob("$dir/.joinblock-an-*"), 'the old leftovers are gone, the fresh one stays');
+    }
+
     /** @return array<string, array{string}> */
     public static function spoiledFiles(): array
     {
@@ -172,6 +239,7 @@ final class SharedStateTest extends JoinBlockTestCase
     }
 
     /** @dataProvider spoiledFiles */
+    #[DataProvider('spoiledFiles')]
     public function testAFileThatCannotBeTrustedIsIgnored(string $how): void
     {
         $tags = self::loadMember();

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * The site-wide shared state of joinblock_person_has_tag (README "Several hosts"): with the
  * mysql lock backend, every host's processes keep one request pace and one tag map through the
@@ -194,6 +196,52 @@ final class SiteStateTest extends JoinBlockTestCase
             $this->assertMatchesRegularExpression('~shared state warning => the site-wide shared state cannot be used \(.*CREATE command denied~', $info);
             $this->assertStringNotContainsString($password, $info);
         }
+    }
+
+    /** @return array<string, array{string, string, bool}> last_slot and blocked_until as SQL, and whether calls still get through */
+    public static function clockSteps(): array
+    {
+        return [
+            'last slot an hour ahead (the server clock stepped back)' => ['UTC_TIMESTAMP(6) + INTERVAL 1 HOUR', "'1970-01-02'", true],
+            'blocked a day ahead' => ["'1970-01-02'", 'UTC_TIMESTAMP(6) + INTERVAL 1 DAY', false],
+            'both a year behind (stepped forward)' => ['UTC_TIMESTAMP(6) - INTERVAL 1 YEAR', 'UTC_TIMESTAMP(6) - INTERVAL 1 YEAR', true],
+        ];
+    }
+
+    /**
+     * A pace row written under another clock of the server's: as for the files, what could not
+     * be true now is clamped (a slot at most one interval ahead, a block at most an hour) and
+     * rewritten so; one statement per request paced still.
+     *
+     * @dataProvider clockSteps
+     */
+    #[DataProvider('clockSteps')]
+    public function testAPaceRowFromAnotherClockIsClamped(string $last, string $blocked, bool $through): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        $first = json_decode(self::runPhpOk(self::call(self::hostArgs($dir), 'p@example.org', 'Member', []), 60), true, 512, JSON_THROW_ON_ERROR);
+        $this->assertTrue($first['result']);
+        $table = MariaDbServer::DATABASE . '.joinblock_an_pace';
+        self::$db->sql("UPDATE $table SET last_slot = $last, blocked_until = $blocked");
+        $updates = static fn (): int => (int) preg_replace('/\D/', '', self::$db->sql("SHOW GLOBAL STATUS LIKE 'Com_update'"));
+        self::$server->control('POST', 'counts/reset');
+        $before = $updates();
+        $call = json_decode(self::runPhpOk(self::call(self::hostArgs($this->scratchDir()), 'p@example.org', 'Member', ['deadline' => 5, 'tag_cache_ttl' => 0]), 60), true, 512, JSON_THROW_ON_ERROR);
+        if ($through) {
+            $this->assertTrue($call['result'], 'the call is answered');
+            $this->assertLessThan(4, $call['seconds']);
+            // A slot per request, plus at most one "ask again then" for the clamped slot.
+            $requests = self::$server->counts()['total'];
+            $this->assertGreaterThanOrEqual($requests, $updates() - $before);
+            $this->assertLessThanOrEqual($requests + 1, $updates() - $before, 'one UPDATE per request paced');
+        } else {
+            $this->assertStringContainsString('waiting for a request slot under max_rps', $call['result'], 'still held back, for at most an hour');
+        }
+        $row = self::$db->sql("SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), last_slot) / 1e6, TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(6), blocked_until) FROM $table");
+        [$lastAhead, $blockedAhead] = array_map('floatval', preg_split('/\s+/', trim($row)));
+        $this->assertLessThanOrEqual(1.0, $lastAhead, 'no slot kept further ahead than one interval');
+        $this->assertLessThanOrEqual(3600.0, $blockedAhead, 'no block kept longer than an hour');
     }
 
     public function testTheSwitchKeepsTheStateInEachHostsFiles(): void

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\ActionNetworkException;
 
 /**
@@ -85,6 +86,7 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
     }
 
     /** @dataProvider faults */
+    #[DataProvider('faults')]
     public function testEachFaultIsACleanException(string $kind, string $path, array $extra, string $pattern): void
     {
         if ($path === '/api/v2/people/0') {
@@ -137,6 +139,7 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
     }
 
     /** @dataProvider slowDowns */
+    #[DataProvider('slowDowns')]
     public function testSlowDownAnswersAreRetriedAfterAWait(string $kind, array $extra, float $minimumWait): void
     {
         self::$server->fault($kind, '/api/v2/people/', 2, $extra);
@@ -237,6 +240,7 @@ final class TagCheckFaultsTest extends JoinBlockTestCase
     }
 
     /** @dataProvider badArguments */
+    #[DataProvider('badArguments')]
     public function testBadArgumentsThrowPhpErrors(string $class, string $pattern, callable $call): void
     {
         self::assertThrows($class, $pattern, $call);

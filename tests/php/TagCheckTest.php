@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
 use JoinBlock\ActionNetworkException;
 
 /**
@@ -128,6 +129,7 @@ final class TagCheckTest extends JoinBlockTestCase
      *
      * @dataProvider sizes
      */
+    #[DataProvider('sizes')]
     public function testRequestBudget(int $has, int $groupSize, int $pages): void
     {
         $tags = self::loadMember($has, $groupSize);
@@ -203,6 +205,7 @@ final class TagCheckTest extends JoinBlockTestCase
      *
      * @dataProvider readmeRows
      */
+    #[DataProvider('readmeRows')]
     public function testReadmeRequestTable(array $sequence): void
     {
         $tags = StandInServer::tagNames(300);
@@ -316,6 +319,7 @@ final class TagCheckTest extends JoinBlockTestCase
      *
      * @dataProvider hugeTotals
      */
+    #[DataProvider('hugeTotals')]
     public function testHugeTotalsFromTheServerSaturate(int|string|null $totalPages, ?int $totalRecords, int $requests): void
     {
         self::loadMember(4, 103);
@@ -391,6 +395,7 @@ final class TagCheckTest extends JoinBlockTestCase
      *
      * @dataProvider caseTwins
      */
+    #[DataProvider('caseTwins')]
     public function testTagsWhoseNamesDifferOnlyInCaseAreOneTag(string $one, string $other, string $asked): void
     {
         $fillers = StandInServer::tagNames(40);
@@ -455,6 +460,7 @@ final class TagCheckTest extends JoinBlockTestCase
      *
      * @dataProvider shapeVariants
      */
+    #[DataProvider('shapeVariants')]
     public function testEveryPlausibleShapeAnswersRight(array $switches, array $requests): void
     {
         $tags = StandInServer::tagNames(40);
@@ -523,6 +529,7 @@ final class TagCheckTest extends JoinBlockTestCase
     }
 
     /** @dataProvider coldTable */
+    #[DataProvider('coldTable')]
     public function testColdCostHasNoCliff(int $k, int $cold, int $pages): void
     {
         $tags = self::loadMember($k, 300);

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * Inside a real WordPress (WordPressSite: Debian's wordpress 6.1, nginx, php-fpm as www-data,
  * a private MariaDB): the test plugin (fixtures/wordpress/joinblock-test) requires the Composer
@@ -94,6 +96,7 @@ final class WordPressTest extends JoinBlockTestCase
      *
      * @dataProvider runs
      */
+    #[DataProvider('runs')]
     public function testConcurrentJoinsAndWebhooksThroughWordPressRestRoutes(string $run): void
     {
         $site = $this->startRun($run, self::WORKERS);
@@ -156,6 +159,7 @@ final class WordPressTest extends JoinBlockTestCase
      *
      * @dataProvider runs
      */
+    #[DataProvider('runs')]
     public function testSiteHealthShowsTheImplementationAndSettingsInEffect(string $run): void
     {
         // Several workers: Site Health's REST and loopback tests request the site from inside a
@@ -204,6 +208,7 @@ final class WordPressTest extends JoinBlockTestCase
      *
      * @dataProvider runs
      */
+    #[DataProvider('runs')]
     public function testSiteHealthIsCriticalWhenLocksCannotBeTaken(string $run): void
     {
         $closed = MariaDbServer::freePort();
@@ -246,7 +251,8 @@ final class WordPressTest extends JoinBlockTestCase
         $start = strpos($page, 'id="health-check-accordion-block-joinblock"');
         $this->assertNotFalse($start, 'the joinblock section is on the Info tab');
         $table = substr($page, $start, strpos($page, '</table>', $start) - $start);
-        preg_match_all('~<tr><td>(.*?)</td><td[^>]*>(.*?)</td></tr>~s', $table, $rows, PREG_SET_ORDER);
+        // A row's label is a <td> up to WordPress 6.7 and a <th scope="row"> since 6.8.
+        preg_match_all('~<tr><(?:td|th scope="row")>(.*?)</t[dh]><td[^>]*>(.*?)</td></tr>~s', $table, $rows, PREG_SET_ORDER);
         $fields = [];
         foreach ($rows as [, $label, $value]) {
             $fields[html_entity_decode($label, ENT_QUOTES)] = html_entity_decode($value, ENT_QUOTES);
