@@ -193,7 +193,11 @@ final class SiteState
             }
             return $wait > $step ? [false, $at - $interval] : [true, $at];
         });
-        return $taken !== null ? $taken[0] : ($this->files?->reserve($interval, $latest) ?? false);
+        if ($taken !== null) {
+            return $taken[0];
+        }
+        // Not `?? false`: the files' null (the slot falls past the deadline) must stay null.
+        return $this->files !== null ? $this->files->reserve($interval, $latest) : false;
     }
 
     /** As SharedStore::pushBack(): $until in this host's Unix seconds. */
