@@ -21,7 +21,7 @@
 //!   taken only when it lies at most one interval ahead of the server's now (otherwise the
 //!   process asks again when it will), so a `last_slot` written lies at most one interval
 //!   ahead and a `blocked_until` at most [`MAX_BLOCK_SECONDS`]. What is read is clamped to
-//!   that (and `blocked_until` rewritten so): only the server's clock stepped back since
+//!   that (and rewritten so, in the same `UPDATE`): only the server's clock stepped back since
 //!   (a restored snapshot, NTP's first step) leaves more, and believing it would hold every
 //!   host of the site back until the clock caught up.
 //! - One round trip per request paced and no lock held over a request: a slot is taken by
