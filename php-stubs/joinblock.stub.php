@@ -103,7 +103,7 @@ namespace {
      *   - `deadline`: seconds for the whole call, waits included, default 30.
      *   - `max_pages`: taggings pages read at most, default 10.
      *   - `tag_cache_ttl`: seconds a learned tag name stays trusted in this process, default 600.
-     *   - `max_rps`: requests per second all processes of the host send at most together (this process alone with INI joinblock.shared_state = 0), default 4; requests go 1.1 / max_rps apart.
+     *   - `max_rps`: requests per second all processes of the host send at most together, or of every host of the site with the mysql lock backend (INI joinblock.shared_state_backend; this process alone with INI joinblock.shared_state = 0), default 4; requests go 1.1 / max_rps apart.
      *
      * @throws \TypeError wrong argument or option types, an email or tag that is not UTF-8
      * @throws \ValueError empty email, tag or key, a key that is not UTF-8 or has control characters, unknown

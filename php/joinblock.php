@@ -45,6 +45,7 @@ if (!\function_exists('joinblock_acquire_lock')) {
     require __DIR__ . '/polyfill/mysql-lock.php';
     require __DIR__ . '/polyfill/locking.php';
     require __DIR__ . '/polyfill/shared-state.php';
+    require __DIR__ . '/polyfill/site-state.php';
     require __DIR__ . '/polyfill/action-network.php';
     require __DIR__ . '/polyfill/functions.php';
 }

@@ -119,6 +119,11 @@ if (\function_exists('add_filter') && !\class_exists(SiteHealth::class, false)) 
                     'value' => $status['mysql_server'] ?? $notSet,
                 ],
                 'action_network_url' => ['label' => __('Action Network URL', 'joinblock'), 'value' => $status['action_network_url']],
+                // Null while the site-wide store cannot serve; the problem is listed above.
+                'shared_state' => [
+                    'label' => __('Tag check pace and tag map', 'joinblock'),
+                    'value' => $status['shared_state'] ?? __('this host\'s files (the site-wide store cannot serve: see the problems above)', 'joinblock'),
+                ],
             ];
             $counters = [
                 'locks_acquired' => __('Locks acquired (this PHP process)', 'joinblock'),

@@ -35,13 +35,18 @@ const MYSQL_CONNECT_TIMEOUT_DEFAULT: &CStr = c"3";
 /// `0` (or `off`, `false`, `no`) keeps the tag map and request pacing per process.
 pub const SHARED_STATE: &str = "joinblock.shared_state";
 
-static INI_ENTRIES: IniEntryDefs<7> = IniEntryDefs::new([
+/// `auto` (default): with `joinblock.lock_backend = mysql`, the shared state spans the site's
+/// hosts through the lock server; `files`: each host's lock directory only.
+pub const SHARED_STATE_BACKEND: &str = "joinblock.shared_state_backend";
+
+static INI_ENTRIES: IniEntryDefs<8> = IniEntryDefs::new([
     entry(c"joinblock.lock_dir", c""),
     entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
     entry(c"joinblock.lock_backend", c"file"),
     entry(c"joinblock.mysql_url", c""),
     entry(c"joinblock.mysql_connect_timeout", MYSQL_CONNECT_TIMEOUT_DEFAULT),
     entry(c"joinblock.shared_state", c"1"),
+    entry(c"joinblock.shared_state_backend", c"auto"),
     IniEntryDef::end(),
 ]);
 
@@ -87,6 +92,17 @@ pub fn ini_bytes(name: &str) -> Option<Vec<u8>> {
 pub fn shared_state() -> bool {
     let value = ini_bytes(SHARED_STATE).map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase());
     !matches!(value.as_deref(), Some("0" | "off" | "false" | "no" | "none"))
+}
+
+/// Whether the shared state may span hosts through the lock server (INI
+/// `joinblock.shared_state_backend`: `auto`, the default, or `files`).
+pub fn shared_state_site_wide() -> Result<bool, String> {
+    let value = ini_bytes(SHARED_STATE_BACKEND).map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase());
+    match value.as_deref() {
+        None | Some("auto") => Ok(true),
+        Some("files") => Ok(false),
+        Some(other) => Err(format!("INI {SHARED_STATE_BACKEND} is \"{}\"; expected auto or files", other.escape_debug())),
+    }
 }
 
 /// What `joinblock_configure()` set; cleared at the end of each request.

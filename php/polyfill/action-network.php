@@ -270,7 +270,7 @@ final class Session
         private float $timeout,
         float $deadline,
         float $maxRps,
-        private ?SharedStore $shared = null,
+        private ?SiteState $shared = null,
     ) {
         $this->origin = Url::origin($baseUrl);
         $this->deadline = Clock::now() + $deadline;
@@ -504,7 +504,7 @@ final class Knowledge
     /** Whether this call has read the host's shared map (at its first miss). */
     private bool $sharedRead = false;
 
-    private function __construct(private string $group, private float $ttl, private ?SharedStore $shared) {}
+    private function __construct(private string $group, private float $ttl, private ?SiteState $shared) {}
 
     /** Entries the process keeps now, over all groups (what the extension shows in php --ri). */
     public static function entries(): int
@@ -513,7 +513,7 @@ final class Knowledge
     }
 
     /** $group's knowledge as a call with this $ttl trusts it. */
-    public static function load(string $group, float $ttl, ?SharedStore $shared = null): self
+    public static function load(string $group, float $ttl, ?SiteState $shared = null): self
     {
         $knowledge = new self($group, $ttl, $shared);
         $list = self::$groups[$group]['list'] ?? null;
@@ -853,7 +853,7 @@ final class TagCheck
             throw new ActionNetworkException("PHP's mbstring extension is not loaded: the tag check needs it to compare tag names without regard to case");
         }
         $group = "{$settings->baseUrl} " . sha1($apiKey);
-        $shared = SharedStore::forGroup($group);
+        $shared = SiteState::forGroup($group);
         $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps, $shared);
         $knowledge = Knowledge::load($group, $settings->tagCacheTtl, $shared);
         try {

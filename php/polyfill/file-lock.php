@@ -109,17 +109,47 @@ final class Holder
         }
         // Linux's dev_t: the major number in bits 8-19 and 32-43, the minor in 0-7 and 20-31.
         $dev = $stat['dev'];
-        $major = (($dev >> 8) & 0xfff) | (($dev >> 32) & ~0xfff);
-        $minor = ($dev & 0xff) | (($dev >> 12) & ~0xff);
-        $file = sprintf('%02x:%02x:%d', $major, $minor, $stat['ino']);
+        $device = [(($dev >> 8) & 0xfff) | (($dev >> 32) & ~0xfff), ($dev & 0xff) | (($dev >> 12) & ~0xff)];
+        // btrfs gives each subvolume's files a device of their own, while /proc/locks names
+        // the file system's, which is the mount's.
+        $pid = self::listed($locks, $device, $stat['ino'])
+            ?? self::listed($locks, self::mountDevice(realpath(stream_get_meta_data($handle)['uri']) ?: ''), $stat['ino']);
+        return $pid === null ? null : sprintf('pid %d (%s) for %.1f s', $pid, self::name($pid), max(0.0, microtime(true) - $stat['ctime']));
+    }
+
+    /** The pid holding a FLOCK on [major, minor] and $ino in a /proc/locks listing. */
+    private static function listed(string $locks, ?array $device, int $ino): ?int
+    {
+        if ($device === null) {
+            return null;
+        }
+        $file = sprintf('%02x:%02x:%d', $device[0], $device[1], $ino);
         foreach (explode("\n", $locks) as $line) {
             $fields = preg_split('/\s+/', trim($line));
             if (($fields[1] ?? '') === 'FLOCK' && ($fields[5] ?? '') === $file) {
-                $pid = (int) $fields[4];
-                return sprintf('pid %d (%s) for %.1f s', $pid, self::name($pid), max(0.0, microtime(true) - $stat['ctime']));
+                return (int) $fields[4];
             }
         }
         return null;
+    }
+
+    /** [major, minor] of the deepest mount containing $path, from /proc/self/mountinfo. */
+    private static function mountDevice(string $path): ?array
+    {
+        [$device, $depth] = [null, -1];
+        foreach (explode("\n", (string) @file_get_contents('/proc/self/mountinfo')) as $line) {
+            $fields = explode(' ', $line);
+            if (count($fields) < 5 || !str_contains($fields[2], ':')) {
+                continue;
+            }
+            // Mount points write a space, tab, newline and backslash as \NNN (octal).
+            $point = preg_replace_callback('/\\\\([0-7]{3})/', static fn (array $m): string => chr(octdec($m[1])), $fields[4]);
+            $inside = $point === '/' || $path === $point || str_starts_with($path, rtrim($point, '/') . '/');
+            if ($inside && strlen($point) >= $depth) {
+                [$device, $depth] = [array_map('intval', explode(':', $fields[2], 2)), strlen($point)];
+            }
+        }
+        return $device;
     }
 
     private static function name(int $pid): string

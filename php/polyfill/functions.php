@@ -12,6 +12,7 @@ use JoinBlock\Polyfill\Api;
 use JoinBlock\Polyfill\Locking;
 use JoinBlock\Polyfill\Options;
 use JoinBlock\Polyfill\Settings;
+use JoinBlock\Polyfill\SiteState;
 use JoinBlock\Polyfill\TagCheck;
 
 function joinblock_acquire_lock(string $key, array $options = []): Lock
@@ -53,6 +54,7 @@ function joinblock_person_has_tag(string $email, string $tag, string $apiKey, ar
 function joinblock_status(): array
 {
     $lock = Locking::status();
+    [$shared, $problem] = SiteState::status();
     return [
         'implementation' => 'polyfill',
         'version' => Api::VERSION,
@@ -62,7 +64,8 @@ function joinblock_status(): array
         'mysql_server' => $lock['mysql_server'],
         'action_network_url' => Options::ini('joinblock.action_network_url') ?? Settings::DEFAULT_BASE_URL,
         // Nothing outlives a request here: there are no process counters to show.
+        'shared_state' => $shared,
         'counters' => null,
-        'problems' => $lock['problems'],
+        'problems' => $lock['problems'] + ($problem === null ? [] : ['shared_state' => $problem]),
     ];
 }

@@ -147,6 +147,21 @@ final class Locking
     }
 
     /**
+     * The lock server and the bound of every wait on it, when the mysql backend is in effect
+     * and its settings can be read; null otherwise (locking reports what is wrong).
+     *
+     * @return array{MysqlTarget, float}|null
+     */
+    public static function mysqlInEffect(): ?array
+    {
+        try {
+            return self::backend() === 'mysql' ? [self::mysqlTarget(), self::connectTimeout()] : null;
+        } catch (LockException) {
+            return null;
+        }
+    }
+
+    /**
      * joinblock_status()'s lock part: the settings in effect, each null with a problem
      * when unusable; the server without its password.
      */

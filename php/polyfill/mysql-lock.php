@@ -224,11 +224,17 @@ final class MysqlConnection
         }
     }
 
-    /**
-     * The first column of the first row of $sql, waiting for the reply at most $wait (what
-     * the server was asked to wait) plus $bound.
-     */
+    /** The first column of the first row of $sql, as row() waits for it. */
     public static function value(\mysqli $db, string $sql, float $wait, float $bound): ?string
+    {
+        return (self::row($db, $sql, $wait, $bound) ?? [null])[0];
+    }
+
+    /**
+     * The first row of $sql (null if none), waiting for the reply at most $wait (what the
+     * server was asked to wait) plus $bound.
+     */
+    public static function row(\mysqli $db, string $sql, float $wait, float $bound): ?array
     {
         $db->query($sql, MYSQLI_ASYNC);
         $limit = $wait + $bound;
@@ -239,7 +245,7 @@ final class MysqlConnection
                 $limit
             ), self::NO_ANSWER);
         }
-        return ($db->reap_async_query()->fetch_row() ?? [null])[0];
+        return $db->reap_async_query()->fetch_row();
     }
 
     private static function open(MysqlTarget $target, float $bound): \mysqli
@@ -426,11 +432,13 @@ final class DbLock implements Held
     {
         try {
             return MysqlConnection::with($target, $bound, static function (\mysqli $db) use ($name, $bound): ?string {
-                $id = MysqlConnection::value($db, "SELECT IS_USED_LOCK('$name')", 0.0, $bound);
+                // One query, one round trip: README's bound counts one reply after the last wait.
+                $row = MysqlConnection::row($db, "SELECT l.id, CONCAT(p.USER, '@', p.HOST) FROM (SELECT IS_USED_LOCK('$name') AS id) AS l"
+                    . ' LEFT JOIN information_schema.PROCESSLIST AS p ON p.ID = l.id', 0.0, $bound);
+                [$id, $account] = $row ?? [null, null];
                 if ($id === null) {
                     return null;
                 }
-                $account = MysqlConnection::value($db, "SELECT CONCAT(USER, '@', HOST) FROM information_schema.PROCESSLIST WHERE ID = " . (int) $id, 0.0, $bound);
                 return $account === null ? "MySQL connection $id" : "MySQL connection $id ($account)";
             });
         } catch (LockException) {

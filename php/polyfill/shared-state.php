@@ -7,7 +7,8 @@
  *
  * In the lock directory in effect, for a group "<base_url> <sha1(api key)>" named by
  * h = sha1(group): `joinblock-an-<h>.pace`, one line "joinblock-pace 1 <last> <blocked>\n"
- * (Unix seconds, 6 decimals), read and rewritten only under flock(LOCK_EX) and never
+ * (Unix seconds, 6 decimals), read and rewritten only under flock(LOCK_EX) (waited for at
+ * most LOCK_PATIENCE: a stalled holder makes the call go on without the store) and never
  * unlinked; `joinblock-an-<h>.tags`, JSON {"format":"joinblock-tags 1","group":h,
  * "entries":[[href, folded name, learned, expires], ...]}, replaced whole by a rename under
  * the pace file's lock. A file is used only when it is a regular file owned by this user and
@@ -31,6 +32,8 @@ final class SharedStore
     public const MAX_FILE_BYTES = 8 << 20;
     /** The longest Retry-After honoured (seconds): no stored block lasts longer. */
     public const MAX_BLOCK = 3600.0;
+    /** Seconds the pace file's lock is waited for (LOCK_PATIENCE in shared.rs). */
+    private const LOCK_PATIENCE = 0.2;
     private const MAX_ENTRIES = 4096;
     private const MAX_ENTRY_BYTES = 1024;
     private const PACE_MAGIC = 'joinblock-pace 1';
@@ -111,10 +114,20 @@ final class SharedStore
             self::warn($handle);
             return null;
         }
-        if (!flock($handle, LOCK_EX)) {
-            fclose($handle);
-            self::warn($this->path('pace') . ': cannot lock; per-process pacing');
-            return null;
+        // As LOCK_PATIENCE in shared.rs: a holder that keeps the lock longer than a read and a
+        // write is stalled, and is not waited for past the patience.
+        $giveUp = microtime(true) + self::LOCK_PATIENCE;
+        $pause = 0.001;
+        while (!flock($handle, LOCK_EX | LOCK_NB, $wouldBlock)) {
+            if (!$wouldBlock || microtime(true) + $pause >= $giveUp) {
+                fclose($handle);
+                self::warn($this->path('pace') . ($wouldBlock
+                    ? ': held by another process for over ' . (int) (self::LOCK_PATIENCE * 1000) . ' ms (stalled?); per-process pacing'
+                    : ': cannot lock; per-process pacing'));
+                return null;
+            }
+            usleep((int) ($pause * 1e6));
+            $pause = min($pause * 2, 0.01);
         }
         return $handle;
     }

@@ -32,7 +32,8 @@ use std::cell::Cell;
 use parking_lot::Mutex;
 use reqwest::Url;
 
-use super::shared::{unix_now, SharedEntry, Store};
+use super::shared::{unix_now, SharedEntry};
+use super::site_state::SharedState;
 
 /// Entries the process keeps at most, over all groups: a few hundred KiB for usual names.
 pub const MAX_ENTRIES: usize = 4096;
@@ -173,7 +174,7 @@ pub fn entries() -> usize {
 
 /// One call's view: the process cache's trusted entries, read in place, and what the call learns.
 #[derive(Debug)]
-pub struct Knowledge {
+pub struct Knowledge<'a> {
     group: GroupKey,
     ttl: Duration,
     /// What this call learned: href -> name, name -> hrefs, and in which order.
@@ -185,14 +186,14 @@ pub struct Knowledge {
     list_age: Option<Age>,
     list_advanced: bool,
     /// The host's shared map, read into the process cache at this call's first miss.
-    shared: Option<Store>,
+    shared: Option<&'a SharedState>,
     shared_read: Cell<bool>,
 }
 
-impl Knowledge {
+impl<'a> Knowledge<'a> {
     /// `group`'s knowledge as a call with this `ttl` trusts it, with the host's shared map
     /// behind the process cache when `shared` is given.
-    pub fn load(group: &GroupKey, ttl: Duration, shared: Option<Store>) -> Self {
+    pub fn load(group: &GroupKey, ttl: Duration, shared: Option<&'a SharedState>) -> Self {
         let now = Instant::now();
         let list = with_cache(|cache| {
             let cached = cache.groups.get(group)?;

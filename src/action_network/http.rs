@@ -110,8 +110,8 @@ pub struct Session<'a> {
     pub timeout: Duration,
     pub deadline: Instant,
     pub min_interval: Duration,
-    /// The host's shared pacing for this group (see `shared.rs`); `None`: this process alone.
-    pub shared: Option<&'a super::shared::Store>,
+    /// The shared pacing for this group (see `shared.rs`, `site_state.rs`); `None`: this process alone.
+    pub shared: Option<&'a super::site_state::SharedState>,
 }
 
 impl Session<'_> {

@@ -27,6 +27,7 @@
 mod cache;
 mod http;
 pub mod shared;
+pub mod site_state;
 
 use std::{
     collections::HashSet,
@@ -72,6 +73,9 @@ pub struct Settings {
     pub max_rps: f64,
     /// Where the host's shared state lives (`shared.rs`); `None` keeps everything per process.
     pub shared_dir: Option<std::path::PathBuf>,
+    /// The site's lock server, sharing the state across hosts (`site_state.rs`); the host's
+    /// files stand in when it cannot.
+    pub site_db: Option<site_state::SiteDb>,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://actionnetwork.org/api/v2/";
@@ -86,6 +90,7 @@ impl Settings {
             tag_cache_ttl: Duration::from_secs(600),
             max_rps: 4.0,
             shared_dir: None,
+            site_db: None,
         }
     }
 }
@@ -178,7 +183,8 @@ impl std::error::Error for Error {}
 /// `Some(true)` / `Some(false)`; `None` when no person has that email.
 pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings) -> Result<Option<bool>, Error> {
     let group = GroupKey::new(settings.base_url.as_str(), api_key);
-    let store = settings.shared_dir.as_deref().map(|dir| shared::Store::new(dir, group.as_str()));
+    let files = settings.shared_dir.as_deref().map(|dir| shared::Store::new(dir, group.as_str()));
+    let store = site_state::SharedState::new(files, settings.site_db.clone(), group.as_str());
     let session = Session {
         origin: settings.base_url.clone(),
         api_key,
@@ -187,7 +193,7 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
         min_interval: Duration::try_from_secs_f64(PACING_HEADROOM / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
         shared: store.as_ref(),
     };
-    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl, store.clone());
+    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl, store.as_ref());
     let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
     // Whatever was learned stays useful, even when this call failed.
     knowledge.save();

@@ -28,7 +28,9 @@
 //!   [`super::cache::MAX_ENTRY_BYTES`] each, the file read at most [`MAX_FILE_BYTES`].
 //! - Pacing: a request takes the slot `max(now, last + 1/max_rps, blocked)` and stores it as
 //!   `last`, all under the lock, so every process of the host together keeps `max_rps`; the
-//!   lock is held for a read and a write, never over a sleep. A slot more than one interval
+//!   lock is held for a read and a write, never over a sleep, and waited for at most
+//!   [`LOCK_PATIENCE`] (then the call goes on without the store), so a stalled holder holds
+//!   a call back no longer than that. A slot more than one interval
 //!   ahead is not taken: the process comes back when it is one interval ahead. So a `last`
 //!   written by any process lies at most one interval after its clock's now, and a `blocked`
 //!   at most [`MAX_BLOCK`] after it.
@@ -45,7 +47,8 @@ use std::{
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use fs2::FileExt;
@@ -62,6 +65,11 @@ const TAGS_FORMAT: &str = "joinblock-tags 1";
 const MAX_WARNINGS: usize = 8;
 /// The longest `Retry-After` honoured (seconds): no stored block lasts longer.
 pub const MAX_BLOCK: f64 = 3600.0;
+/// How long the pace file's lock is waited for. A working holder keeps it for one read and
+/// one write (microseconds); one that keeps it longer is stalled (stopped, swapped out, on a
+/// hung filesystem), and waiting for it would make the call overrun its deadline: the call
+/// goes on as with no store (per-process pacing, its own cache), as for any unusable store.
+pub const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 
 /// Process-wide, for `php --ri`, whichever thread met the problem.
 static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -115,11 +123,26 @@ impl Store {
                 return None;
             }
         };
-        if let Err(e) = file.lock_exclusive() {
-            warn(format!("{}: cannot lock ({e}); per-process pacing", path.display()));
-            return None;
+        let give_up = Instant::now() + LOCK_PATIENCE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock_exclusive() {
+                Ok(()) => return Some(Locked { file, path }),
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() + pause < give_up => {
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    let waited = LOCK_PATIENCE.as_millis();
+                    warn(format!("{}: held by another process for over {waited} ms (stalled?); per-process pacing", path.display()));
+                    return None;
+                }
+                Err(e) => {
+                    warn(format!("{}: cannot lock ({e}); per-process pacing", path.display()));
+                    return None;
+                }
+            }
         }
-        Some(Locked { file, path })
     }
 
     /// Takes the host's next request slot for a spacing of `interval` seconds, unless it falls

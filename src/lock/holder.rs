@@ -6,11 +6,14 @@
 //! looks the holder up: its pid, what it is (php-fpm's workers are titled `php-fpm: pool
 //! <name>`, anything else by its program name: never its arguments, which may hold an email),
 //! and how long the file has existed (each holder creates a fresh one: the previous holder
-//! unlinked it). Any holder is found this way, the plugin's own PHP lock included.
+//! unlinked it). Any holder is found this way, the plugin's own PHP lock included. The file
+//! is looked up by its device and inode, and where `/proc/locks` names another device than
+//! the file's (btrfs subvolumes), by its mount's.
 
 use std::{
     fs::File,
-    os::unix::fs::MetadataExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt, io::AsRawFd},
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
@@ -19,7 +22,13 @@ use std::{
 pub fn of(file: &File) -> Option<String> {
     let meta = file.metadata().ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    let pid = flock_holder(&locks, libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino())?;
+    let listed = |(major, minor)| flock_holder(&locks, major, minor, meta.ino());
+    // btrfs gives each subvolume's files a device of their own, while /proc/locks names the
+    // file system's, which is the mount's (as on any file system where the two differ).
+    let pid = listed((libc::major(meta.dev()), libc::minor(meta.dev()))).or_else(|| {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+        listed(mount_device(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, &path)?)
+    })?;
     let age = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().clamp(0, 999_999_999) as u32))
         .unwrap_or_default();
@@ -35,6 +44,44 @@ fn flock_holder(locks: &str, major: u32, minor: u32, ino: u64) -> Option<u32> {
         // "1: FLOCK  ADVISORY  WRITE 4242 00:1a:12345 0 EOF"
         (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&file.as_str())).then(|| fields.get(4)?.parse().ok())?
     })
+}
+
+/// The device (major, minor) of the mount `path` lies on, from a `/proc/self/mountinfo`
+/// listing: the deepest mount point that contains it. (With btrfs subvolumes of one file
+/// system, the inode numbers of two subvolumes may coincide: the holder named is then a
+/// guess among them, for a message only.)
+fn mount_device(mountinfo: &str, path: &Path) -> Option<(u32, u32)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "36 35 0:40 / /srv/locks rw,relatime - btrfs /dev/vdb rw": decimal major:minor.
+            let mut fields = line.split(' ');
+            let (major, minor) = fields.nth(2)?.split_once(':')?;
+            let point = unescape_octal(fields.nth(1)?);
+            path.starts_with(&point).then(|| Some((point.as_os_str().len(), (major.parse().ok()?, minor.parse().ok()?))))?
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, device)| device)
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a mount point as `\NNN` (octal).
+fn unescape_octal(field: &str) -> PathBuf {
+    let (bytes, mut out) = (field.as_bytes(), Vec::with_capacity(field.len()));
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], code) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
 }
 
 /// php-fpm's title for its workers, else the program's name.
@@ -59,6 +106,16 @@ mod tests {
         assert_eq!(flock_holder(locks, 0, 0x1a, 12345), Some(4242));
         assert_eq!(flock_holder(locks, 0, 0x1a, 555), None, "a POSIX lock is not ours");
         assert_eq!(flock_holder(locks, 8, 1, 12345), None, "another device");
+    }
+
+    #[test]
+    fn the_mount_of_a_path_gives_its_device() {
+        let mountinfo = "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                         46 22 0:40 / /tmp/btr rw - btrfs /dev/loop0 rw\n\
+                         47 22 0:41 / /srv/with\\040space rw - btrfs /dev/loop1 rw\n";
+        assert_eq!(mount_device(mountinfo, Path::new("/tmp/btr/locks/join-lock-1")), Some((0, 40)));
+        assert_eq!(mount_device(mountinfo, Path::new("/tmp/btrfs-not/x")), Some((254, 0)), "a prefix of a name is not a parent");
+        assert_eq!(mount_device(mountinfo, Path::new("/srv/with space/x")), Some((0, 41)));
     }
 
     #[test]

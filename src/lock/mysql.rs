@@ -314,6 +314,20 @@ fn with_lock_connection<T>(
     .unwrap_or(Ok(None))
 }
 
+/// Runs `work` on this thread's connection to `target` (the one its locks use), every reply
+/// within the connect bound, as `with_connection` does for locks. For the tag check's
+/// site-wide shared state (`action_network::site_state`), which never holds a lock over it.
+pub fn with_shared_connection<T>(
+    target: &MysqlTarget,
+    connect_timeout: Duration,
+    mut work: impl FnMut(&mut Conn) -> Result<T, mysql::Error>,
+) -> Result<T, LockError> {
+    with_connection(target, connect_timeout, |connection| {
+        connection.expect_reply_within(Duration::ZERO, connect_timeout)?;
+        work(&mut connection.conn)
+    })
+}
+
 /// Closes this thread's connection if it is still the one of `generation` (the server then
 /// frees every lock it held); how many locks it still held, or `None` when it was gone.
 fn close_lock_connection(generation: u64) -> Option<usize> {
@@ -553,19 +567,21 @@ impl DbLock {
 
 /// "MySQL connection 42 (wp@10.0.0.7)": who holds `name` now, as far as the server lets us
 /// see (another user's connection shows its user and host only with the PROCESS privilege).
+/// One text query, so one round trip (no prepare): a timed-out call ends at most one reply
+/// after its last `GET_LOCK`, which README's bound counts. `name` is ours (`join-lock-<hex>`),
+/// safe to quote.
 fn holder_of(target: &MysqlTarget, name: &str, connect_timeout: Duration) -> Option<String> {
+    let who = format!(
+        "SELECT l.id, CONCAT(p.USER, '@', p.HOST) FROM (SELECT IS_USED_LOCK('{name}') AS id) AS l \
+         LEFT JOIN information_schema.PROCESSLIST AS p ON p.ID = l.id"
+    );
     with_connection(target, connect_timeout, |connection| {
         connection.expect_reply_within(Duration::ZERO, connect_timeout)?;
-        let Some(Some(id)) = connection.conn.exec_first::<Option<u64>, _, _>("SELECT IS_USED_LOCK(?)", (name,))? else {
-            return Ok(None);
-        };
-        let account: Option<String> = connection
-            .conn
-            .exec_first("SELECT CONCAT(USER, '@', HOST) FROM information_schema.PROCESSLIST WHERE ID = ?", (id,))?;
-        Ok(Some(match account {
-            Some(account) => format!("MySQL connection {id} ({account})"),
-            None => format!("MySQL connection {id}"),
-        }))
+        Ok(match connection.conn.query_first::<(Option<u64>, Option<String>), _>(&who)? {
+            Some((Some(id), Some(account))) => Some(format!("MySQL connection {id} ({account})")),
+            Some((Some(id), None)) => Some(format!("MySQL connection {id}")),
+            _ => None,
+        })
     })
     .ok()
     .flatten()

@@ -51,6 +51,17 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("Action Network URL", status.action_network_url.as_str());
     info_table_row!(format!("Action Network requests ({scope})"), status.requests.to_string());
     info_table_row!(format!("tag cache entries ({scope})"), crate::action_network::tag_cache_entries().to_string());
+    let (state, problem) = match &status.shared_state {
+        Ok(state) => (state.as_str(), None),
+        Err(problem) => ("this host's files (the site-wide store failed)", Some(problem.as_str())),
+    };
+    info_table_row!("shared state in effect", state);
+    if let Some(problem) = problem {
+        info_table_row!("shared state warning", problem);
+    }
+    for problem in crate::action_network::site_state::warnings() {
+        info_table_row!("shared state warning", problem.as_str());
+    }
     match action_network::shared_dir() {
         None => info_table_row!("shared state (tag map, pacing)", "off (joinblock.shared_state = 0, or no lock directory)"),
         Some(dir) => {

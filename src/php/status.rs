@@ -4,7 +4,7 @@
 
 use ext_php_rs::{prelude::*, types::ZendHashTable, boxed::ZBox};
 
-use super::lock;
+use super::{action_network, lock};
 use crate::{
     action_network::{requests_sent, DEFAULT_BASE_URL},
     config,
@@ -23,6 +23,8 @@ pub struct Status {
     /// `Ok(None)`: no server configured.
     pub mysql: Result<Option<String>, String>,
     pub action_network_url: String,
+    /// Where the tag check's shared state lives, or why the site-wide store cannot serve.
+    pub shared_state: Result<String, String>,
     pub counters: Counters,
     pub requests: u64,
     /// `NTS`, or `ZTS` for a thread-safe PHP (the one this build fits; it loads in no other).
@@ -41,10 +43,32 @@ impl Status {
             lock_dir: lock::lock_dir().map(shown).map_err(|_| "sys_get_temp_dir() could not be read".into()),
             mysql,
             action_network_url: shown(config::ini_bytes(config::ACTION_NETWORK_URL).unwrap_or_else(|| DEFAULT_BASE_URL.into())),
+            shared_state: shared_state(),
             counters: counters(),
             requests: requests_sent(),
             thread_safety: if ext_php_rs::PHP_ZTS { "ZTS" } else { "NTS" },
         }
+    }
+}
+
+/// "site-wide on MySQL server …" (with its tag map's entries), "this host's lock directory …"
+/// or "off"; `Err` when the site-wide store cannot be used (tried now: connected, tables made
+/// if missing, counted), saying that each host's files stand in.
+fn shared_state() -> Result<String, String> {
+    let files = || match action_network::shared_dir() {
+        Some(dir) => format!("this host's lock directory {}", dir.display()),
+        None => "off".into(),
+    };
+    match action_network::site_db() {
+        Ok(None) => Ok(shown(files())),
+        Ok(Some(site)) => match site.inspect() {
+            Ok(entries) => Ok(shown(format!("site-wide on MySQL server {} ({entries} tag map entries)", site.target.describe()))),
+            Err(problem) => Err(shown(format!(
+                "the site-wide shared state cannot be used ({problem}); each host uses {} instead",
+                files()
+            ))),
+        },
+        Err(problem) => Err(shown(problem)),
     }
 }
 
@@ -60,6 +84,7 @@ pub fn joinblock_status() -> PhpResult<ZBox<ZendHashTable>> {
     let backend = value("lock_backend", status.backend.map(|b| Some(b.to_owned())))?;
     let lock_dir = value("lock_dir", status.lock_dir.map(Some))?;
     let mysql = value("mysql_server", status.mysql)?;
+    let shared_state = value("shared_state", status.shared_state.map(Some))?;
     let mut counters = ZendHashTable::new();
     counters.insert("locks_acquired", status.counters.acquired as i64)?;
     counters.insert("locks_waited", status.counters.waited as i64)?;
@@ -73,6 +98,7 @@ pub fn joinblock_status() -> PhpResult<ZBox<ZendHashTable>> {
     array.insert("lock_dir", lock_dir)?;
     array.insert("mysql_server", mysql)?;
     array.insert("action_network_url", status.action_network_url)?;
+    array.insert("shared_state", shared_state)?;
     array.insert("counters", counters)?;
     array.insert("problems", problems)?;
     Ok(array)

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+use PHPUnit\Framework\Attributes\DataProvider;
+
 /**
  * The extension in Debian's php-fpm, which loads it in the master and forks workers (running
  * as www-data, as a site's): each worker makes its own HTTP client and keeps its tag cache and
@@ -204,5 +206,60 @@ final class FpmTest extends JoinBlockTestCase
         } finally {
             $fpm->stop();
         }
+    }
+
+    /**
+     * A worker that dies of memory_limit at a lock call (issue 21's item 5) holds nothing
+     * after: every key is free for another process at once, and the same (only) worker locks
+     * them all again in its next request (no claim left behind). Each request locks key after
+     * key, its keys and slots made up front, until the fatal. Under gdb the fatal strikes in
+     * the engine around the call, never inside the extension's code between taking the lock
+     * and making its object (that object is made first, so no fatal can strike there); this
+     * shows what a worker sees, whichever it is.
+     *
+     * @dataProvider backends
+     */
+    #[DataProvider('backends')]
+    public function testAMemoryFatalAtALockCallLeavesNothingHeld(string $backend): void
+    {
+        $max = 8000; // about 2,500 lock objects fit under the fixture's memory_limit
+        [$args, $query, $db] = [$this->webUserPhpArgs(), ['max' => $max], null];
+        if ($backend === 'mysql') {
+            $db = MariaDbServer::startPrivate();
+            joinblock_configure(['lock_backend' => 'mysql', 'mysql_url' => $db->url()]);
+            array_push($args, '-d', 'joinblock.lock_backend=mysql', '-d', 'joinblock.mysql_url=' . $db->url());
+            $options = [];
+        } else {
+            $query['dir'] = $this->webUserScratchDir();
+            $options = ['dir' => $query['dir']];
+        }
+        $fpm = FpmServer::start($this->scratchDir(), 1, $args);
+        try {
+            $callLine = 1 + substr_count(strstr(file_get_contents(__DIR__ . '/fixtures/fpm/lock_until_fatal.php'), '// THE LOCK CALL', true), "\n");
+            for ($round = 0; $round < 2; $round++) {
+                $died = $fpm->request('lock_until_fatal.php', $query);
+                $said = strip_tags($died['body']) . $fpm->log();
+                $this->assertStringNotContainsString('LockException', $said, "round $round: the worker still claimed a lock of an earlier request");
+                $this->assertMatchesRegularExpression("~Allowed memory size of \\d+ bytes exhausted .* in (\\S+/lock_until_fatal\\.php on line $callLine|\\S+/polyfill/\\S+\\.php on line \\d+)\\b~", $said, "round $round: the fatal struck at the lock call");
+                for ($i = 0; $i < $max; $i++) {
+                    try {
+                        joinblock_acquire_lock("fatal-$i@example.org", $options + ['timeout' => 0])->release();
+                    } catch (\JoinBlock\LockTimeoutException $e) {
+                        $this->fail("round $round: fatal-$i@example.org is still held after the request died: {$e->getMessage()}");
+                    }
+                }
+            }
+        } finally {
+            $fpm->stop();
+            if ($db !== null) {
+                joinblock_configure([]);
+                $db->destroy();
+            }
+        }
+    }
+
+    public static function backends(): array
+    {
+        return ['file' => ['file'], 'mysql' => ['mysql']];
     }
 }

@@ -59,6 +59,57 @@ final class LockEnvironmentTest extends JoinBlockTestCase
         }
     }
 
+    /**
+     * On btrfs a file's device (st_dev) is its subvolume's while /proc/locks lists the file
+     * system's, so the holder is found through the mount's device. (On overlayfs both name the
+     * same device on Linux 6.1, checked by hand; not tested.)
+     */
+    public function testTheHolderIsNamedOnBtrfs(): void
+    {
+        $mount = $this->btrfsMount();
+        $holder = self::startHolding(self::scenario('plain-flock-hold', $mount, 'btrfs@example.org', '3'));
+        try {
+            self::assertThrows(
+                LockTimeoutException::class,
+                '~^timed out after 0\.2\d\d s waiting for lock file ' . preg_quote(self::pluginLockPath($mount, 'btrfs@example.org'), '~') . ', held by pid \d+ \(php[\d.]*\) for \d+\.\d s$~',
+                fn () => joinblock_acquire_lock('btrfs@example.org', ['dir' => $mount, 'timeout' => 0.2])
+            );
+        } finally {
+            self::finish($holder);
+        }
+    }
+
+    /** A fresh btrfs file system, loop-mounted for this test and unmounted after it. */
+    private function btrfsMount(): string
+    {
+        if (posix_geteuid() !== 0) {
+            $this->markTestSkipped('mounting a btrfs image needs root');
+        }
+        $dir = $this->scratchDir();
+        $image = "$dir/btrfs.img";
+        $mount = "$dir/mnt";
+        mkdir($mount);
+        exec(sprintf('truncate -s 128M %1$s && mkfs.btrfs -q %1$s 2>&1 && mount -o loop %1$s %2$s 2>&1', escapeshellarg($image), escapeshellarg($mount)), $out, $exit);
+        if ($exit !== 0) {
+            // A container or chroot without loop devices, or a kernel without btrfs.
+            $this->markTestSkipped('cannot loop-mount a btrfs image here: ' . implode(' ', $out));
+        }
+        $this->unmountAfter[] = $mount;
+        return $mount;
+    }
+
+    /** @var list<string> */
+    private array $unmountAfter = [];
+
+    protected function tearDown(): void
+    {
+        foreach ($this->unmountAfter as $mount) {
+            exec('umount ' . escapeshellarg($mount));
+        }
+        $this->unmountAfter = [];
+        parent::tearDown();
+    }
+
     public function testPlainFlockCannotTakeALockTheExtensionHolds(): void
     {
         $dir = $this->scratchDir();

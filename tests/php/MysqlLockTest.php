@@ -121,6 +121,30 @@ final class MysqlLockTest extends JoinBlockTestCase
         $this->assertSame(0, self::finish($holder)['exit']);
     }
 
+    /**
+     * A timed-out call names its holder with one statement, one round trip, the one reply
+     * README's time bound counts after the last GET_LOCK (it took two before: IS_USED_LOCK,
+     * then PROCESSLIST). Counted in the server's general log.
+     */
+    public function testATimeoutNamesItsHolderInOneStatement(): void
+    {
+        $holder = self::startHolder('counted@example.org', 2);
+        self::$db->sql("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; SET GLOBAL general_log = 1");
+        try {
+            self::assertThrows(
+                LockTimeoutException::class,
+                '~, held by MySQL connection \d+ \(joinblock@127\.0\.0\.1:\d+\)$~',
+                fn () => joinblock_acquire_lock('counted@example.org', ['timeout' => 0])
+            );
+            $statements = self::$db->sql("SELECT command_type, argument FROM mysql.general_log WHERE command_type IN ('Query', 'Prepare', 'Execute')"
+                . " AND (argument LIKE '%IS\\_USED\\_LOCK%' OR argument LIKE '%PROCESSLIST%') AND argument NOT LIKE '%general\\_log%'");
+        } finally {
+            self::$db->sql('SET GLOBAL general_log = 0; TRUNCATE mysql.general_log');
+        }
+        $this->assertSame(1, substr_count($statements, "\n"), "one statement names the holder:\n$statements");
+        $this->assertSame(0, self::finish($holder)['exit']);
+    }
+
     public function testHolderKilledFreesTheLockWithinASecond(): void
     {
         $holder = self::startHolder('killed@example.org', 60);

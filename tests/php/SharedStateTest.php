@@ -232,6 +232,29 @@ final class SharedStateTest extends JoinBlockTestCase
         $this->assertSame(["{$prefix}4343.tmp"], glob("$dir/.joinblock-an-*"), 'the old leftovers are gone, the fresh one stays');
     }
 
+    /**
+     * Another process holds the pace file's lock and does not let go (stopped, swapped out, on
+     * a hung filesystem): a tag check does not wait for it past a short patience, and is
+     * answered within its deadline with per-process pacing, as with no store.
+     */
+    public function testAStalledHolderOfThePaceFileDoesNotHoldACheckPastItsDeadline(): void
+    {
+        self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
+        $dir = $this->scratchDir();
+        self::runCalls($dir, [['p@example.org', 'Member']]);
+        [$paceFile] = glob("$dir/joinblock-an-*.pace");
+        $holder = self::startPhp([PHP_BINARY, '-n', '-r', '$h = fopen($argv[1], "r+"); flock($h, LOCK_EX); echo "held\n"; sleep(8);', $paceFile]);
+        $this->assertSame("held\n", fgets($holder['pipes'][1]), 'the holder has the lock');
+        try {
+            $call = json_decode(self::runPhpOk(self::inline($dir, 'p@example.org', 'Member', ['deadline' => 2, 'tag_cache_ttl' => 0]), 30), true, 512, JSON_THROW_ON_ERROR);
+            $this->assertTrue($call['result'], 'answered without the store');
+            $this->assertLessThan(2.0, $call['seconds'], 'within the deadline, not when the holder lets go');
+        } finally {
+            proc_terminate($holder['proc'], 9);
+            self::finish($holder);
+        }
+    }
+
     /** @return array<string, array{string}> */
     public static function spoiledFiles(): array
     {

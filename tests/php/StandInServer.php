@@ -129,11 +129,11 @@ final class StandInServer
      *
      * @return array<string, array{string, bool}>
      */
-    public function loadPacingMembers(): array
+    public function loadPacingMembers(int $members = 8): array
     {
         $names = self::tagNames(300);
         [$people, $asks] = [[], []];
-        for ($i = 0; $i < 8; $i++) {
+        for ($i = 0; $i < $members; $i++) {
             $email = "m$i@example.org";
             $people[] = ['email' => $email, 'tags' => \array_slice($names, 200 + 10 * $i, 4)];
             $asks[$email] = [$names[200 + 10 * $i + ($i % 2 === 0 ? 3 : 5)], $i % 2 === 0];

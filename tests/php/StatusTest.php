@@ -31,7 +31,7 @@ final class StatusTest extends JoinBlockTestCase
             'action_network_url' => 'https://actionnetwork.org/api/v2/',
         ], array_intersect_key($status, array_flip(['implementation', 'version', 'lock_backend', 'lock_dir', 'mysql_server', 'action_network_url'])));
         $this->assertSame([], $status['problems']);
-        $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'thread_safety', 'version'], self::sortedKeys($status));
+        $this->assertSame(['action_network_url', 'counters', 'implementation', 'lock_backend', 'lock_dir', 'mysql_server', 'problems', 'shared_state', 'thread_safety', 'version'], self::sortedKeys($status));
     }
 
     public function testTheBuildIsNamedNtsOrZtsAndZtsCountersSayAllThreads(): void
@@ -72,7 +72,10 @@ final class StatusTest extends JoinBlockTestCase
         $status = self::joinblockStatus($configure, $ini);
         $this->assertSame('mysql', $status['lock_backend']);
         $this->assertSame('wp@db.internal:3307/site', $status['mysql_server']);
-        $this->assertSame([], $status['problems']);
+        // The tag check's shared state would span the hosts through that server, which is not there.
+        $this->assertSame(['shared_state'], self::sortedKeys($status['problems']));
+        $this->assertStringStartsWith('the site-wide shared state cannot be used (cannot connect to MySQL server wp@db.internal:3307/site: ', $status['problems']['shared_state']);
+        $this->assertStringEndsWith("; each host uses this host's lock directory $dir instead", $status['problems']['shared_state']);
         $this->assertReadsAsASentence(json_encode($status, JSON_UNESCAPED_SLASHES));
 
         $url = sprintf('mysql://wp:%s@localhost/site?socket=/run/mysqld/mysqld.sock', rawurlencode(MariaDbServer::PASSWORD));
