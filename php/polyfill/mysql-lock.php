@@ -433,8 +433,8 @@ final class DbLock implements Held
         try {
             return MysqlConnection::with($target, $bound, static function (\mysqli $db) use ($name, $bound): ?string {
                 // One query, one round trip: README's bound counts one reply after the last wait.
-                $row = MysqlConnection::row($db, "SELECT l.id, CONCAT(p.USER, '@', p.HOST) FROM (SELECT IS_USED_LOCK('$name') AS id) AS l"
-                    . ' LEFT JOIN information_schema.PROCESSLIST AS p ON p.ID = l.id', 0.0, $bound);
+                $who = "SELECT l.id, CONCAT(p.USER, '@', p.HOST) FROM (SELECT IS_USED_LOCK('$name') AS id) AS l LEFT JOIN information_schema.PROCESSLIST AS p ON p.ID = l.id";
+                $row = MysqlConnection::row($db, $who, 0.0, $bound);
                 [$id, $account] = $row ?? [null, null];
                 if ($id === null) {
                     return null;
