@@ -42,6 +42,7 @@ if (!\function_exists('joinblock_acquire_lock')) {
     require __DIR__ . '/polyfill/api.php';
     require __DIR__ . '/polyfill/support.php';
     require __DIR__ . '/polyfill/file-lock.php';
+    require __DIR__ . '/polyfill/lock-files.php';
     require __DIR__ . '/polyfill/mysql-lock.php';
     require __DIR__ . '/polyfill/locking.php';
     require __DIR__ . '/polyfill/shared-state.php';

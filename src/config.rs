@@ -39,7 +39,11 @@ pub const SHARED_STATE: &str = "joinblock.shared_state";
 /// hosts through the lock server; `files`: each host's lock directory only.
 pub const SHARED_STATE_BACKEND: &str = "joinblock.shared_state_backend";
 
-static INI_ENTRIES: IniEntryDefs<8> = IniEntryDefs::new([
+/// How many idle lock files the lock directory keeps for reuse (`crate::lock::sweep`).
+pub const LOCK_FILES_KEPT: &str = "joinblock.lock_files_kept";
+const LOCK_FILES_KEPT_DEFAULT: &CStr = c"1024";
+
+static INI_ENTRIES: IniEntryDefs<9> = IniEntryDefs::new([
     entry(c"joinblock.lock_dir", c""),
     entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
     entry(c"joinblock.lock_backend", c"file"),
@@ -47,6 +51,7 @@ static INI_ENTRIES: IniEntryDefs<8> = IniEntryDefs::new([
     entry(c"joinblock.mysql_connect_timeout", MYSQL_CONNECT_TIMEOUT_DEFAULT),
     entry(c"joinblock.shared_state", c"1"),
     entry(c"joinblock.shared_state_backend", c"auto"),
+    entry(c"joinblock.lock_files_kept", LOCK_FILES_KEPT_DEFAULT),
     IniEntryDef::end(),
 ]);
 
@@ -167,6 +172,17 @@ pub fn mysql_connect_timeout() -> Result<Duration, String> {
         .filter(|seconds| *seconds > 0.0)
         .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
         .ok_or_else(|| format!("INI {MYSQL_CONNECT_TIMEOUT} is \"{}\"; expected seconds greater than 0, such as 3 or 0.5", text.escape_debug()))
+}
+
+/// `joinblock.lock_files_kept`: a whole number, 0 or more (0 keeps no idle file).
+pub fn lock_files_kept() -> Result<usize, String> {
+    let value = ini_bytes(LOCK_FILES_KEPT).unwrap_or_else(|| LOCK_FILES_KEPT_DEFAULT.to_bytes().to_vec());
+    let text = String::from_utf8_lossy(&value);
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|kept| *kept <= 100_000_000)
+        .ok_or_else(|| format!("INI {LOCK_FILES_KEPT} is \"{}\"; expected a whole number of files from 0 to 100000000, such as 1024", text.escape_debug()))
 }
 
 #[cfg(test)]

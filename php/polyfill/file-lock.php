@@ -81,25 +81,13 @@ final class Claims
 }
 
 /**
- * The file backend: flock on the plugin's own lock files, with the extension's protocol
- * (src/lock/file.rs), so that both exclude each other:
- * 1. open without truncating, mode 0600, close-on-exec, and never a FIFO's blocking open;
- *    refuse anything but a regular file (a link, also before opening: fopen follows them);
- * 2. flock(LOCK_EX), or LOCK_NB polled with jittered backoff up to the deadline;
- * 3. check that the path still names the locked file; if not, the last holder unlinked it
- *    while we waited on it: close and start again;
- * 4. release unlinks the path while still holding the lock, then unlocks and closes.
- * After fork only the process that took the lock unlocks or unlinks it; a child only
- * closes its copy of the descriptor.
- */
-/**
  * Who holds a lock file, for a waiter that gives up: the pid in /proc/locks (the holder
- * writes nothing), what it is (php-fpm's worker title, else its program's name: never
- * its arguments) and how long the file has existed. As src/lock/holder.rs.
+ * writes nothing), and what it is (php-fpm's worker title, else its program's name: never
+ * its arguments). As src/lock/holder.rs.
  */
 final class Holder
 {
-    /** "pid 4242 (php-fpm: pool www) for 31.2 s"; null when it cannot be seen. @param resource $handle */
+    /** "pid 4242 (php-fpm: pool www)"; null when it cannot be seen. @param resource $handle */
     public static function of($handle): ?string
     {
         $stat = fstat($handle);
@@ -114,7 +102,7 @@ final class Holder
         // the file system's, which is the mount's.
         $pid = self::listed($locks, $device, $stat['ino'])
             ?? self::listed($locks, self::mountDevice(realpath(stream_get_meta_data($handle)['uri']) ?: ''), $stat['ino']);
-        return $pid === null ? null : sprintf('pid %d (%s) for %.1f s', $pid, self::name($pid), max(0.0, microtime(true) - $stat['ctime']));
+        return $pid === null ? null : sprintf('pid %d (%s)', $pid, self::name($pid));
     }
 
     /** The pid holding a FLOCK on [major, minor] and $ino in a /proc/locks listing. */
@@ -193,38 +181,68 @@ final class Users
     }
 }
 
+/**
+ * The file backend: flock on the plugin's own lock files, with the extension's protocol
+ * (src/lock/file.rs), so that both exclude each other:
+ * 1. open without truncating, mode 0600, close-on-exec, and never a FIFO's blocking open;
+ *    refuse anything but a regular file (a link, also before opening: fopen follows them);
+ * 2. flock(LOCK_EX), or LOCK_NB polled up to the deadline, asking for a turn once it has
+ *    waited a while (Turn: waiters blocked in the kernel would win every race);
+ * 3. check that the path still names the locked file; if not, a sweep removed it while we
+ *    waited on it: close and start again;
+ * 4. release unlocks and closes, and leaves the file for the next acquisition; idle files
+ *    go in sweeps (Sweep), each removed by a holder of its lock.
+ * After fork only the process that took the lock unlocks it; a child only closes its copy of
+ * the descriptor.
+ */
 final class FileLock implements Held
 {
     private const FIRST_BACKOFF = 0.001;
     private const MAX_BACKOFF = 0.05;
 
     /** @param resource|null $handle null once closed */
-    private function __construct(private string $file, public $handle, private string $id, private int $pid) {}
+    private function __construct(private string $file, public $handle, private string $id, private int $pid, private int $keep = 0) {}
 
-    public static function acquire(string $path, ?float $timeout): self
+    /** $keep: how many idle lock files the directory keeps (joinblock.lock_files_kept). */
+    public static function acquire(string $path, ?float $timeout, int $keep): self
     {
         $started = Clock::now();
         $deadline = $timeout === null ? null : $started + $timeout;
-        $backoff = new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF);
+        $waiter = new Waiter(new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF));
         while (true) {
-            $lock = self::open($path);
-            if (!$lock->flock($deadline === null)) {
-                $now = Clock::now();
-                if ($now >= $deadline) {
+            [$lock, $created] = self::open($path);
+            $lock->keep = $keep;
+            if ($created) {
+                Sweep::created(\dirname($path));
+            }
+            $waiter->newFile();
+            // Takes this inode's lock, and keeps it unless it is another waiter's turn.
+            while (true) {
+                if (!$lock->flock($deadline === null) && !$lock->poll($waiter, $started, $deadline)) {
+                    $waiter->withdraw($lock->handle);
                     $holder = Holder::of($lock->handle);
                     $lock->close();
-                    throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', $now - $started, $path)
+                    throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', Clock::now() - $started, $path)
                         . ($holder === null ? '' : ", held by $holder"));
                 }
-                $lock->close();
-                // PHP has no inotify: timed waits poll (docs/integration.md).
-                Clock::sleep($backoff->next($deadline - $now));
-                continue;
-            }
-            if ($lock->stillNamed()) {
+                $named = self::lstat($path);
+                if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $lock->id) {
+                    break;
+                }
+                $found = Turn::inspect($lock->handle, $named['size'], $waiter->token);
+                if ($found === Turn::OTHER && $waiter->token === null) {
+                    $remaining = $deadline === null ? Turn::YIELD : $deadline - Clock::now();
+                    if ($remaining > 0) {
+                        flock($lock->handle, LOCK_UN);
+                        Clock::sleep(min(Turn::YIELD, $remaining));
+                        continue;
+                    }
+                } elseif ($found !== Turn::OTHER && $named['size'] > 0) {
+                    Turn::clear($lock->handle);
+                }
                 return $lock;
             }
-            // We locked a file the previous holder already unlinked: start again.
+            // A sweep removed the file we locked: start again.
             $lock->close();
         }
     }
@@ -249,23 +267,64 @@ final class FileLock implements Held
             $this->close();
             return;
         }
-        $error = null;
-        if ($this->stillNamed()) {
-            [$removed, $reason] = Os::attempt(fn () => unlink($this->file));
-            if (!$removed && Os::errno($reason) !== Os::ENOENT) {
-                $error = self::ioError('remove', $this->file, $reason);
-            }
-        }
-        if (!flock($this->handle, LOCK_UN)) {
-            $error ??= new LockException("cannot unlock lock file {$this->file}: flock() failed");
-        }
+        // Unlocked explicitly: a child forked since shares the descriptor, and closing ours
+        // alone would leave the lock held by its copy.
+        $unlocked = flock($this->handle, LOCK_UN);
         $this->close();
-        if ($error !== null) {
-            throw $error;
+        Sweep::afterRelease(\dirname($this->file), $this->keep);
+        if (!$unlocked) {
+            throw new LockException("cannot unlock lock file {$this->file}: flock() failed");
         }
     }
 
-    private static function open(string $path): self
+    /**
+     * Removes the lock file at $path if nobody holds or waits for it, under its own lock: the
+     * sweep's one step. False when it stays (busy, a waiter's fresh token in it, gone, not ours).
+     */
+    public static function removeIfIdle(string $path): bool
+    {
+        $before = self::lstat($path);
+        if ($before === false || self::kind($before['mode']) !== null || !self::ours($path, $before['uid'])) {
+            return false;
+        }
+        $handle = @fopen($path, 'r+en');
+        if ($handle === false) {
+            return false;
+        }
+        stream_set_read_buffer($handle, 0);
+        $stat = fstat($handle);
+        $removed = false;
+        if (flock($handle, LOCK_EX | LOCK_NB)) {
+            $named = self::lstat($path);
+            $removed = $named !== false && $named['dev'] === $stat['dev'] && $named['ino'] === $stat['ino']
+                && Turn::inspect($handle, $named['size'], null) !== Turn::OTHER && @unlink($path);
+            flock($handle, LOCK_UN);
+        }
+        fclose($handle);
+        return $removed;
+    }
+
+    /** Polls for the lock until $deadline; false when it passed. */
+    private function poll(Waiter $waiter, float $started, float $deadline): bool
+    {
+        while (($now = Clock::now()) < $deadline) {
+            // PHP has no timed flock: timed waits poll (docs/integration.md).
+            $waiter->pause($this->handle, $now - $started, $deadline - $now);
+            if ($this->flock(false)) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Whether a file of $uid may be in the lock directory of $path: PHP's user's, or the directory owner's. */
+    private static function ours(string $path, int $uid): bool
+    {
+        return $uid === Users::me() || $uid === @fileowner(\dirname($path));
+    }
+
+    /** @return array{self, bool} the lock, and whether there was no file to open */
+    private static function open(string $path): array
     {
         // A holder may remove the path between our link and our open: look again (a few
         // times: each round is one such release, and each release lets a waiter in).
@@ -278,7 +337,8 @@ final class FileLock implements Held
             // ('c', which never truncates) where private files can be linked into place
             // (Os::createPrivateAt()): a path removed by a releasing holder since we looked is
             // looked for again, not made anew with the process's umask.
-            $mode = $before === false && !Os::createPrivateAt($path) ? 'c+en' : 'r+en';
+            $created = $before === false;
+            $mode = $created && !Os::createPrivateAt($path) ? 'c+en' : 'r+en';
             [$handle, $reason] = Os::attempt(static fn () => fopen($path, $mode));
             if ($handle !== false || $mode !== 'r+en' || Os::errno($reason) !== Os::ENOENT || $round === 100) {
                 break;
@@ -307,7 +367,7 @@ final class FileLock implements Held
                 . ' to share locks between hosts');
         }
         // Only PHP's user and the lock directory's owner may have files here.
-        if ($stat['uid'] !== Users::me() && $stat['uid'] !== @fileowner(\dirname($path))) {
+        if (!self::ours($path, $stat['uid'])) {
             fclose($handle);
             throw self::foreignOwner($path, $stat['uid']);
         }
@@ -317,9 +377,11 @@ final class FileLock implements Held
             fclose($handle);
             throw $e;
         }
+        // Tokens are read after writes by others: never from a stale buffer.
+        stream_set_read_buffer($handle, 0);
         $lock = new self($path, $handle, $id, getmypid());
         Claims::taken($id, $lock);
-        return $lock;
+        return [$lock, $created];
     }
 
     /**
@@ -373,13 +435,6 @@ final class FileLock implements Held
         }
         $this->close();
         throw new LockException("cannot lock lock file {$this->file}: flock() failed");
-    }
-
-    /** Whether the path (not following links) still names the file we opened. */
-    private function stillNamed(): bool
-    {
-        $stat = self::lstat($this->file);
-        return $stat !== false && "file {$stat['dev']}:{$stat['ino']}" === $this->id;
     }
 
     private function close(): void

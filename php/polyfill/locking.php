@@ -45,7 +45,7 @@ final class Locking
             }
             // PathBuf::join, as the extension builds the path: one "/" between.
             $path = (str_ends_with($dir, '/') ? $dir : "$dir/") . self::name($key);
-            return self::wrap(FileLock::acquire($path, $timeout));
+            return self::wrap(FileLock::acquire($path, $timeout, self::filesKept()));
         }
         // A `dir` from a caller written for files is ignored: the site chose mysql.
         return self::wrap(DbLock::acquire(self::mysqlTarget(), self::name($key), $timeout, self::connectTimeout()));
@@ -121,6 +121,16 @@ final class Locking
     }
 
     /** INI joinblock.mysql_connect_timeout: seconds, greater than 0. */
+    /** joinblock.lock_files_kept: a whole number, 0 or more. */
+    private static function filesKept(): int
+    {
+        $text = Options::ini('joinblock.lock_files_kept') ?? (string) Sweep::KEEP_DEFAULT;
+        if (preg_match('/^\+?\d{1,9}$/D', trim($text)) !== 1 || (int) trim($text) > 100000000) {
+            throw new LockException(sprintf('INI joinblock.lock_files_kept is "%s"; expected a whole number of files from 0 to 100000000, such as 1024', Options::escape($text)));
+        }
+        return (int) trim($text);
+    }
+
     private static function connectTimeout(): float
     {
         $text = Options::ini('joinblock.mysql_connect_timeout') ?? '3';

@@ -1,14 +1,19 @@
 //! A bound for a blocking system call that has none of its own. `connect()` on a Unix socket
 //! whose listen backlog is full (a wedged or stopped server) waits in the kernel until the
 //! server accepts, and the mysql crate connects Unix sockets with std's `UnixStream::connect`,
-//! which takes no timeout. An [`Alarm`] makes the kernel interrupt that wait.
+//! which takes no timeout; `flock(LOCK_EX)` takes none either, and a lock's timed wait is a
+//! blocking `flock` so that the kernel hands the lock over at the very unlock (see `file.rs`).
+//! An [`Alarm`] makes the kernel interrupt that wait.
 //!
 //! # Invariant, and why it holds
 //!
 //! The signal reaches only the thread that armed the alarm, at most once, and never after the
 //! alarm is dropped:
-//! - the timer is this thread's (`SIGEV_THREAD_ID`) and fires once (no interval), so a call
-//!   that retries on `EINTR` is interrupted once and then ends by its own timeout;
+//! - the timer is this thread's (`SIGEV_THREAD_ID`), and the signal is unblocked in this
+//!   thread while the alarm lives (a server's worker threads may block signals: Apache's do);
+//! - [`Alarm::arm`] fires once (no interval), so a call that retries on `EINTR` is
+//!   interrupted once and then ends by its own timeout; [`Alarm::arm_repeating`] fires again
+//!   every interval after that, for a caller that checks its own deadline after each `EINTR`;
 //! - `timer_delete` is a system call, so a signal still pending when the alarm is dropped is
 //!   delivered, to a handler that does nothing, before the call returns;
 //! - the handler does nothing and is installed without `SA_RESTART`, so the blocked call
@@ -18,7 +23,7 @@
 //!
 //! The one gap: a signal that comes while the thread is not yet blocked interrupts nothing.
 //! The alarm fires a whole bound after arming, so that needs the thread kept off the CPU for
-//! that long between arming and the call.
+//! that long between arming and the call; a repeating alarm closes it at the next interval.
 
 use std::{mem, ptr, time::Duration};
 
@@ -46,18 +51,32 @@ fn signal() -> Option<libc::c_int> {
     }
 }
 
+/// Whether an alarm can be armed in this process: its signal is free or already ours.
+pub fn available() -> bool {
+    signal().is_some()
+}
+
 fn timespec(d: Duration) -> libc::timespec {
     libc::timespec { tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t, tv_nsec: d.subsec_nanos() as _ }
 }
 
 /// Interrupts this thread's blocking call once `after` has passed; disarmed when dropped.
 /// Not `Send`: it belongs to the thread that armed it.
-pub struct Alarm(libc::timer_t);
+pub struct Alarm {
+    timer: libc::timer_t,
+    /// This thread's signal mask before the alarm unblocked its signal.
+    mask: libc::sigset_t,
+}
 
 impl Alarm {
     /// `None` when no alarm can be set (the signal is another handler's, or no timer is left):
     /// the call then waits as it would have.
     pub fn arm(after: Duration) -> Option<Alarm> {
+        Alarm::arm_repeating(after, Duration::ZERO)
+    }
+
+    /// As [`Alarm::arm`], then again every `every` (zero: never again).
+    pub fn arm_repeating(after: Duration, every: Duration) -> Option<Alarm> {
         let signo = signal()?;
         // SAFETY: timer calls on a timer created here, with structs they only read or fill.
         unsafe {
@@ -69,19 +88,28 @@ impl Alarm {
             if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
                 return None;
             }
-            let once = libc::itimerspec { it_interval: timespec(Duration::ZERO), it_value: timespec(after.max(Duration::from_nanos(1))) };
-            if libc::timer_settime(timer, 0, &once, ptr::null_mut()) != 0 {
+            let mut unblock: libc::sigset_t = mem::zeroed();
+            let mut mask: libc::sigset_t = mem::zeroed();
+            libc::sigemptyset(&mut unblock);
+            libc::sigaddset(&mut unblock, signo);
+            if libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, &mut mask) != 0 {
                 libc::timer_delete(timer);
                 return None;
             }
-            Some(Alarm(timer))
+            let alarm = Alarm { timer, mask };
+            let when = libc::itimerspec { it_interval: timespec(every), it_value: timespec(after.max(Duration::from_nanos(1))) };
+            (libc::timer_settime(timer, 0, &when, ptr::null_mut()) == 0).then_some(alarm)
         }
     }
 }
 
 impl Drop for Alarm {
     fn drop(&mut self) {
-        // SAFETY: the timer created by `arm`, deleted once.
-        unsafe { libc::timer_delete(self.0) };
+        // SAFETY: the timer created by `arm`, deleted once; then the thread's own mask again (a
+        // signal still pending stays pending where it was blocked, for the do-nothing handler).
+        unsafe {
+            libc::timer_delete(self.timer);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, ptr::null_mut());
+        }
     }
 }

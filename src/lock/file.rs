@@ -7,30 +7,35 @@
 //!
 //! # Why the steps keep it
 //!
-//! 1. `open(path, O_RDWR|O_CREAT|O_NOFOLLOW|O_CLOEXEC|O_NOCTTY|O_NONBLOCK, 0600)`: never
-//!    follows a planted symlink, never truncates, never leaks the descriptor into a child
-//!    started with `exec`. Anything but a regular file is refused.
-//! 2. `flock(LOCK_EX)`, blocking or polled with `LOCK_NB` until a deadline.
-//! 3. `fstat(fd)` and `lstat(path)` must agree on (device, inode). The name is only ever
-//!    removed by a holder while it still holds the lock (step 4), so if the name still points
-//!    at our inode once we hold it, no other holder can have it. If it does not (the previous
-//!    holder unlinked it while we waited on the old inode, and maybe a third party created a
-//!    new one), we hold a lock on an orphan: close it and start again.
-//! 4. Release unlinks the path *before* `LOCK_UN`, so a waiter that wakes on the old inode
-//!    always finds the name gone or pointing elsewhere, and retries at step 1.
+//! 1. `open(path, O_RDWR|O_NOFOLLOW|O_CLOEXEC|O_NOCTTY|O_NONBLOCK)`, and where there is no
+//!    file yet, the same with `O_CREAT|O_EXCL`, mode 0600: never follows a planted symlink,
+//!    never truncates, never leaks the descriptor into a child started with `exec`. Anything
+//!    but a regular file is refused. (Opening first without `O_CREAT` also spares the common
+//!    case the directory's exclusive lock, which `O_CREAT` takes even for a file that exists.)
+//! 2. `flock(LOCK_EX)`: blocking; or, with a deadline, blocking with a timer signal that cuts
+//!    the wait off ([`super::alarm`]); or, where no timer can be had, `LOCK_NB` polled.
+//! 3. `lstat(path)` must name the inode we locked. A name is only ever removed by a holder of
+//!    its lock (the sweep, [`super::sweep`]), so if the name still points at our inode once we
+//!    hold it, no other party can hold it. If it does not (a sweep removed it while we waited
+//!    on it, and maybe a third party made a new one), we hold a lock on an orphan: close it and
+//!    start again.
+//! 4. Release closes the descriptor, which unlocks, and leaves the file for the next
+//!    acquisition.
 //!
 //! Unlinking after unlocking, or unlinking without the check of step 3, both let two parties
 //! in at once (measured: 23% of 3-request bursts with the plugin's PHP lock).
 //!
+//! Waiters in the kernel take the lock the moment it is unlocked; a poller would lose every
+//! race to them, so it may ask for a turn, which the others give it ([`super::turn`]).
+//!
 //! Locks are per open file description. A second acquisition of a key by the same thread
 //! would wait for itself forever, so it is refused. After `fork`, a child shares the parent's
-//! description: only the process that acquired a lock may unlock or unlink it, and the
-//! child's copy of a held lock's descriptor is pointed at `/dev/null` before the child runs
-//! (see [`super::fork`]), so a parent that dies frees its locks at once even while a child
-//! lives on.
+//! description: only the process that acquired a lock may unlock it, and the child's copy of a
+//! held lock's descriptor is pointed at `/dev/null` before the child runs (see
+//! [`super::fork`]), so a parent that dies frees its locks at once even while a child lives on.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::{File, Metadata, OpenOptions},
     io,
     os::{
         fd::AsRawFd,
@@ -44,25 +49,19 @@ use std::{
 use fs2::FileExt;
 use parking_lot::Mutex;
 
-use super::{fork, holder, lock_name, record_acquired, record_timeout, release_watch::ReleaseWatch, Claim, LockError, LockId, Wait};
+use super::{
+    alarm::Alarm,
+    fork, holder, lock_name, record_acquired, record_timeout, sweep,
+    turn::{self, Found, Token},
+    Claim, LockError, LockId, Wait,
+};
 use crate::backoff::Backoff;
 
-/// Longest wait on a release watch between tries: a holder that dies without unlinking (killed)
-/// sends no event, so its lock is noticed free this late at most.
-const DEAD_HOLDER_CHECK: Duration = Duration::from_millis(50);
-/// How long a woken waiter lets others go first, by how long it has waited itself.
-///
-/// Every waiter's watch sees a release at once, and the kernel wakes them in the same order
-/// every time (by their inotify instance), so without this the same process would win every
-/// race and another could lose round after round. Halving the head start for every 5 ms waited
-/// lets the longest waiter try first, close to a queue: measured, the wait tail of 4 and 8
-/// processes came down to that of blocking waits.
-fn yield_to_elders(waited: Duration) -> Duration {
-    FAIRNESS_HEAD_START.div_f64(2f64.powf(waited.as_secs_f64() / 0.005))
-}
-const FAIRNESS_HEAD_START: Duration = Duration::from_micros(400);
+/// How often a timed wait's timer fires again after the deadline, should the first signal
+/// have come before the wait began (see `alarm.rs`).
+const RECHECK: Duration = Duration::from_millis(20);
 
-/// Backoff between polled tries when waiting with a deadline and no inotify.
+/// Backoff between polled tries, where no timer can cut a blocking wait off.
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -86,62 +85,98 @@ pub fn lock_path(dir: &Path, key: &[u8]) -> Result<PathBuf, LockError> {
 #[derive(Debug)]
 pub struct FileLock {
     path: PathBuf,
+    /// `joinblock.lock_files_kept`, for the sweep after the release.
+    keep: usize,
     /// The locked descriptor, where it is listed for a fork, and its claim; `None` once released.
     held: Option<(File, &'static fork::Listed, Claim)>,
 }
 
+/// A waiter's state while it polls: its backoff, and its token once it asked for a turn.
+struct Poller {
+    backoff: Backoff,
+    token: Option<Token>,
+    /// When the token was last written to the file being waited on.
+    marked: Option<Instant>,
+}
+
+impl Poller {
+    /// Sleeps until the next look, asking for a turn once it has waited long enough.
+    fn pause(&mut self, file: &File, waited: Duration, remaining: Duration) {
+        if waited >= turn::MARK_AFTER && self.marked.is_none_or(|at| at.elapsed() >= turn::MARK_REFRESH) {
+            turn::write(file, self.token.get_or_insert_with(|| Token::new(fork::pid())));
+            self.marked = Some(Instant::now());
+        }
+        let pause = if self.token.is_some() { turn::MARKED_POLL } else { self.backoff.next(Some(remaining)) };
+        thread::sleep(pause.min(remaining));
+    }
+}
+
 impl FileLock {
     /// Takes the lock on `path`, following the protocol in this module's documentation.
-    pub fn acquire(path: &Path, wait: Wait) -> Result<FileLock, LockError> {
+    /// `keep` is how many idle lock files its directory keeps ([`sweep`]).
+    pub fn acquire(path: &Path, wait: Wait, keep: usize) -> Result<FileLock, LockError> {
         let started = Instant::now();
         let deadline = match wait {
             Wait::Forever => None,
             // A limit past the end of time is no limit.
             Wait::AtMost(limit) => started.checked_add(limit),
         };
-        let (pid, thread) = (std::process::id(), thread::current().id());
-        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        let mut watch: Option<Option<ReleaseWatch>> = None;
+        let (pid, thread) = (fork::pid(), thread::current().id());
+        let mut poller: Option<Poller> = None;
         let mut had_to_wait = false;
         loop {
-            // Until both checks pass, leaving this loop body closes the descriptor (dropping
+            // Until the checks pass, leaving this loop body closes the descriptor (dropping
             // any lock on it) and never touches the path.
-            let (file, id) = open_lock_file(path)?;
+            let (file, id, created) = open_lock_file(path)?;
             let claim = Claim::new(id.clone(), thread, pid).ok_or_else(|| LockError::AlreadyHeld { lock: describe(path) })?;
-            // Waits on this inode until it is ours, or until the name moves on from it.
-            let locked = loop {
-                if try_lock(&file, path, false)? {
-                    break true;
+            if created {
+                if let Some(dir) = path.parent() {
+                    sweep::created(dir);
                 }
-                had_to_wait = true;
-                let Some(deadline) = deadline else {
-                    break try_lock(&file, path, true)?;
-                };
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    record_timeout();
-                    return Err(LockError::Timeout { lock: describe(path), waited: started.elapsed(), holder: holder::of(&file) });
+            }
+            if let Some(poller) = &mut poller {
+                // A new file: its token, if any, must be written to it afresh.
+                poller.marked = None;
+            }
+            // Takes this inode's lock, and keeps it unless it is another waiter's turn.
+            let named = loop {
+                if !try_lock(&file, path)? {
+                    had_to_wait = true;
+                    if !wait_for(&file, path, started, deadline, &mut poller)? {
+                        if let Some(token) = poller.as_ref().and_then(|p| p.token.as_ref()) {
+                            turn::withdraw(&file, token);
+                        }
+                        record_timeout();
+                        return Err(LockError::Timeout { lock: describe(path), waited: started.elapsed(), holder: holder::of(&file) });
+                    }
                 }
-                match &watch {
-                    // Watching from now on, and trying once more before the first wait.
-                    None => watch = Some(ReleaseWatch::new(path)),
-                    Some(Some(watch)) => {
-                        if watch.wait(remaining.min(DEAD_HOLDER_CHECK)) {
-                            thread::sleep(yield_to_elders(started.elapsed()).min(remaining));
+                let Some(named) = named_meta(path, &id)? else { break None };
+                let own = poller.as_ref().and_then(|p| p.token.as_ref());
+                match turn::inspect(&file, named.len(), own) {
+                    Found::Other if own.is_none() => {
+                        let remaining = deadline.map_or(turn::YIELD, |d| d.saturating_duration_since(Instant::now()));
+                        if !remaining.is_zero() {
+                            had_to_wait = true;
+                            unlock(&file, path)?;
+                            thread::sleep(turn::YIELD.min(remaining));
+                            continue;
                         }
                     }
-                    Some(None) => thread::sleep(backoff.next(Some(remaining))),
+                    Found::Other => {}
+                    Found::Own | Found::Nothing => {
+                        if named.len() > 0 {
+                            turn::clear(&file);
+                        }
+                    }
                 }
-                if !path_names(path, &id)? {
-                    break false;
-                }
+                break Some(named);
             };
-            if locked && path_names(path, &id)? {
+            if named.is_some() {
                 record_acquired(had_to_wait);
                 let listed = fork::list(file.as_raw_fd());
-                return Ok(FileLock { path: path.to_owned(), held: Some((file, listed, claim)) });
+                return Ok(FileLock { path: path.to_owned(), keep, held: Some((file, listed, claim)) });
             }
-            // The name moved on from the inode we waited for (or locked): start again.
+            // The name moved on from the inode we locked: start again.
             had_to_wait = true;
         }
     }
@@ -153,29 +188,28 @@ impl FileLock {
     /// True while this process still holds the lock (false after release, and in a forked
     /// child, which shares the descriptor but not the ownership).
     pub fn is_held(&self) -> bool {
-        self.held.as_ref().is_some_and(|(_, _, claim)| claim.pid == std::process::id())
+        self.held.as_ref().is_some_and(|(_, _, claim)| claim.pid == fork::pid())
     }
 
-    /// Unlinks the path (only if it still names our file), then unlocks and closes.
-    /// Releasing twice, or from a forked child, only closes what is left.
+    /// Closes, which unlocks, leaving the file for the next acquisition; then sweeps the directory
+    /// if that is due. Releasing twice, or from a forked child, only closes what is left.
     pub fn release(&mut self) -> Result<(), LockError> {
         let Some((file, listed, claim)) = self.held.take() else {
             return Ok(());
         };
         listed.unlist(file.as_raw_fd());
-        if claim.pid != std::process::id() {
+        if claim.pid != fork::pid() {
             // A forked child: its copy of the descriptor already points at /dev/null.
             return Ok(());
         }
-        let unlinked = match path_names(&self.path, &claim.id) {
-            Ok(true) => std::fs::remove_file(&self.path)
-                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-                .map_err(|e| io_error(&self.path, "remove", e)),
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
-        };
-        let unlocked = FileExt::unlock(&file).map_err(|e| io_error(&self.path, "unlock", e));
-        unlinked.and(unlocked)
+        // Closing unlocks: this descriptor is its open file description's only one (a forked
+        // child's copy points at /dev/null, and no other is ever made), and an unlock of its
+        // own would be one more system call on every lock.
+        drop((file, claim));
+        if let Some(dir) = self.path.parent() {
+            sweep::after_release(dir, self.keep);
+        }
+        Ok(())
     }
 }
 
@@ -185,11 +219,40 @@ impl Drop for FileLock {
     }
 }
 
-/// One attempt at `flock(LOCK_EX)`, blocking or not; `Ok(false)` when the lock is busy.
-fn try_lock(file: &File, path: &Path, block: bool) -> Result<bool, LockError> {
+/// Waits for `file`'s lock after a failed try; false once `deadline` has passed.
+fn wait_for(file: &File, path: &Path, started: Instant, deadline: Option<Instant>, poller: &mut Option<Poller>) -> Result<bool, LockError> {
+    let Some(deadline) = deadline else {
+        // Blocking, as long as it takes; only a signal of someone else's interrupts it.
+        while !lock_blocking(file, path)? {}
+        return Ok(true);
+    };
     loop {
-        let attempt = if block { file.lock_exclusive() } else { file.try_lock_exclusive() };
-        match attempt {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(false);
+        }
+        if poller.is_none() {
+            if let Some(_alarm) = Alarm::arm_repeating(remaining, RECHECK) {
+                if lock_blocking(file, path)? {
+                    return Ok(true);
+                }
+                continue;
+            }
+            *poller = Some(Poller { backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF), token: None, marked: None });
+        }
+        if let Some(poller) = poller {
+            poller.pause(file, started.elapsed(), remaining);
+        }
+        if try_lock(file, path)? {
+            return Ok(true);
+        }
+    }
+}
+
+/// One `flock(LOCK_EX|LOCK_NB)`; `Ok(false)` when the lock is busy.
+fn try_lock(file: &File, path: &Path) -> Result<bool, LockError> {
+    loop {
+        match file.try_lock_exclusive() {
             Ok(()) => return Ok(true),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => return Ok(false),
@@ -198,47 +261,103 @@ fn try_lock(file: &File, path: &Path, block: bool) -> Result<bool, LockError> {
     }
 }
 
-/// Whether `path` (not following links) names the file `id`.
-fn path_names(path: &Path, id: &LockId) -> Result<bool, LockError> {
+/// One blocking `flock(LOCK_EX)`; `Ok(false)` when a signal interrupted it.
+fn lock_blocking(file: &File, path: &Path) -> Result<bool, LockError> {
+    match file.lock_exclusive() {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(io_error(path, "lock", e)),
+    }
+}
+
+fn unlock(file: &File, path: &Path) -> Result<(), LockError> {
+    FileExt::unlock(file).map_err(|e| io_error(path, "unlock", e))
+}
+
+/// Removes the lock file at `path` if nobody holds or waits for it, under its own lock: the
+/// sweep's one step. False when it stays (busy, a waiter's fresh token in it, gone, not ours).
+pub(super) fn remove_if_idle(path: &Path) -> bool {
+    let Ok(file) = open(path, false) else {
+        return false;
+    };
+    let Ok(id) = check_opened(&file, path) else {
+        return false;
+    };
+    if !try_lock(&file, path).unwrap_or(false) {
+        return false;
+    }
+    let removed = std::fs::symlink_metadata(path)
+        .is_ok_and(|named| file_id(&named) == id && turn::inspect(&file, named.len(), None) != Found::Other)
+        && std::fs::remove_file(path).is_ok();
+    let _ = FileExt::unlock(&file);
+    removed
+}
+
+/// `path`'s metadata (not following links) while it names the file `id`; `None` when it does
+/// not (any more).
+fn named_meta(path: &Path, id: &LockId) -> Result<Option<Metadata>, LockError> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) => Ok(file_id(&meta) == *id),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(meta) => Ok((file_id(&meta) == *id).then_some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(path, "inspect", e)),
     }
 }
 
-/// Opens (creating if needed) the lock file, refusing anything but a regular file of ours on
-/// a local file system.
-fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
-    let file = OpenOptions::new()
+/// Opens the lock file, making it where there is none; true when this call made it.
+fn open_lock_file(path: &Path) -> Result<(File, LockId, bool), LockError> {
+    let (file, created) = loop {
+        match open(path, false) {
+            Ok(file) => break (file, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+        match open(path, true) {
+            Ok(file) => break (file, true),
+            // Made by another party since we looked: open that one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(open_error(path, e)),
+        }
+    };
+    let id = check_opened(&file, path)?;
+    Ok((file, id, created))
+}
+
+/// `open(2)` of a lock file, read-write (its close wakes nobody, its token is written through
+/// it), made anew only with `create`.
+fn open(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create_new(create)
         .mode(0o600)
         // std adds O_CLOEXEC. O_NONBLOCK keeps a planted FIFO from blocking the open.
         .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| open_error(path, e))?;
+}
+
+/// Refuses anything but a regular file of ours on a local file system; its identity otherwise.
+fn check_opened(file: &File, path: &Path) -> Result<LockId, LockError> {
     let meta = file.metadata().map_err(|e| io_error(path, "inspect", e))?;
     if !meta.file_type().is_file() {
         return Err(LockError::NotARegularFile { path: path.to_owned(), kind: kind_name(&meta.file_type()) });
     }
-    if let Some(fs) = network_file_system(&file, meta.dev()) {
+    if let Some(fs) = network_file_system(file, meta.dev()) {
         return Err(LockError::NetworkFileSystem { path: path.to_owned(), fs });
     }
     // Only PHP's user and the lock directory's owner may have files here; root hands what it
     // creates in another user's directory to that user, so that user's PHP can open it too.
-    let (me, owner) = (unsafe { libc::geteuid() }, meta.uid());
-    if owner != me || me == 0 {
-        let (dir_uid, dir_gid) = lock_dir_owner(path)?;
-        if owner != me && owner != dir_uid {
+    // The directory owner's files, the common case, are let through without asking who we are.
+    let owner = meta.uid();
+    let (dir_uid, dir_gid) = lock_dir_owner(path)?;
+    if owner != dir_uid {
+        if owner != unsafe { libc::geteuid() } {
             return Err(LockError::ForeignOwner { path: path.to_owned(), owner });
         }
-        if owner == 0 && dir_uid != 0 {
-            let _ = std::os::unix::fs::fchown(&file, Some(dir_uid), Some(dir_gid));
+        if owner == 0 {
+            let _ = std::os::unix::fs::fchown(file, Some(dir_uid), Some(dir_gid));
         }
     }
-    Ok((file, file_id(&meta)))
+    Ok(file_id(&meta))
 }
 
 /// (uid, gid) of the directory that holds `path`.
@@ -247,7 +366,7 @@ fn open_lock_file(path: &Path) -> Result<(File, LockId), LockError> {
 fn lock_dir_owner(path: &Path) -> Result<(u32, u32), LockError> {
     static KNOWN: Mutex<Vec<(PathBuf, (u32, u32))>> = Mutex::new(Vec::new());
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let Some((_, owner)) = KNOWN.lock().iter().find(|(known, _)| known == dir) {
+    if let Some((_, owner)) = KNOWN.lock().iter().find(|(known, _)| known.as_os_str() == dir.as_os_str()) {
         return Ok(*owner);
     }
     let meta = std::fs::metadata(dir).map_err(|e| io_error(dir, "inspect", e))?;
@@ -364,31 +483,36 @@ mod tests {
     }
 
     #[test]
-    fn acquire_release_removes_the_file() {
+    fn a_release_keeps_the_file_and_a_sweep_removes_idle_ones_only() {
         let dir = temp_dir("release");
         let path = lock_path(&dir, b"x@example.org").unwrap();
-        let mut lock = FileLock::acquire(&path, Wait::Forever).unwrap();
+        let mut lock = FileLock::acquire(&path, Wait::Forever, sweep::KEEP_DEFAULT).unwrap();
         assert!(lock.is_held());
-        assert!(path.exists());
+        let held = lock_path(&dir, b"held@example.org").unwrap();
+        let other = FileLock::acquire(&held, Wait::Forever, sweep::KEEP_DEFAULT).unwrap();
         lock.release().unwrap();
         assert!(!lock.is_held());
-        assert!(!path.exists());
+        assert!(path.exists(), "kept for the next acquisition");
         lock.release().unwrap();
+        assert_eq!(sweep::sweep(&dir, 0), sweep::Swept { found: 2, removed: 1 });
+        assert!(!path.exists() && held.exists(), "the idle file went, the held one stayed");
+        drop(other);
+        assert_eq!(sweep::sweep(&dir, 0), sweep::Swept { found: 1, removed: 1 });
     }
 
     #[test]
     fn same_thread_reacquire_is_refused_other_thread_times_out() {
         let dir = temp_dir("reentry");
         let path = lock_path(&dir, b"y@example.org").unwrap();
-        let lock = FileLock::acquire(&path, Wait::Forever).unwrap();
-        assert!(matches!(FileLock::acquire(&path, Wait::Forever), Err(LockError::AlreadyHeld { .. })));
+        let lock = FileLock::acquire(&path, Wait::Forever, sweep::KEEP_DEFAULT).unwrap();
+        assert!(matches!(FileLock::acquire(&path, Wait::Forever, sweep::KEEP_DEFAULT), Err(LockError::AlreadyHeld { .. })));
         let other = path.clone();
-        let result = thread::spawn(move || FileLock::acquire(&other, Wait::AtMost(Duration::from_millis(30))).map(|_| ()))
+        let result = thread::spawn(move || FileLock::acquire(&other, Wait::AtMost(Duration::from_millis(30)), sweep::KEEP_DEFAULT).map(|_| ()))
             .join()
             .unwrap();
         assert!(matches!(result, Err(LockError::Timeout { .. })), "{result:?}");
         drop(lock);
-        FileLock::acquire(&path, Wait::AtMost(Duration::ZERO)).unwrap();
+        FileLock::acquire(&path, Wait::AtMost(Duration::ZERO), sweep::KEEP_DEFAULT).unwrap();
     }
 
     #[test]
@@ -402,7 +526,7 @@ mod tests {
                 let (path, inside, overlaps) = (path.clone(), inside.clone(), overlaps.clone());
                 thread::spawn(move || {
                     for _ in 0..300 {
-                        let lock = FileLock::acquire(&path, Wait::Forever).unwrap();
+                        let lock = FileLock::acquire(&path, Wait::Forever, sweep::KEEP_DEFAULT).unwrap();
                         if inside.fetch_add(1, Ordering::SeqCst) != 0 {
                             overlaps.fetch_add(1, Ordering::SeqCst);
                         }
@@ -423,19 +547,19 @@ mod tests {
         std::fs::write(&target, b"keep me").unwrap();
         let link = lock_path(&dir, b"link").unwrap();
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let err = FileLock::acquire(&link, Wait::AtMost(Duration::ZERO)).unwrap_err();
+        let err = FileLock::acquire(&link, Wait::AtMost(Duration::ZERO), sweep::KEEP_DEFAULT).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
 
         let sub = lock_path(&dir, b"dir").unwrap();
         std::fs::create_dir(&sub).unwrap();
-        let err = FileLock::acquire(&sub, Wait::AtMost(Duration::ZERO)).unwrap_err();
+        let err = FileLock::acquire(&sub, Wait::AtMost(Duration::ZERO), sweep::KEEP_DEFAULT).unwrap_err();
         assert!(err.to_string().contains("directory"), "{err}");
 
         let fifo = lock_path(&dir, b"fifo").unwrap();
         let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let err = FileLock::acquire(&fifo, Wait::AtMost(Duration::ZERO)).unwrap_err();
+        let err = FileLock::acquire(&fifo, Wait::AtMost(Duration::ZERO), sweep::KEEP_DEFAULT).unwrap_err();
         assert!(err.to_string().contains("FIFO"), "{err}");
     }
 
@@ -452,7 +576,7 @@ mod tests {
     #[test]
     fn missing_directory_names_path_and_reason() {
         let path = lock_path(Path::new("/nonexistent-joinblock-dir"), b"k").unwrap();
-        let err = FileLock::acquire(&path, Wait::Forever).unwrap_err();
+        let err = FileLock::acquire(&path, Wait::Forever, sweep::KEEP_DEFAULT).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("/nonexistent-joinblock-dir/join-lock-"), "{text}");
         assert!(text.contains("No such file or directory"), "{text}");

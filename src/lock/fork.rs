@@ -21,12 +21,37 @@
 use std::{
     ptr,
     sync::{
-        atomic::{AtomicI32, AtomicPtr, Ordering},
+        atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering},
         Once,
     },
 };
 
 static HANDLER: Once = Once::new();
+
+/// This process's id, once asked; 0 until then, and again in a forked child (the handler
+/// forgets it). glibc asks the kernel on every `getpid()`, and a lock asks three times.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+fn install_handler() {
+    HANDLER.call_once(|| {
+        // SAFETY: registers a handler that only touches atomics and descriptors.
+        unsafe { libc::pthread_atfork(None, None, Some(detach_all)) };
+    });
+}
+
+/// This process's id, asked of the kernel once per process.
+pub fn pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            // The handler first: a fork after the store must make the child forget it.
+            install_handler();
+            let pid = std::process::id();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
 
 /// One entry of the list: a descriptor, or -1 when free for the next.
 #[derive(Debug)]
@@ -48,10 +73,7 @@ impl Listed {
 
 /// Lists `fd`, in a free entry if there is one, for the child handler of any later fork.
 pub fn list(fd: i32) -> &'static Listed {
-    HANDLER.call_once(|| {
-        // SAFETY: registers a handler that only touches atomics and descriptors.
-        unsafe { libc::pthread_atfork(None, None, Some(detach_all)) };
-    });
+    install_handler();
     let mut entry = LIST.load(Ordering::Acquire);
     // SAFETY: entries are leaked boxes, never freed.
     while let Some(listed) = unsafe { entry.as_ref() } {
@@ -71,8 +93,10 @@ pub fn list(fd: i32) -> &'static Listed {
     }
 }
 
-/// In a forked child: every inherited descriptor listed is detached.
+/// In a forked child: the parent's pid is forgotten, and every inherited descriptor listed is
+/// detached.
 extern "C" fn detach_all() {
+    PID.store(0, Ordering::Relaxed);
     let mut entry = LIST.load(Ordering::Acquire);
     // SAFETY: entries are leaked boxes, never freed.
     while let Some(listed) = unsafe { entry.as_ref() } {

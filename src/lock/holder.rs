@@ -4,9 +4,9 @@
 //! the file's device and inode. So the holder writes nothing (a record in the lock file cost
 //! every acquisition a page of tmpfs, +18 µs, measured), and only a waiter that times out
 //! looks the holder up: its pid, what it is (php-fpm's workers are titled `php-fpm: pool
-//! <name>`, anything else by its program name: never its arguments, which may hold an email),
-//! and how long the file has existed (each holder creates a fresh one: the previous holder
-//! unlinked it). Any holder is found this way, the plugin's own PHP lock included. The file
+//! <name>`, anything else by its program name: never its arguments, which may hold an email).
+//! How long it has held the lock is not known: lock files outlive their locks, and the holder
+//! writes nothing. Any holder is found this way, the plugin's own PHP lock included. The file
 //! is looked up by its device and inode, and where `/proc/locks` names another device than
 //! the file's (btrfs subvolumes), by its mount's.
 
@@ -14,10 +14,9 @@ use std::{
     fs::File,
     os::unix::{ffi::OsStrExt, fs::MetadataExt, io::AsRawFd},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
 };
 
-/// "pid 4242 (php-fpm: pool www) for 31.2 s": who holds the flock on `file` now, if this
+/// "pid 4242 (php-fpm: pool www)": who holds the flock on `file` now, if this
 /// process may see it.
 pub fn of(file: &File) -> Option<String> {
     let meta = file.metadata().ok()?;
@@ -29,10 +28,7 @@ pub fn of(file: &File) -> Option<String> {
         let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
         listed(mount_device(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, &path)?)
     })?;
-    let age = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().clamp(0, 999_999_999) as u32))
-        .unwrap_or_default();
-    Some(format!("pid {pid} ({}) for {:.1} s", process_name(pid), age.as_secs_f64()))
+    Some(format!("pid {pid} ({})", process_name(pid)))
 }
 
 /// The pid holding a `FLOCK` on (major:minor, inode) in a `/proc/locks` listing; lines with
@@ -128,6 +124,6 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let shown = shown.expect("this process's flock in /proc/locks");
         assert!(shown.starts_with(&format!("pid {} (", std::process::id())), "{shown}");
-        assert!(shown.ends_with(" s"), "{shown}");
+        assert!(shown.ends_with(")"), "{shown}");
     }
 }

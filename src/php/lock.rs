@@ -116,7 +116,8 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
                 None => lock_dir()?,
             };
             let path = lock_path(&in_php_cwd(dir)?, &key).map_err(to_exception)?;
-            Held::File(FileLock::acquire(&path, wait).map_err(to_exception)?)
+            let keep = config::lock_files_kept().map_err(|p| LOCK_EXCEPTION.with(p))?;
+            Held::File(FileLock::acquire(&path, wait, keep).map_err(to_exception)?)
         }
         // A `dir` from a caller written for files is ignored: the site chose mysql.
         Backend::Mysql => {

@@ -15,6 +15,7 @@ use status::{shown, Status};
 /// `php --ri joinblock` and `phpinfo()`. Never shows a password or an API key.
 extern "C" fn module_info(_module: *mut ModuleEntry) {
     let status = Status::read();
+    let files = lock_files(status.lock_dir.as_deref().ok());
     let dir = status.lock_dir.map_or_else(
         |_| "(unavailable)".into(),
         |dir| {
@@ -37,11 +38,13 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("MySQL server for locks", mysql.as_str());
     let connect = config::mysql_connect_timeout().map_or_else(shown, |bound| format!("{} s", bound.as_secs_f64()));
     info_table_row!("MySQL connect timeout", connect.as_str());
-    let waits = match crate::lock::release_watch::probe() {
-        Ok(()) => "woken by the release (inotify)".to_owned(),
-        Err(e) => format!("polled: no inotify instance can be made ({e}; see fs.inotify.max_user_instances)"),
+    let waits = if crate::lock::alarm::available() {
+        "in the kernel, handed the lock at the unlock (a timer signal, SIGRTMAX, ends them at the deadline)"
+    } else {
+        "polled: SIGRTMAX is handled by other code, so no timer can end a waiting flock"
     };
-    info_table_row!("timed lock waits", waits.as_str());
+    info_table_row!("timed lock waits", waits);
+    info_table_row!("lock files", files.as_str());
     // The counters and the tag cache are process-wide: in a thread-safe PHP, the sum over all
     // of the process's request threads, and the labels say so.
     let scope = if ext_php_rs::PHP_ZTS { "this process, all threads" } else { "this process" };
@@ -81,6 +84,18 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_end!();
 }
 
+/// How many lock files the directory in effect holds, and how many idle ones it keeps.
+fn lock_files(dir: Option<&str>) -> String {
+    let kept = match config::lock_files_kept() {
+        Ok(kept) => format!("idle ones above {kept} are swept (joinblock.lock_files_kept)"),
+        Err(problem) => problem,
+    };
+    match dir.map(|dir| crate::lock::sweep::count(std::path::Path::new(dir))) {
+        Some(Ok(files)) => format!("{files} in the lock directory; {kept}"),
+        _ => format!("(the lock directory cannot be read); {kept}"),
+    }
+}
+
 extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
     config::register(module_number);
     match std::panic::catch_unwind(exceptions::register) {
@@ -95,7 +110,6 @@ extern "C" fn startup(_type: i32, module_number: i32) -> i32 {
 
 extern "C" fn request_shutdown(_type: i32, _module_number: i32) -> i32 {
     config::clear_request_settings();
-    crate::lock::release_watch::end_of_request();
     0
 }
 

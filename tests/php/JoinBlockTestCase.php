@@ -92,6 +92,22 @@ abstract class JoinBlockTestCase extends TestCase
         return ['setpriv', "--reuid={$user['uid']}", "--regid={$user['gid']}", '--init-groups'];
     }
 
+    /**
+     * No lock file in $dir is held, and no more than $most are left. A release keeps its file
+     * for the next acquisition (sweeps remove idle ones), so "nothing left held" means each file
+     * is free for another party at once: this process takes each with LOCK_NB.
+     */
+    protected function assertNoLockHeld(string $dir, string $message, int $most = 1024): void
+    {
+        $files = glob("$dir/join-lock-*") ?: [];
+        $this->assertLessThanOrEqual($most, \count($files), "$message: lock files left");
+        foreach ($files as $file) {
+            $handle = fopen($file, 'r');
+            $this->assertTrue(flock($handle, LOCK_EX | LOCK_NB), "$message: $file is free");
+            fclose($handle);
+        }
+    }
+
     /** The path the plugin's PHP code uses, computed by PHP itself. */
     protected static function pluginLockPath(string $dir, string $key): string
     {

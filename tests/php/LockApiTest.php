@@ -77,7 +77,7 @@ final class LockApiTest extends JoinBlockTestCase
         }
     }
 
-    public function testReleaseRemovesTheFileAndIsIdempotent(): void
+    public function testReleaseFreesTheFileKeepsItAndIsIdempotent(): void
     {
         $dir = $this->scratchDir();
         $lock = joinblock_acquire_lock('a@example.org', ['dir' => $dir]);
@@ -85,11 +85,12 @@ final class LockApiTest extends JoinBlockTestCase
         $this->assertTrue($lock->isHeld());
         joinblock_release_lock($lock);
         $this->assertFalse($lock->isHeld());
-        $this->assertFileDoesNotExist($lock->path());
+        $this->assertFileExists($lock->path(), 'kept for the next acquisition');
+        $this->assertNoLockHeld($dir, 'released');
         joinblock_release_lock($lock);
         $lock->release();
         joinblock_release_lock(null);
-        $this->assertSame([], array_values(array_diff(scandir($dir), ['.', '..'])));
+        $this->assertSame([basename($lock->path())], array_values(array_diff(scandir($dir), ['.', '..'])), 'nothing but the lock file');
     }
 
     public function testFreeingTheObjectReleasesTheLock(): void
@@ -98,7 +99,7 @@ final class LockApiTest extends JoinBlockTestCase
         $lock = joinblock_acquire_lock('b@example.org', ['dir' => $dir]);
         $path = $lock->path();
         unset($lock);
-        $this->assertFileDoesNotExist($path);
+        $this->assertNoLockHeld(\dirname($path), 'freed');
         (function () use ($dir) {
             joinblock_acquire_lock('b@example.org', ['dir' => $dir]);
         })();
@@ -133,7 +134,7 @@ final class LockApiTest extends JoinBlockTestCase
         joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 3])->release();
         // Past what a clock can hold: as good as no limit, not a crash.
         joinblock_acquire_lock('d@example.org', ['dir' => $dir, 'timeout' => 1e19])->release();
-        $this->assertFileDoesNotExist(self::pluginLockPath($dir, 'd@example.org'));
+        $this->assertNoLockHeld($dir, 'every wait released');
     }
 
     /** @return array<string, array{class-string, string, callable}> */

@@ -59,7 +59,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         $this->assertSame($c[1], $d[1]);
         $this->assertNotSame($a[1], $c[1]);
         $this->assertGreaterThanOrEqual($b[2], $c[2], 'the second starts after the first is done');
-        $this->assertSame([], glob("$dir/join-lock-*"), 'no lock file is left behind');
+        $this->assertNoLockHeld($dir, 'both released');
     }
 
     public function testDifferentKeysRunInParallel(): void
@@ -121,7 +121,7 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         }
         $this->assertSame(0, $overlaps, 'critical sections that overlapped');
         $this->assertSame((string) ($processes * $iterations), file_get_contents($counter), 'lost updates');
-        $this->assertSame([], glob("$dir/join-lock-*"));
+        $this->assertNoLockHeld($dir, 'all released');
     }
 
     /** @return array<string, array{int, int}> */

@@ -149,7 +149,7 @@ final class WordPressTest extends JoinBlockTestCase
         }
         $this->assertCount(count($members), $writes);
 
-        $this->assertSame([], glob($site->tempDir() . '/join-lock-*'), 'no lock files left');
+        $this->assertNoLockHeld($site->tempDir(), 'no lock left held');
         $this->assertNoPhpComplaints($site);
         fwrite(STDERR, sprintf("\n  [WordPress %s: %d requests in %.2f s]", $run, count($requests), $elapsed));
     }

@@ -1,0 +1,207 @@
+<?php
+
+// Part of the polyfill, loaded by php/joinblock.php only where the extension is not:
+// What lock files hold besides their lock: a polling waiter's turn, and how many stay.
+
+declare(strict_types=1);
+
+namespace JoinBlock\Polyfill;
+
+/**
+ * A turn for waiters that poll, by the rule of src/lock/turn.rs, on the same files: a waiter
+ * blocked in the kernel takes the lock at the very unlock, so a poller (every timed wait
+ * here: PHP has no timed flock) could lose every look. A poller that has waited MARK_AFTER
+ * writes its token (24 hex digits: pid, a number it drew, the wall clock's milliseconds modulo
+ * 2^32) at the start of the file and rewrites it every MARK_REFRESH; whoever takes the lock
+ * and finds another's token younger than MARK_FRESH_MS lets go for YIELD, unless it marked
+ * too; the poller that finds its own takes its turn and empties the file.
+ */
+final class Turn
+{
+    public const MARK_AFTER = 0.010;
+    public const MARK_REFRESH = 0.050;
+    public const MARK_FRESH_MS = 250;
+    public const MARKED_POLL = 0.001;
+    public const YIELD = 0.003;
+
+    public const NOTHING = 0;
+    public const OWN = 1;
+    public const OTHER = 2;
+
+    private const LENGTH = 24;
+    private const ID_LENGTH = 16;
+
+    /** What the file, of $size bytes under its lock, holds: NOTHING (or a stale token), OWN or OTHER. @param resource $handle */
+    public static function inspect($handle, int $size, ?string $own): int
+    {
+        $token = $size === 0 ? null : self::read($handle);
+        if ($token === null) {
+            return self::NOTHING;
+        }
+        if ($own !== null && substr($token, 0, self::ID_LENGTH) === $own) {
+            return self::OWN;
+        }
+        $written = substr($token, self::ID_LENGTH);
+        // A time ahead of now (a clock stepped back) is a huge age: stale, as an old one.
+        $fresh = preg_match('/^[0-9a-f]{8}$/Di', $written) === 1 && ((self::nowMs() - hexdec($written)) & 0xffffffff) <= self::MARK_FRESH_MS;
+        return $fresh ? self::OTHER : self::NOTHING;
+    }
+
+    /** A new waiter's name for its token. */
+    public static function newId(): string
+    {
+        return sprintf('%08x%08x', getmypid(), random_int(0, 0xffffffff));
+    }
+
+    /** Writes (or rewrites) the token of waiter $id with the time now. @param resource $handle */
+    public static function write($handle, string $id): void
+    {
+        if (fseek($handle, 0) === 0) {
+            fwrite($handle, $id . sprintf('%08x', self::nowMs()));
+        }
+    }
+
+    /** Empties the file, under its lock. @param resource $handle */
+    public static function clear($handle): void
+    {
+        ftruncate($handle, 0);
+    }
+
+    /** Takes waiter $id's token back if it is still there: it gave up. @param resource $handle */
+    public static function withdraw($handle, string $id): void
+    {
+        $token = self::read($handle);
+        if ($token !== null && substr($token, 0, self::ID_LENGTH) === $id) {
+            self::clear($handle);
+        }
+    }
+
+    /** @param resource $handle */
+    private static function read($handle): ?string
+    {
+        if (fseek($handle, 0) !== 0) {
+            return null;
+        }
+        $token = fread($handle, self::LENGTH);
+        return \is_string($token) && \strlen($token) === self::LENGTH ? $token : null;
+    }
+
+    private static function nowMs(): int
+    {
+        return ((int) floor(microtime(true) * 1000)) & 0xffffffff;
+    }
+}
+
+/** One polling waiter: its backoff, and its token once it asked for a turn. */
+final class Waiter
+{
+    public ?string $token = null;
+
+    /** When the token was last written to the file waited on. */
+    private ?float $marked = null;
+
+    public function __construct(private Backoff $backoff) {}
+
+    /** A new file to wait on: the token, if any, goes to it afresh. */
+    public function newFile(): void
+    {
+        $this->marked = null;
+    }
+
+    /** Sleeps until the next look, asking for a turn once it has waited long enough. @param resource $handle */
+    public function pause($handle, float $waited, float $remaining): void
+    {
+        if ($waited >= Turn::MARK_AFTER && ($this->marked === null || Clock::now() - $this->marked >= Turn::MARK_REFRESH)) {
+            $this->token ??= Turn::newId();
+            Turn::write($handle, $this->token);
+            $this->marked = Clock::now();
+        }
+        Clock::sleep(min($this->token === null ? $this->backoff->next($remaining) : Turn::MARKED_POLL, $remaining));
+    }
+
+    /** @param resource $handle */
+    public function withdraw($handle): void
+    {
+        if ($this->token !== null) {
+            Turn::withdraw($handle, $this->token);
+        }
+    }
+}
+
+/**
+ * The lock directory's bound, by the rule of src/lock/sweep.rs: a release leaves its file for
+ * the next acquisition, and each process sweeps a directory at its first release there, then
+ * after every period() files it made there, and after INTERVAL at its next release, removing
+ * the oldest idle lock files until at most joinblock.lock_files_kept are left (at most BUDGET
+ * of work per sweep).
+ */
+final class Sweep
+{
+    public const INTERVAL = 60.0;
+    public const BUDGET = 0.05;
+    public const KEEP_DEFAULT = 1024;
+
+    /** @var array<string, array{float, int}> directory => [when this process last swept it, files made since] */
+    private static array $seen = [];
+
+    /** Files a process makes in a directory between two sweeps of it. */
+    public static function period(int $keep): int
+    {
+        return max(1, min(256, intdiv($keep, 4)));
+    }
+
+    public static function created(string $dir): void
+    {
+        if (isset(self::$seen[$dir])) {
+            self::$seen[$dir][1]++;
+        }
+    }
+
+    public static function afterRelease(string $dir, int $keep): void
+    {
+        $now = Clock::now();
+        $seen = self::$seen[$dir] ?? null;
+        if ($seen !== null && $seen[1] < self::period($keep) && $now - $seen[0] < self::INTERVAL) {
+            return;
+        }
+        if ($seen === null && \count(self::$seen) >= 16) {
+            self::$seen = [];
+        }
+        self::$seen[$dir] = [$now, 0];
+        self::sweep($dir, $keep);
+    }
+
+    /** Removes the oldest idle lock files of $dir until at most $keep are left. @return array{int, int} [found, removed] */
+    public static function sweep(string $dir, int $keep): array
+    {
+        $started = Clock::now();
+        $names = @scandir($dir, SCANDIR_SORT_NONE);
+        if ($names === false) {
+            return [0, 0];
+        }
+        clearstatcache();
+        $made = [];
+        foreach ($names as $name) {
+            if (preg_match('/^join-lock-[0-9a-f]{40}$/D', $name) === 1 && ($stat = @lstat("$dir/$name")) !== false) {
+                $made["$dir/$name"] = $stat['ctime'];
+            }
+        }
+        $excess = \count($made) - $keep;
+        $removed = 0;
+        asort($made);
+        foreach (array_keys($made) as $path) {
+            if ($removed >= $excess || Clock::now() - $started >= self::BUDGET) {
+                break;
+            }
+            $removed += FileLock::removeIfIdle($path) ? 1 : 0;
+        }
+        return [\count($made), $removed];
+    }
+
+    /** How many lock files $dir holds now; null when it cannot be read. */
+    public static function count(string $dir): ?int
+    {
+        $names = @scandir($dir, SCANDIR_SORT_NONE);
+        return $names === false ? null : \count(preg_grep('/^join-lock-[0-9a-f]{40}$/D', $names));
+    }
+}
