@@ -133,7 +133,7 @@ final class Waiter
  * the next acquisition, and each process sweeps a directory at its first release there, then
  * after every period() files it made there, and after INTERVAL at its next release, removing
  * the oldest idle lock files until at most joinblock.lock_files_kept are left (at most BUDGET
- * of work per sweep).
+ * of work per sweep; one that runs out of it above the bound makes the next release sweep).
  */
 final class Sweep
 {
@@ -168,7 +168,11 @@ final class Sweep
             self::$seen = [];
         }
         self::$seen[$dir] = [$now, 0];
-        self::sweep($dir, $keep);
+        [$found, $removed] = self::sweep($dir, $keep);
+        if ($found - $removed > $keep) {
+            // Out of budget with files still above the bound: the next release sweeps again.
+            self::$seen[$dir][1] = self::period($keep);
+        }
     }
 
     /** Removes the oldest idle lock files of $dir until at most $keep are left. @return array{int, int} [found, removed] */

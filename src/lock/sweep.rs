@@ -10,9 +10,11 @@
 //! Each process sweeps a directory at its first release there, then after every
 //! [`period`] files it created there, and after [`INTERVAL`] at its next release. A sweep
 //! removes the oldest idle lock files (by change time: when the file was made) until at most
-//! `keep` are left, spending at most [`BUDGET`] on it. So once a process has swept, the
+//! `keep` are left, spending at most [`BUDGET`] on it; one that runs out of budget above the
+//! bound makes the process's next release sweep again. So once a process has swept, the
 //! directory holds at most `keep` idle files, plus fewer than [`period`] made since by each
-//! process, plus one per lock held.
+//! process, plus one per lock held; where removing is slower than making (a disk file system
+//! under a burst of new members), it goes back under that within one sweep per release.
 //!
 //! A file is removed only by the party that holds its lock, and only while its name still
 //! names it: the protocol's own rule (`file.rs`), so a sweep never breaks a lock. An acquirer
@@ -78,7 +80,13 @@ pub fn after_release(dir: &Path, keep: usize) {
             }
         }
     }
-    sweep(dir, keep);
+    let swept = sweep(dir, keep);
+    if swept.found - swept.removed > keep {
+        // Out of budget with files still above the bound: the next release sweeps again.
+        if let Some(seen) = SEEN.lock().iter_mut().find(|seen| seen.dir.as_os_str() == dir.as_os_str()) {
+            seen.created = period(keep);
+        }
+    }
 }
 
 /// What one sweep did.

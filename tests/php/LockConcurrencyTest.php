@@ -11,9 +11,13 @@ final class LockConcurrencyTest extends JoinBlockTestCase
 {
     /** A worker process with the implementation under test, or the one named. */
     /** A lock_worker.php process; with $lockDirByIni, its lock directory comes from INI, as the integration guide's call takes it. */
-    private function worker(string $mode, array $args, ?string $implementation = null, bool $lockDirByIni = false): array
+    /** @param array<string, string> $settings more INI settings for the worker */
+    private function worker(string $mode, array $args, ?string $implementation = null, bool $lockDirByIni = false, array $settings = []): array
     {
         $ini = $lockDirByIni ? ['-d', "joinblock.lock_dir={$args['dir']}"] : [];
+        foreach ($settings as $name => $value) {
+            array_push($ini, '-d', "$name=$value");
+        }
         $args += $lockDirByIni ? ['options' => ['timeout' => 30]] : [];
         return [PHP_BINARY, ...self::phpArgs($implementation), ...$ini, self::fixture('lock_worker.php'), $mode, json_encode($args)];
     }
@@ -85,6 +89,121 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         $this->assertSame([], $this->runBursts('ext', 5, 120, ['extension', 'polyfill']), 'bursts in which two requests were inside at once');
     }
 
+    /**
+     * The same mix while sweeps run all the time: two more processes (one of each kind) lock
+     * and release a member of their own in a loop with `lock_files_kept = 0`, so every one of
+     * their releases sweeps, and each sweep removes the stressed key's file whenever it finds
+     * it free, next to 200 other members' idle files. Acquirers that opened a removed file must
+     * find the name gone and start again. The lock path named many files over the run, and
+     * still no section overlapped and no update was lost.
+     */
+    public function testExtensionAndPolyfillProcessesNeverOverlapWhileSweepsRemoveFiles(): void
+    {
+        self::bothImplementations();
+        // On tmpfs, where every new file gets a new inode number (ext4 reuses a freed one at
+        // once), so the inodes seen count the files made.
+        $dir = $this->scratchDir(0700, '/dev/shm');
+        $this->assertSame('tmpfs', trim((string) shell_exec('stat -f -c %T ' . escapeshellarg($dir))));
+        foreach (range(1, 200) as $n) {
+            joinblock_acquire_lock("idle$n@example.org", ['dir' => $dir])->release();
+        }
+        $sweep = ['joinblock.lock_files_kept' => '0'];
+        $sweepers = [];
+        foreach (['extension', 'polyfill'] as $implementation) {
+            $args = ['dir' => $dir, 'key' => "sweeper-$implementation@example.org", 'hold_ms' => 0, 'stop' => "$dir/stop"];
+            $sweepers[] = self::startPhp($this->worker('loop', $args, $implementation, false, $sweep));
+        }
+        try {
+            // A pause between locks leaves the key free now and then, for a sweep to remove.
+            $files = $this->stress(['extension', 'polyfill', 'extension', 'polyfill'], 1000, true, $sweep, 2000, $dir);
+        } finally {
+            touch("$dir/stop");
+            $rounds = array_map(fn (array $child) => json_decode(self::finish($child, 120)['out'], true)['rounds'] ?? 0, $sweepers);
+        }
+        fwrite(STDERR, sprintf("\n[4 processes on one key (2 extension, 2 polyfill), 4000 locks 2 ms apart, sweeps after %s releases] the lock path named %d different files\n", implode('+', $rounds), $files));
+        $this->assertGreaterThan(50, $files, 'sweeps removed the stressed key\'s file again and again');
+        $this->assertLessThanOrEqual(3, \count(glob("$dir/join-lock-*")), 'the idle members\' files were swept');
+    }
+
+    /** @return array<string, array{?string, int}> */
+    public static function manyMembers(): array
+    {
+        // The disk run is shorter: this machine's ext4 has no journal, and ext4 then scans for
+        // a free inode past the ones deleted lately, which makes each new file cost ~0.5 ms.
+        return ['100,000 on tmpfs' => ['/dev/shm', 100000], '20,000 in the temporary directory' => [null, 20000]];
+    }
+
+    /**
+     * Members locked once each, by two processes at once, as a site meets them: files are kept
+     * for reuse, and sweeps keep the directory within its stated bound (1024 idle files, plus
+     * under 256 made by each process since its last sweep) the whole time, and at the end. The
+     * next process to release a lock there sweeps it down to 1024.
+     *
+     * @dataProvider manyMembers
+     */
+    #[DataProvider('manyMembers')]
+    public function testManyMembersLeaveTheDirectoryWithinItsBound(?string $parent, int $members): void
+    {
+        $dir = $this->scratchDir(0700, $parent);
+        $started = microtime(true);
+        $children = [];
+        foreach (['a', 'b'] as $prefix) {
+            $children[] = self::startPhp($this->worker('distinct', ['dir' => $dir, 'prefix' => $prefix, 'count' => intdiv($members, 2)]));
+        }
+        [$most, $exits] = [0, []];
+        while (\count($exits) < \count($children) && microtime(true) - $started < 600) {
+            $most = max($most, \count(glob("$dir/join-lock-*")));
+            foreach ($children as $n => $child) {
+                // proc_get_status() gives the exit code once only.
+                $status = isset($exits[$n]) ? null : proc_get_status($child['proc']);
+                if ($status !== null && !$status['running']) {
+                    $exits[$n] = $status['exitcode'];
+                }
+            }
+            usleep(100000);
+        }
+        foreach ($children as $n => $child) {
+            $err = stream_get_contents($child['pipes'][2]);
+            proc_close($child['proc']);
+            $this->assertSame(0, $exits[$n] ?? null, $err);
+        }
+        $left = \count(glob("$dir/join-lock-*"));
+        joinblock_acquire_lock('one-more@example.org', ['dir' => $dir])->release();
+        $afterOneMore = \count(glob("$dir/join-lock-*"));
+        fwrite(STDERR, sprintf("\n[%d members locked once, 2 processes, %s, %s] %.1f s; most lock files seen at once: %d; left: %d; after one more lock in a fresh process: %d\n",
+            $members, self::implementation(), trim((string) shell_exec('stat -f -c %T ' . escapeshellarg($dir))), microtime(true) - $started, $most, $left, $afterOneMore));
+        $this->assertLessThanOrEqual(1024 + 2 * 256, $most, 'the directory stayed within its bound while members were locked');
+        $this->assertLessThanOrEqual(1024 + 2 * 256, $left);
+        $this->assertLessThanOrEqual(1024, $afterOneMore, 'the next release swept the rest');
+        $this->assertNoLockHeld($dir, 'all released');
+    }
+
+    /**
+     * Waiters of different kinds on one key: 4 extension processes (timed waits, woken by the
+     * release) and 1 polyfill process (polling), each holding 5 ms per round. The polyfill's
+     * waiter must not lose every race: none of its 500 rounds may time out at 2 s.
+     */
+    public function testAPollingWaiterIsNotStarvedByWokenOnes(): void
+    {
+        self::bothImplementations();
+        $dir = $this->scratchDir();
+        $args = ['dir' => $dir, 'key' => 'crowd@example.org', 'hold_ms' => 5, 'stop' => "$dir/stop"];
+        $extensions = [];
+        for ($i = 0; $i < 4; $i++) {
+            $extensions[] = self::startPhp($this->worker('loop', $args + ['options' => ['dir' => $dir, 'timeout' => 30]], 'extension'));
+        }
+        $polyfill = self::startPhp($this->worker('loop', $args + ['options' => ['dir' => $dir, 'timeout' => 2], 'rounds' => 500, 'max_timeouts' => 5], 'polyfill'));
+        $result = self::finish($polyfill, 600);
+        touch("$dir/stop");
+        $others = array_map(fn (array $child) => json_decode(self::finish($child, 120)['out'], true), $extensions);
+        $this->assertSame(0, $result['exit'], $result['err']);
+        $polled = json_decode($result['out'], true);
+        fwrite(STDERR, sprintf("\n[1 polyfill waiter among 4 extension waiters, 5 ms holds] polyfill: %d rounds, %d timeouts (2 s), longest wait %.0f ms; extension rounds %s, longest wait %.0f ms\n",
+            $polled['rounds'], $polled['timeouts'], $polled['max_wait_ms'], implode('+', array_column($others, 'rounds')), max(array_column($others, 'max_wait_ms'))));
+        $this->assertSame(0, $polled['timeouts'], 'polyfill rounds that timed out');
+        $this->assertSame([0, 0, 0, 0], array_column($others, 'timeouts'));
+    }
+
     /** Tests that mix both implementations run once, in the extension run. */
     private static function bothImplementations(): void
     {
@@ -99,29 +218,35 @@ final class LockConcurrencyTest extends JoinBlockTestCase
      *
      * @param list<?string> $implementations
      */
-    private function stress(array $implementations, int $iterations, bool $lockDirByIni = false): void
+    /**
+     * @param array<string, string> $settings more INI settings for the workers
+     * @return int how many different files the lock path named over the run
+     */
+    private function stress(array $implementations, int $iterations, bool $lockDirByIni = false, array $settings = [], int $pauseUs = 0, ?string $dir = null): int
     {
         $processes = count($implementations);
-        $dir = $this->scratchDir();
+        $dir ??= $this->scratchDir();
         $counter = "$dir/counter";
         file_put_contents($counter, '0');
         $args = [
             'dir' => $dir, 'key' => 'stress@example.org', 'iterations' => $iterations,
-            'counter' => $counter, 'marker' => "$dir/inside", 'start' => microtime(true) + 0.5,
+            'counter' => $counter, 'marker' => "$dir/inside", 'start' => microtime(true) + 0.5, 'pause_us' => $pauseUs,
         ];
         $children = [];
         foreach ($implementations as $implementation) {
-            $children[] = self::startPhp($this->worker('stress', $args, $implementation, $lockDirByIni));
+            $children[] = self::startPhp($this->worker('stress', $args, $implementation, $lockDirByIni, $settings));
         }
-        $overlaps = 0;
+        [$overlaps, $files] = [0, []];
         foreach ($children as $child) {
             $result = self::finish($child, 300);
             $this->assertSame(0, $result['exit'], $result['err']);
             $overlaps += json_decode($result['out'], true)['overlaps'];
+            $files = [...$files, ...json_decode($result['out'], true)['files']];
         }
         $this->assertSame(0, $overlaps, 'critical sections that overlapped');
         $this->assertSame((string) ($processes * $iterations), file_get_contents($counter), 'lost updates');
-        $this->assertNoLockHeld($dir, 'all released');
+        $this->assertNoLockHeld($dir, 'all released', pattern: basename(self::pluginLockPath($dir, $args['key'])));
+        return \count(array_unique($files));
     }
 
     /** @return array<string, array{int, int}> */

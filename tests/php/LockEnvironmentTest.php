@@ -27,6 +27,38 @@ final class LockEnvironmentTest extends JoinBlockTestCase
         return $child;
     }
 
+    /** @return array<string, array{string}> */
+    public static function timerSignalDispositions(): array
+    {
+        return [
+            'SIGRTMAX blocked in the thread' => ['pcntl_sigprocmask(SIG_BLOCK, [SIGRTMAX]);'],
+            'SIGRTMAX handled by the script' => ['pcntl_signal(SIGRTMAX, function (): void {});'],
+        ];
+    }
+
+    /**
+     * A timed wait blocks in flock, and a timer signal (SIGRTMAX) ends it at the deadline.
+     * Where the thread blocks that signal (a server's worker threads may: Apache's do), the
+     * wait unblocks it for itself; where the script handles it, the wait polls instead. Either
+     * way it ends at its deadline, and it gets the lock once the holder lets go.
+     *
+     * @dataProvider timerSignalDispositions
+     */
+    #[DataProvider('timerSignalDispositions')]
+    public function testATimedWaitEndsAtItsDeadlineWhateverTheTimerSignalIs(string $setup): void
+    {
+        self::extensionOnly("the polyfill's timed waits poll, with no timer");
+        $dir = $this->scratchDir();
+        $holder = self::startHolding(self::scenario('plain-flock-hold', $dir, 'signal@example.org', '1.5'));
+        $lock = 'joinblock_acquire_lock("signal@example.org", ["dir" => ' . var_export($dir, true) . ', "timeout" => %s])';
+        $result = self::runPhp(self::phpCode($setup . ' $t = microtime(true);'
+            . ' try { ' . sprintf($lock, '0.3') . '; echo "acquired\n"; } catch (JoinBlock\LockTimeoutException) { printf("timed out after %.1f s\n", microtime(true) - $t); }'
+            . ' $t = microtime(true); ' . sprintf($lock, '20') . '->release(); printf("acquired after %.1f s\n", microtime(true) - $t);'), 30);
+        self::finish($holder);
+        $this->assertSame(0, $result['exit'], $result['err']);
+        $this->assertMatchesRegularExpression('~^timed out after 0\.[34] s\nacquired after [01]\.\d s\n$~', $result['out']);
+    }
+
     public function testTimeoutNamesTheFileAndTheWait(): void
     {
         $dir = $this->scratchDir();
