@@ -1,5 +1,6 @@
 //! The floor for `bench/lock`: the lock protocol's syscalls on one path and nothing else (no key
-//! hashing, no error mapping, no bookkeeping), so the table shows what each implementation adds.
+//! hashing, no error mapping, no bookkeeping, no sweep), so the table shows what each
+//! implementation adds.
 //!
 //! Usage: `lock_floor <dir> <iterations> [<processes>]`. Each of `processes` forked workers
 //! takes and releases the lock `iterations` times; prints `ns_per_op=<wall / all operations>`.
@@ -16,27 +17,34 @@ fn check(rc: libc::c_int, call: &str) -> libc::c_int {
     rc
 }
 
-/// One acquire and release, retrying when the name no longer points at the inode we locked.
+/// One acquire and release, as `src/lock/file.rs` does them with its files kept: open (making
+/// the file only where there is none), flock, fstat (a link count of 1: the path still names
+/// the file; else look the path up), close. Retries when the path names another file.
 fn lock_and_release(path: &CString) {
-    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY;
+    let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
     unsafe {
-        let fd = loop {
-            let fd = check(libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint), "open");
+        loop {
+            let mut fd = libc::open(path.as_ptr(), flags);
+            if fd < 0 {
+                // No file yet: make it (EEXIST here is another worker's, made since: open that).
+                fd = libc::open(path.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, 0o600 as libc::c_uint);
+                if fd < 0 {
+                    continue;
+                }
+            }
             check(libc::flock(fd, libc::LOCK_EX), "flock(LOCK_EX)");
             let mut held: libc::stat = mem::zeroed();
-            let mut named: libc::stat = mem::zeroed();
             check(libc::fstat(fd, &mut held), "fstat");
-            // ENOENT here is the previous holder's unlink: not an error, just a retry.
-            if libc::lstat(path.as_ptr(), &mut named) == 0
-                && (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-            {
-                break fd;
-            }
+            let same = held.st_nlink == 1 || {
+                let mut named: libc::stat = mem::zeroed();
+                held.st_nlink > 1 && libc::lstat(path.as_ptr(), &mut named) == 0 && (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+            };
+            // Closing unlocks.
             libc::close(fd);
-        };
-        check(libc::unlink(path.as_ptr()), "unlink");
-        check(libc::flock(fd, libc::LOCK_UN), "flock(LOCK_UN)");
-        libc::close(fd);
+            if same {
+                return;
+            }
+        }
     }
 }
 

@@ -285,8 +285,12 @@ final class Os
         if ($new === null) {
             return false;
         }
+        // Locked while it has two names: a lock file's link count of 1 tells a holder that
+        // its path still names it (src/lock/file.rs), which must never be this name's count.
+        flock($new[1], LOCK_EX);
         [$linked, $reason] = self::attempt(static fn () => link($new[0], $path));
         @unlink($new[0]);
+        flock($new[1], LOCK_UN);
         fclose($new[1]);
         return $linked || self::errno($reason) === self::EEXIST;
     }

@@ -14,11 +14,13 @@
 //!    case the directory's exclusive lock, which `O_CREAT` takes even for a file that exists.)
 //! 2. `flock(LOCK_EX)`: blocking; or, with a deadline, blocking with a timer signal that cuts
 //!    the wait off ([`super::alarm`]); or, where no timer can be had, `LOCK_NB` polled.
-//! 3. `lstat(path)` must name the inode we locked. A name is only ever removed by a holder of
+//! 3. The path must still name the inode we locked. A name is only ever removed by a holder of
 //!    its lock (the sweep, [`super::sweep`]), so if the name still points at our inode once we
 //!    hold it, no other party can hold it. If it does not (a sweep removed it while we waited
 //!    on it, and maybe a third party made a new one), we hold a lock on an orphan: close it and
-//!    start again.
+//!    start again. A lock file has no other name, so its link count under the lock says it
+//!    without a lookup of the path ([`still_named`]); a count above 1 is checked with
+//!    `lstat(path)`.
 //! 4. Release closes the descriptor, which unlocks, and leaves the file for the next
 //!    acquisition.
 //!
@@ -127,7 +129,14 @@ impl FileLock {
         loop {
             // Until the checks pass, leaving this loop body closes the descriptor (dropping
             // any lock on it) and never touches the path.
-            let (file, id, created) = open_lock_file(path)?;
+            let (file, created) = open_lock_file(path)?;
+            // The first try comes before the checks, which read the file's fstat: taken after a
+            // lock that was free, that one fstat also serves step 3, which then needs no lookup
+            // of the path. Until the checks pass, the lock is only held, never used.
+            let first_try = try_lock(&file, path);
+            let meta = stat(&file, path)?;
+            let id = check_opened(&file, path, &meta)?;
+            let mut locked = first_try?;
             let claim = Claim::new(id.clone(), thread, pid).ok_or_else(|| LockError::AlreadyHeld { lock: describe(path) })?;
             if created {
                 if let Some(dir) = path.parent() {
@@ -138,9 +147,10 @@ impl FileLock {
                 // A new file: its token, if any, must be written to it afresh.
                 poller.marked = None;
             }
+            let mut fresh = locked.then_some(meta);
             // Takes this inode's lock, and keeps it unless it is another waiter's turn.
             let named = loop {
-                if !try_lock(&file, path)? {
+                if !locked {
                     had_to_wait = true;
                     if !wait_for(&file, path, started, deadline, &mut poller)? {
                         if let Some(token) = poller.as_ref().and_then(|p| p.token.as_ref()) {
@@ -150,7 +160,8 @@ impl FileLock {
                         return Err(LockError::Timeout { lock: describe(path), waited: started.elapsed(), holder: holder::of(&file) });
                     }
                 }
-                let Some(named) = named_meta(path, &id)? else { break None };
+                locked = false;
+                let Some(named) = still_named(&file, path, &id, fresh.take())? else { break None };
                 let own = poller.as_ref().and_then(|p| p.token.as_ref());
                 match turn::inspect(&file, named.len(), own) {
                     Found::Other if own.is_none() => {
@@ -280,46 +291,63 @@ pub(super) fn remove_if_idle(path: &Path) -> bool {
     let Ok(file) = open(path, false) else {
         return false;
     };
-    let Ok(id) = check_opened(&file, path) else {
+    let Ok(id) = stat(&file, path).and_then(|meta| check_opened(&file, path, &meta)) else {
         return false;
     };
     if !try_lock(&file, path).unwrap_or(false) {
         return false;
     }
-    let removed = std::fs::symlink_metadata(path)
-        .is_ok_and(|named| file_id(&named) == id && turn::inspect(&file, named.len(), None) != Found::Other)
-        && std::fs::remove_file(path).is_ok();
+    // Only a path that names the file, and its only name (see `still_named`).
+    let removed = std::fs::symlink_metadata(path).is_ok_and(|named| {
+        file_id(&named) == id && named.nlink() == 1 && turn::inspect(&file, named.len(), None) != Found::Other
+    }) && std::fs::remove_file(path).is_ok();
     let _ = FileExt::unlock(&file);
     removed
 }
 
-/// `path`'s metadata (not following links) while it names the file `id`; `None` when it does
-/// not (any more).
-fn named_meta(path: &Path, id: &LockId) -> Result<Option<Metadata>, LockError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => Ok((file_id(&meta) == *id).then_some(meta)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error(path, "inspect", e)),
+/// The locked file's metadata while `path` still names it (step 3); `None` when it does not.
+///
+/// `fresh` is an fstat taken under the lock already. A link count of 1 is proof enough: a lock
+/// file's only name is its path. It is made there (`O_CREAT|O_EXCL`), or by the polyfill under
+/// a temporary name that it links to the path and then unlinks, holding the new file's lock
+/// all the while; and a name is removed only by a holder of its lock (the sweep, after it saw
+/// the path name the file with a count of 1). So under our lock a count of 1 is the path, 0
+/// is a file removed (by the sweep, or by hand), and 2 or more is looked up by the path.
+fn still_named(file: &File, path: &Path, id: &LockId, fresh: Option<Metadata>) -> Result<Option<Metadata>, LockError> {
+    let meta = match fresh {
+        Some(meta) => meta,
+        None => stat(file, path)?,
+    };
+    match meta.nlink() {
+        0 => Ok(None),
+        1 => Ok(Some(meta)),
+        _ => match std::fs::symlink_metadata(path) {
+            Ok(named) => Ok((file_id(&named) == *id).then_some(named)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(path, "inspect", e)),
+        },
     }
 }
 
+fn stat(file: &File, path: &Path) -> Result<Metadata, LockError> {
+    file.metadata().map_err(|e| io_error(path, "inspect", e))
+}
+
 /// Opens the lock file, making it where there is none; true when this call made it.
-fn open_lock_file(path: &Path) -> Result<(File, LockId, bool), LockError> {
-    let (file, created) = loop {
+fn open_lock_file(path: &Path) -> Result<(File, bool), LockError> {
+    loop {
         match open(path, false) {
-            Ok(file) => break (file, false),
+            Ok(file) => return Ok((file, false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(open_error(path, e)),
         }
         match open(path, true) {
-            Ok(file) => break (file, true),
+            Ok(file) => return Ok((file, true)),
             // Made by another party since we looked: open that one.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(open_error(path, e)),
         }
-    };
-    let id = check_opened(&file, path)?;
-    Ok((file, id, created))
+    }
 }
 
 /// `open(2)` of a lock file, read-write (its close wakes nobody, its token is written through
@@ -335,9 +363,9 @@ fn open(path: &Path, create: bool) -> io::Result<File> {
         .open(path)
 }
 
-/// Refuses anything but a regular file of ours on a local file system; its identity otherwise.
-fn check_opened(file: &File, path: &Path) -> Result<LockId, LockError> {
-    let meta = file.metadata().map_err(|e| io_error(path, "inspect", e))?;
+/// Refuses anything but a regular file of ours on a local file system (`meta` is its fstat);
+/// its identity otherwise.
+fn check_opened(file: &File, path: &Path, meta: &Metadata) -> Result<LockId, LockError> {
     if !meta.file_type().is_file() {
         return Err(LockError::NotARegularFile { path: path.to_owned(), kind: kind_name(&meta.file_type()) });
     }
@@ -357,7 +385,7 @@ fn check_opened(file: &File, path: &Path) -> Result<LockId, LockError> {
             let _ = std::os::unix::fs::fchown(file, Some(dir_uid), Some(dir_gid));
         }
     }
-    Ok(file_id(&meta))
+    Ok(file_id(meta))
 }
 
 /// (uid, gid) of the directory that holds `path`.

@@ -18,8 +18,8 @@
 //!   tries again [`YIELD`] later; the poller that finds its own token takes its turn and
 //!   empties the file. Pollers that marked do not yield to each other's tokens, so two of them
 //!   cannot hold each other off, and a party at its deadline keeps what it took.
-//! - Finding a token costs the fast path nothing: every acquisition reads the file's `lstat`
-//!   anyway, to check that the name still names it, and a size of zero means no token.
+//! - Finding a token costs the fast path nothing: every acquisition reads the locked file's
+//!   `fstat` anyway, to check that the name still names it, and a size of zero means no token.
 //!
 //! # Why nobody is held off for long
 //!

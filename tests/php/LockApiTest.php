@@ -225,4 +225,42 @@ final class LockApiTest extends JoinBlockTestCase
         $this->assertMatchesRegularExpression('~^version => \d+\.\d+\.\d+( \(git [0-9a-f]{12}\))?$~m', $info);
         $this->assertStringContainsString('lock directory in effect => ' . sys_get_temp_dir(), $info);
     }
+
+    /**
+     * php --ri says how many lock files the directory holds and how many idle ones it keeps,
+     * and a release sweeps down to that (its process's first in the directory).
+     */
+    public function testPhpRiCountsTheLockFilesAndAReleaseSweepsDownToWhatIsKept(): void
+    {
+        self::extensionOnly('its php --ri section');
+        $dir = $this->scratchDir();
+        foreach (range(1, 5) as $n) {
+            joinblock_acquire_lock("member$n@example.org", ['dir' => $dir])->release();
+        }
+        $settings = ['joinblock.lock_dir' => $dir, 'joinblock.lock_files_kept' => '2'];
+        $ri = fn () => self::runPhpOk([PHP_BINARY, ...self::phpArgs(), '-d', "joinblock.lock_dir=$dir", '-d', 'joinblock.lock_files_kept=2', '--ri', 'joinblock']);
+        $this->assertStringContainsString("lock files => 5 in the lock directory; idle ones above 2 are swept (joinblock.lock_files_kept)\n", $ri());
+        self::runPhpOk(self::phpCode('joinblock_acquire_lock("member1@example.org")->release();', $settings));
+        $this->assertStringContainsString("lock files => 2 in the lock directory; idle ones above 2 are swept (joinblock.lock_files_kept)\n", $ri());
+    }
+
+    /** @return array<string, array{string}> */
+    public static function badFileCounts(): array
+    {
+        return ['negative' => ['-1'], 'a fraction' => ['1.5'], 'words' => ['many'], 'too many' => ['100000001']];
+    }
+
+    /**
+     * A joinblock.lock_files_kept that is no whole number is a LockException naming it, for
+     * the extension and the polyfill alike, never a silent default.
+     *
+     * @dataProvider badFileCounts
+     */
+    #[DataProvider('badFileCounts')]
+    public function testABadLockFilesKeptIsALockException(string $value): void
+    {
+        $dir = $this->scratchDir();
+        $result = self::runPhp(self::phpCode('try { joinblock_acquire_lock("k@example.org", ["dir" => ' . var_export($dir, true) . ']); } catch (JoinBlock\LockException $e) { echo get_class($e), ": ", $e->getMessage(); }', ['joinblock.lock_files_kept' => $value]));
+        $this->assertSame('JoinBlock\LockException: INI joinblock.lock_files_kept is "' . $value . '"; expected a whole number of files from 0 to 100000000, such as 1024', $result['out'], $result['err']);
+    }
 }
