@@ -62,7 +62,7 @@ final class TroubleshootingTest extends TestCase
             'timed out after … s waiting for …',
             'Action Network answered HTTP … to the …',
             'Member locks cannot be taken',
-            'polled: no inotify instance can be made (…; see fs.inotify.max_user_instances)',
+            'polled: SIGRTMAX is handled by other code, so no timer can end a waiting flock',
             '…: owned by uid …, not by this user (uid …); ignored',
             'joinblock_acquire_lock(): Argument #1 ($key) must not be empty after trimming white space',
             'is "…"; expected "file" or "mysql"',
