@@ -296,7 +296,7 @@ final class FileLock implements Held
         $removed = false;
         if (flock($handle, LOCK_EX | LOCK_NB)) {
             $named = self::lstat($path);
-            $removed = $named !== false && $named['dev'] === $stat['dev'] && $named['ino'] === $stat['ino']
+            $removed = $named !== false && $named['dev'] === $stat['dev'] && $named['ino'] === $stat['ino'] && $named['nlink'] === 1
                 && Turn::inspect($handle, $named['size'], null) !== Turn::OTHER && @unlink($path);
             flock($handle, LOCK_UN);
         }
