@@ -93,6 +93,11 @@ pub fn ini_bytes(name: &str) -> Option<Vec<u8>> {
     (!value.is_empty()).then(|| value.to_vec())
 }
 
+/// A setting's text, or its default when it is unset or empty.
+fn ini_text_or(name: &str, default: &CStr) -> String {
+    ini_bytes(name).map_or_else(|| default.to_string_lossy().into_owned(), |value| String::from_utf8_lossy(&value).into_owned())
+}
+
 /// Whether the host's shared state is on (INI `joinblock.shared_state`, default on).
 pub fn shared_state() -> bool {
     let value = ini_bytes(SHARED_STATE).map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase());
@@ -164,8 +169,7 @@ pub fn mysql_target() -> Result<MysqlTarget, String> {
 
 /// `joinblock.mysql_connect_timeout`: seconds, a finite number greater than 0.
 pub fn mysql_connect_timeout() -> Result<Duration, String> {
-    let value = ini_bytes(MYSQL_CONNECT_TIMEOUT).unwrap_or_else(|| MYSQL_CONNECT_TIMEOUT_DEFAULT.to_bytes().to_vec());
-    let text = String::from_utf8_lossy(&value);
+    let text = ini_text_or(MYSQL_CONNECT_TIMEOUT, MYSQL_CONNECT_TIMEOUT_DEFAULT);
     text.trim()
         .parse::<f64>()
         .ok()
@@ -176,8 +180,7 @@ pub fn mysql_connect_timeout() -> Result<Duration, String> {
 
 /// `joinblock.lock_files_kept`: a whole number, 0 or more (0 keeps no idle file).
 pub fn lock_files_kept() -> Result<usize, String> {
-    let value = ini_bytes(LOCK_FILES_KEPT).unwrap_or_else(|| LOCK_FILES_KEPT_DEFAULT.to_bytes().to_vec());
-    let text = String::from_utf8_lossy(&value);
+    let text = ini_text_or(LOCK_FILES_KEPT, LOCK_FILES_KEPT_DEFAULT);
     text.trim()
         .parse::<usize>()
         .ok()

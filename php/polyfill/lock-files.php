@@ -201,11 +201,4 @@ final class Sweep
         }
         return [\count($made), $removed];
     }
-
-    /** How many lock files $dir holds now; null when it cannot be read. */
-    public static function count(string $dir): ?int
-    {
-        $names = @scandir($dir, SCANDIR_SORT_NONE);
-        return $names === false ? null : \count(preg_grep('/^join-lock-[0-9a-f]{40}$/D', $names));
-    }
 }

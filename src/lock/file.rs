@@ -149,7 +149,7 @@ impl FileLock {
             }
             let mut fresh = locked.then_some(meta);
             // Takes this inode's lock, and keeps it unless it is another waiter's turn.
-            let named = loop {
+            let still_ours = loop {
                 if !locked {
                     had_to_wait = true;
                     if !wait_for(&file, path, started, deadline, &mut poller)? {
@@ -161,7 +161,7 @@ impl FileLock {
                     }
                 }
                 locked = false;
-                let Some(named) = still_named(&file, path, &id, fresh.take())? else { break None };
+                let Some(named) = still_named(&file, path, &id, fresh.take())? else { break false };
                 let own = poller.as_ref().and_then(|p| p.token.as_ref());
                 match turn::inspect(&file, named.len(), own) {
                     Found::Other if own.is_none() => {
@@ -180,9 +180,9 @@ impl FileLock {
                         }
                     }
                 }
-                break Some(named);
+                break true;
             };
-            if named.is_some() {
+            if still_ours {
                 record_acquired(had_to_wait);
                 let listed = fork::list(file.as_raw_fd());
                 return Ok(FileLock { path: path.to_owned(), keep, held: Some((file, listed, claim)) });
