@@ -277,31 +277,41 @@ final class FileLock implements Held
         }
     }
 
-    /**
-     * Removes the lock file at $path if nobody holds or waits for it, under its own lock: the
-     * sweep's one step. False when it stays (busy, a waiter's fresh token in it, gone, not ours).
-     */
-    public static function removeIfIdle(string $path): bool
+    /** What removeIfIdle() did: removed it; found it removed already (by another sweep); left it (held, a waiter's fresh token in it, a second name, not ours). */
+    public const REMOVED = 'removed';
+    public const GONE = 'gone';
+    public const STAYS = 'stays';
+
+    /** Removes the lock file at $path if nobody holds or waits for it, under its own lock: the sweep's one step. */
+    public static function removeIfIdle(string $path): string
     {
+        // lstat before the open: fopen() would follow a symbolic link.
         $before = self::lstat($path);
-        if ($before === false || self::kind($before['mode']) !== null || !self::ours($path, $before['uid'])) {
-            return false;
+        if ($before === false) {
+            return self::GONE;
+        }
+        if (self::kind($before['mode']) !== null || !self::ours($path, $before['uid'])) {
+            return self::STAYS;
         }
         $handle = @fopen($path, 'r+en');
         if ($handle === false) {
-            return false;
+            return self::lstat($path) === false ? self::GONE : self::STAYS;
         }
         stream_set_read_buffer($handle, 0);
-        $stat = fstat($handle);
-        $removed = false;
+        $removal = self::STAYS;
         if (flock($handle, LOCK_EX | LOCK_NB)) {
-            $named = self::lstat($path);
-            $removed = $named !== false && $named['dev'] === $stat['dev'] && $named['ino'] === $stat['ino'] && $named['nlink'] === 1
-                && Turn::inspect($handle, $named['size'], null) !== Turn::OTHER && @unlink($path);
+            // Under the lock a link count of 1 is the path itself, 0 a file removed since (FileLock's rule).
+            $stat = fstat($handle);
+            if ($stat['nlink'] === 0) {
+                $removal = self::GONE;
+            } elseif ($stat['nlink'] === 1 && $stat['dev'] === $before['dev'] && $stat['ino'] === $before['ino']
+                && Turn::inspect($handle, $stat['size'], null) !== Turn::OTHER && @unlink($path)) {
+                $removal = self::REMOVED;
+            }
             flock($handle, LOCK_UN);
         }
         fclose($handle);
-        return $removed;
+        return $removal;
     }
 
     /** Polls for the lock until $deadline; false when it passed. */

@@ -130,10 +130,12 @@ final class Waiter
 
 /**
  * The lock directory's bound, by the rule of src/lock/sweep.rs: a release leaves its file for
- * the next acquisition, and each process sweeps a directory at its first release there, then
- * after every period() files it made there, and after INTERVAL at its next release, removing
- * the oldest idle lock files until at most joinblock.lock_files_kept are left (at most BUDGET
- * of work per sweep; one that runs out of it above the bound makes the next release sweep).
+ * the next acquisition, and a sweep runs at the first release in a directory, then after every
+ * period() files made there, and after INTERVAL at the next release. It removes idle lock
+ * files in directory order until at most joinblock.lock_files_kept of those it listed are left:
+ * always as many as were made since the last sweep, then for at most BUDGET; one cut short
+ * above the bound makes the next release sweep again. PHP's statics last one request, so
+ * here "since the last sweep" starts at the request's first release.
  */
 final class Sweep
 {
@@ -141,7 +143,7 @@ final class Sweep
     public const BUDGET = 0.05;
     public const KEEP_DEFAULT = 1024;
 
-    /** @var array<string, array{float, int}> directory => [when this process last swept it, files made since] */
+    /** @var array<string, array{float, int, bool}> directory => [when last swept, files made since, cut short] */
     private static array $seen = [];
 
     /** Files a process makes in a directory between two sweeps of it. */
@@ -160,45 +162,44 @@ final class Sweep
     public static function afterRelease(string $dir, int $keep): void
     {
         $now = Clock::now();
-        $seen = self::$seen[$dir] ?? null;
-        if ($seen !== null && $seen[1] < self::period($keep) && $now - $seen[0] < self::INTERVAL) {
+        [$swept, $share, $unfinished] = self::$seen[$dir] ?? [null, 0, false];
+        if ($swept !== null && !$unfinished && $share < self::period($keep) && $now - $swept < self::INTERVAL) {
             return;
         }
-        if ($seen === null && \count(self::$seen) >= 16) {
+        if ($swept === null && \count(self::$seen) >= 16) {
             self::$seen = [];
         }
-        self::$seen[$dir] = [$now, 0];
-        [$found, $removed] = self::sweep($dir, $keep);
-        if ($found - $removed > $keep) {
-            // Out of budget with files still above the bound: the next release sweeps again.
-            self::$seen[$dir][1] = self::period($keep);
-        }
+        self::$seen[$dir] = [$now, 0, false];
+        [$found, , $gone] = self::sweep($dir, $keep, $share);
+        // Cut short with files still above the bound: the next release sweeps again.
+        self::$seen[$dir][2] = $found - $gone > $keep;
     }
 
-    /** Removes the oldest idle lock files of $dir until at most $keep are left. @return array{int, int} [found, removed] */
-    public static function sweep(string $dir, int $keep): array
+    /**
+     * Removes idle lock files of $dir in directory order until at most $keep of those listed
+     * are left: at least $share of them (or all it can), then while BUDGET lasts. Files another
+     * sweep removed first count as gone.
+     *
+     * @return array{int, int, int} [found, removed, gone (removed included)]
+     */
+    public static function sweep(string $dir, int $keep, int $share, float $budget = self::BUDGET): array
     {
         $started = Clock::now();
         $names = @scandir($dir, SCANDIR_SORT_NONE);
         if ($names === false) {
-            return [0, 0];
+            return [0, 0, 0];
         }
-        clearstatcache();
-        $made = [];
+        $names = preg_grep('/^join-lock-[0-9a-f]{40}$/D', $names);
+        $excess = \count($names) - $keep;
+        [$removed, $gone] = [0, 0];
         foreach ($names as $name) {
-            if (preg_match('/^join-lock-[0-9a-f]{40}$/D', $name) === 1 && ($stat = @lstat("$dir/$name")) !== false) {
-                $made["$dir/$name"] = $stat['ctime'];
-            }
-        }
-        $excess = \count($made) - $keep;
-        $removed = 0;
-        asort($made);
-        foreach (array_keys($made) as $path) {
-            if ($removed >= $excess || Clock::now() - $started >= self::BUDGET) {
+            if ($gone >= $excess || ($removed >= $share && Clock::now() - $started >= $budget)) {
                 break;
             }
-            $removed += FileLock::removeIfIdle($path) ? 1 : 0;
+            $removal = FileLock::removeIfIdle("$dir/$name");
+            $removed += $removal === FileLock::REMOVED ? 1 : 0;
+            $gone += $removal === FileLock::STAYS ? 0 : 1;
         }
-        return [\count($made), $removed];
+        return [\count($names), $removed, $gone];
     }
 }

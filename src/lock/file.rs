@@ -285,24 +285,42 @@ fn unlock(file: &File, path: &Path) -> Result<(), LockError> {
     FileExt::unlock(file).map_err(|e| io_error(path, "unlock", e))
 }
 
-/// Removes the lock file at `path` if nobody holds or waits for it, under its own lock: the
-/// sweep's one step. False when it stays (busy, a waiter's fresh token in it, gone, not ours).
-pub(super) fn remove_if_idle(path: &Path) -> bool {
-    let Ok(file) = open(path, false) else {
-        return false;
-    };
-    let Ok(id) = stat(&file, path).and_then(|meta| check_opened(&file, path, &meta)) else {
-        return false;
+/// What the sweep's one step did to a lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removal {
+    Removed,
+    /// Removed already, by another sweep (or by hand).
+    Gone,
+    /// It stays: held, a waiter's fresh token in it, a second name, not ours.
+    Stays,
+}
+
+/// Removes the lock file at `path` if nobody holds or waits for it, under its own lock.
+pub(super) fn remove_if_idle(path: &Path) -> Removal {
+    let file = match open(path, false) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Removal::Gone,
+        Err(_) => return Removal::Stays,
     };
     if !try_lock(&file, path).unwrap_or(false) {
-        return false;
+        return Removal::Stays;
     }
-    // Only a path that names the file, and its only name (see `still_named`).
-    let removed = std::fs::symlink_metadata(path).is_ok_and(|named| {
-        file_id(&named) == id && named.nlink() == 1 && turn::inspect(&file, named.len(), None) != Found::Other
-    }) && std::fs::remove_file(path).is_ok();
-    let _ = FileExt::unlock(&file);
-    removed
+    let Ok(meta) = stat(&file, path) else {
+        return Removal::Stays;
+    };
+    // Under the lock a link count of 1 is the path itself, 0 a file removed since the open
+    // (`still_named`); a file with a second name is left alone.
+    match meta.nlink() {
+        0 => Removal::Gone,
+        1 if check_opened(&file, path, &meta).is_ok()
+            && turn::inspect(&file, meta.len(), None) != Found::Other
+            && std::fs::remove_file(path).is_ok() =>
+        {
+            // The close that drops `file` unlocks: waiters that opened it find a count of 0.
+            Removal::Removed
+        }
+        _ => Removal::Stays,
+    }
 }
 
 /// The locked file's metadata while `path` still names it (step 3); `None` when it does not.
@@ -522,10 +540,10 @@ mod tests {
         assert!(!lock.is_held());
         assert!(path.exists(), "kept for the next acquisition");
         lock.release().unwrap();
-        assert_eq!(sweep::sweep(&dir, 0), sweep::Swept { found: 2, removed: 1 });
+        assert_eq!(sweep::sweep(&dir, 0, 0), sweep::Swept { found: 2, removed: 1, gone: 1 });
         assert!(!path.exists() && held.exists(), "the idle file went, the held one stayed");
         drop(other);
-        assert_eq!(sweep::sweep(&dir, 0), sweep::Swept { found: 1, removed: 1 });
+        assert_eq!(sweep::sweep(&dir, 0, 0), sweep::Swept { found: 1, removed: 1, gone: 1 });
     }
 
     #[test]

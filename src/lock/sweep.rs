@@ -9,12 +9,14 @@
 //!
 //! Each process sweeps a directory at its first release there, then after every
 //! [`period`] files it created there, and after [`INTERVAL`] at its next release. A sweep
-//! removes the oldest idle lock files (by change time: when the file was made) until at most
-//! `keep` are left, spending at most [`BUDGET`] on it; one that runs out of budget above the
-//! bound makes the process's next release sweep again. So once a process has swept, the
-//! directory holds at most `keep` idle files, plus fewer than [`period`] made since by each
-//! process, plus one per lock held; where removing is slower than making (a disk file system
-//! under a burst of new members), it goes back under that within one sweep per release.
+//! removes idle lock files until at most `keep` of those it listed are left. It always removes
+//! as many as its process made since its last sweep (its share: fewer than [`period`]), then
+//! goes on for at most [`BUDGET`]; one that stops above the bound makes the process's next
+//! release sweep again. So no process makes files faster than its sweeps remove them, and once
+//! a process has swept, the directory holds at most `keep` idle files, plus fewer than
+//! [`period`] made since by each process, plus one per lock held. Only a sweep cut short by
+//! its budget (a directory far above the bound: `keep` lowered, or a process stalled in its
+//! sweep while others made files) leaves more, and the next releases' sweeps bring it down.
 //!
 //! A file is removed only by the party that holds its lock, and only while its name still
 //! names it: the protocol's own rule (`file.rs`), so a sweep never breaks a lock. An acquirer
@@ -23,18 +25,18 @@
 
 use std::{
     ffi::OsStr,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use parking_lot::Mutex;
 
-use super::NAME_PREFIX;
+use super::{file::Removal, NAME_PREFIX};
 
 /// How often a process sweeps a directory it locks in, whatever it creates.
 pub const INTERVAL: Duration = Duration::from_secs(60);
-/// The most time one sweep spends removing; what is left goes at the next.
+/// How long a sweep goes on removing once its share is done; what is left goes at the next.
 pub const BUDGET: Duration = Duration::from_millis(50);
 /// `joinblock.lock_files_kept`'s default.
 pub const KEEP_DEFAULT: usize = 1024;
@@ -45,20 +47,26 @@ pub fn period(keep: usize) -> usize {
     (keep / 4).clamp(1, 256)
 }
 
-/// A directory this process locks in: when it last swept it, and what it made since.
+/// A directory this process locks in: when it last swept it, what it made since, and whether
+/// its last sweep was cut short above the bound.
 struct Seen {
     dir: PathBuf,
     swept: Instant,
     created: usize,
+    unfinished: bool,
 }
 
 /// A handful of directories per process, at most: the list is cleared when it would grow past
 /// that, which at worst sweeps a directory early.
 static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
 
+fn seen_mut<'a>(seen: &'a mut [Seen], dir: &Path) -> Option<&'a mut Seen> {
+    seen.iter_mut().find(|seen| seen.dir.as_os_str() == dir.as_os_str())
+}
+
 /// Counts a lock file this process created in `dir`.
 pub fn created(dir: &Path) {
-    if let Some(seen) = SEEN.lock().iter_mut().find(|seen| seen.dir.as_os_str() == dir.as_os_str()) {
+    if let Some(seen) = seen_mut(&mut SEEN.lock(), dir) {
         seen.created += 1;
     }
 }
@@ -67,66 +75,71 @@ pub fn created(dir: &Path) {
 /// directory or remove a file leaves it for the next.
 pub fn after_release(dir: &Path, keep: usize) {
     let now = Instant::now();
-    {
+    let share = {
         let mut seen = SEEN.lock();
-        match seen.iter_mut().find(|seen| seen.dir.as_os_str() == dir.as_os_str()) {
-            Some(seen) if seen.created < period(keep) && now.duration_since(seen.swept) < INTERVAL => return,
-            Some(seen) => (seen.swept, seen.created) = (now, 0),
+        match seen_mut(&mut seen, dir) {
+            Some(seen) if !seen.unfinished && seen.created < period(keep) && now.duration_since(seen.swept) < INTERVAL => return,
+            Some(seen) => {
+                seen.swept = now;
+                std::mem::take(&mut seen.created)
+            }
             None => {
                 if seen.len() >= 16 {
                     seen.clear();
                 }
-                seen.push(Seen { dir: dir.to_owned(), swept: now, created: 0 });
+                seen.push(Seen { dir: dir.to_owned(), swept: now, created: 0, unfinished: false });
+                0
             }
         }
-    }
-    let swept = sweep(dir, keep);
-    if swept.found - swept.removed > keep {
-        // Out of budget with files still above the bound: the next release sweeps again.
-        if let Some(seen) = SEEN.lock().iter_mut().find(|seen| seen.dir.as_os_str() == dir.as_os_str()) {
-            seen.created = period(keep);
-        }
+    };
+    let swept = sweep(dir, keep, share);
+    if let Some(seen) = seen_mut(&mut SEEN.lock(), dir) {
+        // Cut short with files still above the bound: the next release sweeps again.
+        seen.unfinished = swept.found - swept.gone > keep;
     }
 }
 
 /// What one sweep did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Lock files found.
+    /// Lock files listed.
     pub found: usize,
-    /// Of those, removed.
+    /// Of those, removed by this sweep.
     pub removed: usize,
+    /// Of those, gone by its end: removed by it, or by another sweep under way.
+    pub gone: usize,
 }
 
-/// Removes the oldest idle lock files of `dir` until at most `keep` are left, or [`BUDGET`]
-/// is spent.
-pub fn sweep(dir: &Path, keep: usize) -> Swept {
+/// Removes idle lock files of `dir`, in the order the directory lists them, until at most
+/// `keep` of those listed are left: at least `share` of them (or all it can), then for as long
+/// as [`BUDGET`] allows.
+///
+/// Directory order, not age: nothing records when a kept file was last locked (its change time
+/// is when it was made), and listing without a `stat` per file is several times cheaper. A file
+/// removed while its member is still active costs that member one new file. Files that another
+/// process's sweep removed first count as gone, so overlapping sweeps stop together instead of
+/// each removing its whole excess.
+pub fn sweep(dir: &Path, keep: usize, share: usize) -> Swept {
+    sweep_within(dir, keep, share, BUDGET)
+}
+
+fn sweep_within(dir: &Path, keep: usize, share: usize, budget: Duration) -> Swept {
     let started = Instant::now();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Swept::default();
     };
-    let mut files: Vec<(i64, i64, PathBuf)> = entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            is_lock_name(&entry.file_name()).then(|| entry.path())
-        })
-        .filter_map(|path| {
-            let meta = std::fs::symlink_metadata(&path).ok()?;
-            Some((meta.ctime(), meta.ctime_nsec(), path))
-        })
-        .collect();
-    let mut swept = Swept { found: files.len(), removed: 0 };
-    if files.len() <= keep {
-        return swept;
-    }
-    files.sort_unstable();
-    let excess = files.len() - keep;
-    for (_, _, path) in files {
-        if swept.removed == excess || started.elapsed() >= BUDGET {
+    let paths: Vec<PathBuf> =
+        entries.filter_map(|entry| entry.ok().filter(|entry| is_lock_name(&entry.file_name())).map(|entry| entry.path())).collect();
+    let mut swept = Swept { found: paths.len(), ..Swept::default() };
+    let excess = paths.len().saturating_sub(keep);
+    for path in paths {
+        if swept.gone == excess || (swept.removed >= share && started.elapsed() >= budget) {
             break;
         }
-        if super::file::remove_if_idle(&path) {
-            swept.removed += 1;
+        match super::file::remove_if_idle(&path) {
+            Removal::Removed => (swept.removed, swept.gone) = (swept.removed + 1, swept.gone + 1),
+            Removal::Gone => swept.gone += 1,
+            Removal::Stays => {}
         }
     }
     swept
@@ -156,6 +169,24 @@ mod tests {
         assert!(!is_lock_name(OsStr::new("join-lock-2e30bbc379fa99550111aba3e703a8ec9524b9d")));
         assert!(!is_lock_name(OsStr::new("joinblock-an-0123.pace")));
         assert!(!is_lock_name(OsStr::new(".joinblock-new-x")));
+    }
+
+    #[test]
+    fn a_sweep_removes_its_share_whatever_its_budget_and_counts_files_already_gone() {
+        let dir = std::env::temp_dir().join(format!("joinblock-sweep-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let names: Vec<PathBuf> = (0..6).map(|n| dir.join(format!("{NAME_PREFIX}{n:040x}"))).collect();
+        for name in &names {
+            std::fs::File::create(name).unwrap();
+        }
+        let swept = sweep_within(&dir, 0, 2, Duration::ZERO);
+        assert_eq!((swept.found, swept.removed, swept.gone), (6, 2, 2), "out of budget at once, yet its share went");
+        assert_eq!(count(&dir).unwrap(), 4);
+        let removed = names.iter().find(|name| !name.exists()).unwrap();
+        assert_eq!(super::super::file::remove_if_idle(removed), Removal::Gone, "listed, then removed by another sweep");
+        let swept = sweep_within(&dir, 1, 0, BUDGET);
+        assert_eq!((swept.found, swept.removed, swept.gone), (4, 3, 3));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

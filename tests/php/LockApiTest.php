@@ -244,6 +244,27 @@ final class LockApiTest extends JoinBlockTestCase
         $this->assertStringContainsString("lock files => 2 in the lock directory; idle ones above 2 are swept (joinblock.lock_files_kept)\n", $ri());
     }
 
+    /**
+     * The polyfill's sweep (the extension's has a Rust unit test): out of its budget at once, it
+     * still removes its process's share, which keeps sweeps ahead of what processes make on a
+     * slow or busy machine; and a file another sweep removed after the listing counts as gone.
+     */
+    public function testThePolyfillsSweepRemovesItsShareWhateverItsBudget(): void
+    {
+        $dir = $this->scratchDir();
+        foreach (range(1, 6) as $n) {
+            touch(self::pluginLockPath($dir, "member$n@example.org"));
+        }
+        $code = 'require ' . var_export(self::polyfillFile(), true) . ';
+            [$dir, $sweep] = [' . var_export($dir, true) . ', JoinBlock\Polyfill\Sweep::class];
+            echo json_encode($sweep::sweep($dir, 0, 2, 0.0)), " ";
+            $gone = array_values(array_filter(range(1, 6), fn ($n) => !file_exists("$dir/join-lock-" . sha1("member$n@example.org"))))[0];
+            echo JoinBlock\Polyfill\FileLock::removeIfIdle("$dir/join-lock-" . sha1("member$gone@example.org")), " ";
+            echo json_encode($sweep::sweep($dir, 1, 0));';
+        $out = self::runPhpOk([PHP_BINARY, ...self::phpArgs('polyfill'), '-r', $code]);
+        $this->assertSame('[6,2,2] gone [4,3,3]', $out, '[found, removed, gone]: out of budget, its share of 2 went; then down to the 1 kept');
+    }
+
     /** @return array<string, array{string}> */
     public static function badFileCounts(): array
     {

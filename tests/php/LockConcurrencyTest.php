@@ -160,7 +160,8 @@ final class LockConcurrencyTest extends JoinBlockTestCase
                     $exits[$n] = $status['exitcode'];
                 }
             }
-            usleep(100000);
+            // Often: a directory over its bound between two looks would go unseen.
+            usleep(10000);
         }
         foreach ($children as $n => $child) {
             $err = stream_get_contents($child['pipes'][2]);
