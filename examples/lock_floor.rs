@@ -19,7 +19,7 @@ fn check(rc: libc::c_int, call: &str) -> libc::c_int {
 
 /// One acquire and release, as `src/lock/file.rs` does them with its files kept: open (making
 /// the file only where there is none), flock, fstat (a link count of 1: the path still names
-/// the file; else look the path up), close. Retries when the path names another file.
+/// the file; else look the path up), unlock, close. Retries when the path names another file.
 fn lock_and_release(path: &CString) {
     let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
     unsafe {
@@ -39,7 +39,8 @@ fn lock_and_release(path: &CString) {
                 let mut named: libc::stat = mem::zeroed();
                 held.st_nlink > 1 && libc::lstat(path.as_ptr(), &mut named) == 0 && (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
             };
-            // Closing unlocks.
+            // Unlocked before the close, as the extension does for forks by other threads.
+            libc::flock(fd, libc::LOCK_UN);
             libc::close(fd);
             if same {
                 return;

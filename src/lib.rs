@@ -5,5 +5,6 @@
 pub mod action_network;
 mod backoff;
 pub mod config;
+mod leftover;
 pub mod lock;
 mod php;

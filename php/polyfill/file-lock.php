@@ -199,6 +199,7 @@ final class FileLock implements Held
 {
     private const FIRST_BACKOFF = 0.001;
     private const MAX_BACKOFF = 0.05;
+    private const KEEP_YOUNG_AFTER = 3600;
 
     /** @param resource|null $handle null once closed */
     private function __construct(private string $file, public $handle, private string $id, private int $pid, private int $keep = 0) {}
@@ -240,6 +241,7 @@ final class FileLock implements Held
                 } elseif ($found !== Turn::OTHER && $named['size'] > 0) {
                     Turn::clear($lock->handle);
                 }
+                self::keepYoung($lock->handle, $named['mtime']);
                 return $lock;
             }
             // A sweep removed the file we locked: start again.
@@ -312,6 +314,22 @@ final class FileLock implements Held
         }
         fclose($handle);
         return $removal;
+    }
+
+    /**
+     * Keeps a kept file in use from looking abandoned to cleaners of temporary directories,
+     * which delete files by age (src/lock/file.rs's keep_young): once its modification time is
+     * an hour old, the lock sets it to now. ftruncate() to its own size, which sets it on Linux
+     * through the locked handle; touch() by path would make a new file where a cleaner had
+     * just deleted this one.
+     *
+     * @param resource $handle
+     */
+    private static function keepYoung($handle, int $mtime): void
+    {
+        if (time() - $mtime > self::KEEP_YOUNG_AFTER) {
+            ftruncate($handle, fstat($handle)['size']);
+        }
     }
 
     /** Polls for the lock until $deadline; false when it passed. */

@@ -189,7 +189,9 @@ final class Sweep
         if ($names === false) {
             return [0, 0, 0];
         }
-        $names = preg_grep('/^join-lock-[0-9a-f]{40}$/D', $names);
+        // New lock files left with two names by a process killed while linking one
+        // (Os::createPrivateAt()): without the temporary name, sweeps can remove them again.
+        $names = preg_grep('/^join-lock-[0-9a-f]{40}$/D', array_filter($names, static fn ($name) => !Os::removeIfLeft($dir, $name, Os::NEW_FILE_PREFIX)));
         $excess = \count($names) - $keep;
         [$removed, $gone] = [0, 0];
         foreach ($names as $name) {

@@ -323,18 +323,11 @@ final class SharedStore
         }
     }
 
-    /**
-     * Removes this user's temporary files named $prefix… in $dir older than a minute: the
-     * extension's and the polyfill's, left by a process killed while publishing (a publish
-     * takes milliseconds, under the pace file's lock), which nothing else would remove.
-     */
+    /** Removes this user's temporary files named $prefix… in $dir left by a process killed while publishing (Os::removeIfLeft()). */
     private static function removeLeftovers(string $dir, string $prefix): void
     {
         foreach (@scandir($dir) ?: [] as $name) {
-            $stat = str_starts_with($name, $prefix) ? @lstat("$dir/$name") : false;
-            if ($stat !== false && $stat['uid'] === Users::me() && $stat['mtime'] < time() - 60) {
-                @unlink("$dir/$name");
-            }
+            Os::removeIfLeft($dir, $name, $prefix);
         }
     }
 

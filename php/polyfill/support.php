@@ -169,6 +169,8 @@ final class Options
 /** The OS's reasons, as PHP's warnings give them and as the extension words them. */
 final class Os
 {
+    /** How createPrivateAt() names a new file before it links it to its path. */
+    public const NEW_FILE_PREFIX = '.joinblock-new-';
     public const EPERM = 1;
     public const ENOENT = 2;
     public const EEXIST = 17;
@@ -270,6 +272,22 @@ final class Os
     }
 
     /**
+     * Removes $dir/$name if the name starts with $prefix, and it is this user's and older than a
+     * minute: a temporary file that a process killed mid-write left (the shared state's
+     * publishing files, createPrivateAt()'s new lock files), which nothing else would remove.
+     * Writing one takes milliseconds. Removing a name never follows it, and leaves any other
+     * name of the file (a lock path) as it is. True when it removed it.
+     */
+    public static function removeIfLeft(string $dir, string $name, string $prefix): bool
+    {
+        if (!str_starts_with($name, $prefix)) {
+            return false;
+        }
+        $stat = @lstat("$dir/$name");
+        return $stat !== false && $stat['uid'] === Users::me() && $stat['mtime'] < time() - 60 && @unlink("$dir/$name");
+    }
+
+    /**
      * Makes $path a new empty file of mode 0600 (see createPrivate()) unless something is
      * there already: the private file is linked to $path, which never replaces or follows
      * what is there, and its own name removed. True when $path was linked, by this call or
@@ -281,7 +299,7 @@ final class Os
      */
     public static function createPrivateAt(string $path): bool
     {
-        $new = self::createPrivate(\dirname($path), '.joinblock-new-');
+        $new = self::createPrivate(\dirname($path), self::NEW_FILE_PREFIX);
         if ($new === null) {
             return false;
         }

@@ -319,24 +319,12 @@ pub fn parse_tags(body: &[u8], hash: &str) -> Option<Vec<SharedEntry>> {
         .collect()
 }
 
-/// A temporary file older than this was left by a publisher that died mid-write (a publish
-/// takes milliseconds, under the pace file's lock).
-const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Removes this user's temporary files named `prefix…` in `dir` older than [`LEFTOVER_AGE`]:
-/// the extension's and the polyfill's, left by a process killed while publishing, which
-/// nothing else would ever remove. Removing a name never follows it.
+/// Removes this user's temporary files named `prefix…` in `dir` left by a process killed while
+/// publishing ([`crate::leftover`]): the extension's and the polyfill's.
 fn remove_leftovers(dir: &Path, prefix: &str) {
     let Ok(listing) = std::fs::read_dir(dir) else { return };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
     for item in listing.flatten() {
-        let old = item.metadata().is_ok_and(|meta| {
-            meta.uid() == me && meta.modified().is_ok_and(|at| at.elapsed().is_ok_and(|age| age > LEFTOVER_AGE))
-        });
-        if old && item.file_name().to_str().is_some_and(|name| name.starts_with(prefix)) {
-            let _ = std::fs::remove_file(item.path());
-        }
+        crate::leftover::remove_if_left(&item, prefix);
     }
 }
 

@@ -21,7 +21,7 @@
 //!    start again. A lock file has no other name, so its link count under the lock says it
 //!    without a lookup of the path ([`still_named`]); a count above 1 is checked with
 //!    `lstat(path)`.
-//! 4. Release closes the descriptor, which unlocks, and leaves the file for the next
+//! 4. Release unlocks and closes the descriptor, and leaves the file for the next
 //!    acquisition.
 //!
 //! Unlinking after unlocking, or unlinking without the check of step 3, both let two parties
@@ -32,9 +32,11 @@
 //!
 //! Locks are per open file description. A second acquisition of a key by the same thread
 //! would wait for itself forever, so it is refused. After `fork`, a child shares the parent's
-//! description: only the process that acquired a lock may unlock it, and the child's copy of a
-//! held lock's descriptor is pointed at `/dev/null` before the child runs (see
+//! description: only the process that acquired a lock may unlock it, and the child's copy of
+//! every lock file descriptor is pointed at `/dev/null` before the child runs (see
 //! [`super::fork`]), so a parent that dies frees its locks at once even while a child lives on.
+//! A descriptor is listed for that from its open until its close, and unlocked before it is
+//! unlisted ([`Opened`]): another thread of a ZTS PHP may fork at any moment between.
 
 use std::{
     fs::{File, Metadata, OpenOptions},
@@ -45,7 +47,7 @@ use std::{
     },
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use fs2::FileExt;
@@ -89,8 +91,44 @@ pub struct FileLock {
     path: PathBuf,
     /// `joinblock.lock_files_kept`, for the sweep after the release.
     keep: usize,
-    /// The locked descriptor, where it is listed for a fork, and its claim; `None` once released.
-    held: Option<(File, &'static fork::Listed, Claim)>,
+    /// The locked descriptor and its claim; `None` once released.
+    held: Option<(Opened, Claim)>,
+}
+
+/// A lock file's descriptor, listed for forked children ([`fork`]) from its open to its close.
+///
+/// Listed at once, not once locked: a child forked by another thread between the `flock` and
+/// the listing would keep a copy of the locked descriptor, and the lock, for its life. For the
+/// same reason the drop unlocks before it unlists: the unlock is the open file description's,
+/// so it frees any copy a fork made in between (tested by forking every half millisecond).
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    listed: &'static fork::Listed,
+}
+
+impl Opened {
+    fn new(file: File) -> Self {
+        let listed = fork::list(file.as_raw_fd());
+        Self { file, listed }
+    }
+}
+
+impl std::ops::Deref for Opened {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        // Unlocking a descriptor that holds no lock does nothing; in a forked child it is
+        // /dev/null's.
+        let _ = FileExt::unlock(&self.file);
+        self.listed.unlist(self.file.as_raw_fd());
+    }
 }
 
 /// A waiter's state while it polls: its backoff, and its token once it asked for a turn.
@@ -149,7 +187,7 @@ impl FileLock {
             }
             let mut fresh = locked.then_some(meta);
             // Takes this inode's lock, and keeps it unless it is another waiter's turn.
-            let still_ours = loop {
+            let ours = loop {
                 if !locked {
                     had_to_wait = true;
                     if !wait_for(&file, path, started, deadline, &mut poller)? {
@@ -161,7 +199,7 @@ impl FileLock {
                     }
                 }
                 locked = false;
-                let Some(named) = still_named(&file, path, &id, fresh.take())? else { break false };
+                let Some(named) = still_named(&file, path, &id, fresh.take())? else { break None };
                 let own = poller.as_ref().and_then(|p| p.token.as_ref());
                 match turn::inspect(&file, named.len(), own) {
                     Found::Other if own.is_none() => {
@@ -180,12 +218,12 @@ impl FileLock {
                         }
                     }
                 }
-                break true;
+                break Some(named);
             };
-            if still_ours {
+            if let Some(named) = ours {
+                keep_young(&file, &named);
                 record_acquired(had_to_wait);
-                let listed = fork::list(file.as_raw_fd());
-                return Ok(FileLock { path: path.to_owned(), keep, held: Some((file, listed, claim)) });
+                return Ok(FileLock { path: path.to_owned(), keep, held: Some((file, claim)) });
             }
             // The name moved on from the inode we locked: start again.
             had_to_wait = true;
@@ -199,24 +237,22 @@ impl FileLock {
     /// True while this process still holds the lock (false after release, and in a forked
     /// child, which shares the descriptor but not the ownership).
     pub fn is_held(&self) -> bool {
-        self.held.as_ref().is_some_and(|(_, _, claim)| claim.pid == fork::pid())
+        self.held.as_ref().is_some_and(|(_, claim)| claim.pid == fork::pid())
     }
 
-    /// Closes, which unlocks, leaving the file for the next acquisition; then sweeps the directory
+    /// Unlocks and closes, leaving the file for the next acquisition; then sweeps the directory
     /// if that is due. Releasing twice, or from a forked child, only closes what is left.
     pub fn release(&mut self) -> Result<(), LockError> {
-        let Some((file, listed, claim)) = self.held.take() else {
+        let Some((opened, claim)) = self.held.take() else {
             return Ok(());
         };
-        listed.unlist(file.as_raw_fd());
-        if claim.pid != fork::pid() {
-            // A forked child: its copy of the descriptor already points at /dev/null.
+        let forked = claim.pid != fork::pid();
+        // A forked child's copy of the descriptor points at /dev/null already: its drop
+        // unlocks nothing.
+        drop((opened, claim));
+        if forked {
             return Ok(());
         }
-        // Closing unlocks: this descriptor is its open file description's only one (a forked
-        // child's copy points at /dev/null, and no other is ever made), and an unlock of its
-        // own would be one more system call on every lock.
-        drop((file, claim));
         if let Some(dir) = self.path.parent() {
             sweep::after_release(dir, self.keep);
         }
@@ -227,6 +263,20 @@ impl FileLock {
 impl Drop for FileLock {
     fn drop(&mut self) {
         let _ = self.release();
+    }
+}
+
+/// A lock file whose modification time is older than this gets it set to now when locked.
+const KEEP_YOUNG_AFTER: Duration = Duration::from_secs(3600);
+
+/// Keeps a kept file in use from looking abandoned: cleaners of temporary directories
+/// (systemd-tmpfiles on Debian 13's /tmp after 10 days, tmpreaper) delete files by age, and a
+/// lock file's times never change otherwise; deleted while held, its member could be locked
+/// twice. One `futimens` per file and hour, on the locked descriptor (`meta` is its fstat).
+fn keep_young(file: &File, meta: &Metadata) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    if now.saturating_sub(u64::try_from(meta.mtime()).unwrap_or(0)) > KEEP_YOUNG_AFTER.as_secs() {
+        let _ = file.set_modified(SystemTime::now());
     }
 }
 
@@ -298,7 +348,7 @@ pub(super) enum Removal {
 /// Removes the lock file at `path` if nobody holds or waits for it, under its own lock.
 pub(super) fn remove_if_idle(path: &Path) -> Removal {
     let file = match open(path, false) {
-        Ok(file) => file,
+        Ok(file) => Opened::new(file),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Removal::Gone,
         Err(_) => return Removal::Stays,
     };
@@ -316,7 +366,7 @@ pub(super) fn remove_if_idle(path: &Path) -> Removal {
             && turn::inspect(&file, meta.len(), None) != Found::Other
             && std::fs::remove_file(path).is_ok() =>
         {
-            // The close that drops `file` unlocks: waiters that opened it find a count of 0.
+            // Waiters that opened it find a count of 0 once its drop unlocks it.
             Removal::Removed
         }
         _ => Removal::Stays,
@@ -352,15 +402,15 @@ fn stat(file: &File, path: &Path) -> Result<Metadata, LockError> {
 }
 
 /// Opens the lock file, making it where there is none; true when this call made it.
-fn open_lock_file(path: &Path) -> Result<(File, bool), LockError> {
+fn open_lock_file(path: &Path) -> Result<(Opened, bool), LockError> {
     loop {
         match open(path, false) {
-            Ok(file) => return Ok((file, false)),
+            Ok(file) => return Ok((Opened::new(file), false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(open_error(path, e)),
         }
         match open(path, true) {
-            Ok(file) => return Ok((file, true)),
+            Ok(file) => return Ok((Opened::new(file), true)),
             // Made by another party since we looked: open that one.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(open_error(path, e)),
@@ -494,6 +544,7 @@ fn file_id(meta: &std::fs::Metadata) -> LockId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ptr;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::os::unix::ffi::OsStrExt;
 
@@ -544,6 +595,57 @@ mod tests {
         assert!(!path.exists() && held.exists(), "the idle file went, the held one stayed");
         drop(other);
         assert_eq!(sweep::sweep(&dir, 0, 0), sweep::Swept { found: 1, removed: 1, gone: 1 });
+    }
+
+    /// A ZTS PHP's threads fork (`proc_open`, `exec`) while others lock. A child forked at any
+    /// moment of an acquire or a release must not keep the lock: here children live 60 ms, and
+    /// the locking thread's every acquire of the one key must get it within 40 ms.
+    #[test]
+    fn a_fork_by_another_thread_never_leaves_a_child_holding_the_lock() {
+        let dir = temp_dir("fork-race");
+        let path = lock_path(&dir, b"forked@example.org").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forker = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                // Its own children only: other tests fork too.
+                let (mut forks, mut living) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: the child only sleeps and exits (async-signal-safe calls).
+                    match unsafe { libc::fork() } {
+                        0 => unsafe {
+                            libc::nanosleep(&libc::timespec { tv_sec: 0, tv_nsec: 60_000_000 }, ptr::null_mut());
+                            libc::_exit(0);
+                        },
+                        -1 => panic!("fork: {}", io::Error::last_os_error()),
+                        pid => living.push(pid),
+                    }
+                    // SAFETY: reaps this thread's children that have exited.
+                    living.retain(|&pid| unsafe { libc::waitpid(pid, ptr::null_mut(), libc::WNOHANG) } == 0);
+                    forks += 1;
+                    thread::sleep(Duration::from_micros(500));
+                }
+                for pid in living {
+                    // SAFETY: waits for a child of this thread.
+                    unsafe { libc::waitpid(pid, ptr::null_mut(), 0) };
+                }
+                forks
+            })
+        };
+        let started = Instant::now();
+        let (mut rounds, mut late) = (0, 0);
+        while started.elapsed() < Duration::from_secs(2) {
+            match FileLock::acquire(&path, Wait::AtMost(Duration::from_millis(40)), sweep::KEEP_DEFAULT) {
+                Ok(mut lock) => lock.release().unwrap(),
+                Err(LockError::Timeout { .. }) => late += 1,
+                Err(e) => panic!("{e}"),
+            }
+            rounds += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let forks = forker.join().unwrap();
+        assert!(forks > 500, "{forks} forks");
+        assert_eq!(late, 0, "{late} of {rounds} acquires found the lock kept by a child ({forks} forks)");
     }
 
     #[test]

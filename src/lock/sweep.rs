@@ -38,6 +38,8 @@ use super::{file::Removal, NAME_PREFIX};
 pub const INTERVAL: Duration = Duration::from_secs(60);
 /// How long a sweep goes on removing once its share is done; what is left goes at the next.
 pub const BUDGET: Duration = Duration::from_millis(50);
+/// How the polyfill names a new lock file before it links it to its path.
+const NEW_FILE_PREFIX: &str = ".joinblock-new-";
 /// `joinblock.lock_files_kept`'s default.
 pub const KEEP_DEFAULT: usize = 1024;
 
@@ -128,8 +130,14 @@ fn sweep_within(dir: &Path, keep: usize, share: usize, budget: Duration) -> Swep
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Swept::default();
     };
-    let paths: Vec<PathBuf> =
-        entries.filter_map(|entry| entry.ok().filter(|entry| is_lock_name(&entry.file_name())).map(|entry| entry.path())).collect();
+    // The polyfill's new lock files, left with two names by a process killed while linking
+    // one (php/polyfill/support.php): removing the temporary name leaves the lock file with one,
+    // which lets sweeps remove it again.
+    let paths: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| !crate::leftover::remove_if_left(entry, NEW_FILE_PREFIX) && is_lock_name(&entry.file_name()))
+        .map(|entry| entry.path())
+        .collect();
     let mut swept = Swept { found: paths.len(), ..Swept::default() };
     let excess = paths.len().saturating_sub(keep);
     for path in paths {

@@ -265,6 +265,29 @@ final class LockApiTest extends JoinBlockTestCase
         $this->assertSame('[6,2,2] gone [4,3,3]', $out, '[found, removed, gone]: out of budget, its share of 2 went; then down to the 1 kept');
     }
 
+    /**
+     * The polyfill makes a lock file under a temporary name and links it to its path; a process
+     * killed in between leaves the temporary name, and a lock file with two names, which no
+     * sweep may remove. Sweeps remove such names once a minute old (not younger: a live maker
+     * needs milliseconds), and the lock file then goes as any idle one.
+     */
+    public function testASweepRemovesNewFileNamesLeftByAKilledMaker(): void
+    {
+        $dir = $this->scratchDir();
+        joinblock_acquire_lock('linked@example.org', ['dir' => $dir])->release();
+        $lockFile = self::pluginLockPath($dir, 'linked@example.org');
+        link($lockFile, "$dir/.joinblock-new-linked");
+        touch("$dir/.joinblock-new-unlinked");
+        $twoMinutesAgo = time() - 120;
+        touch($lockFile, $twoMinutesAgo, $twoMinutesAgo);
+        touch("$dir/.joinblock-new-unlinked", $twoMinutesAgo, $twoMinutesAgo);
+        touch("$dir/.joinblock-new-fresh");
+        $twice = 'foreach ([1, 2] as $n) { joinblock_acquire_lock("other@example.org", ["dir" => ' . var_export($dir, true) . '])->release(); }';
+        self::runPhpOk(self::phpCode($twice, ['joinblock.lock_files_kept' => '0']));
+        $left = array_values(array_diff(scandir($dir), ['.', '..']));
+        $this->assertSame(['.joinblock-new-fresh'], $left, 'the old names went, then the lock file with them; a name younger than a minute stays');
+    }
+
     /** @return array<string, array{string}> */
     public static function badFileCounts(): array
     {

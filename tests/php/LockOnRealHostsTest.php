@@ -130,6 +130,45 @@ final class LockOnRealHostsTest extends JoinBlockTestCase
         $this->assertGreaterThan(0.2, $answer['seconds'], 'it waited for root');
     }
 
+    /**
+     * Cleaners of temporary directories delete files by age (systemd-tmpfiles: Debian 13's /tmp
+     * after 10 days; tmpreaper). A kept lock file's times change only where the lock sets them:
+     * one locked now must look young, or a cleaner deletes it while it is held and its member
+     * can be locked twice. Run with the real cleaner, going by modification and access times.
+     */
+    public function testACleanerOfOldTemporaryFilesNeverDeletesAHeldLockFile(): void
+    {
+        $dir = $this->scratchDir();
+        $paths = [];
+        foreach (['idle', 'held', 'recent'] as $name) {
+            joinblock_acquire_lock("$name@example.org", ['dir' => $dir])->release();
+            $paths[$name] = self::pluginLockPath($dir, "$name@example.org");
+        }
+        [$twoDaysAgo, $halfAnHourAgo] = [time() - 2 * 86400, time() - 1800];
+        touch($paths['idle'], $twoDaysAgo, $twoDaysAgo);
+        touch($paths['held'], $twoDaysAgo, $twoDaysAgo);
+        touch($paths['recent'], $halfAnHourAgo, $halfAnHourAgo);
+        joinblock_acquire_lock('recent@example.org', ['dir' => $dir])->release();
+        clearstatcache();
+        $this->assertSame($halfAnHourAgo, filemtime($paths['recent']), 'a file set young within the hour is left as it is: one futimens per file and hour');
+
+        $holder = self::startPhp(self::phpCommand(self::fixture('lock_once.php'), json_encode(['key' => 'held@example.org', 'options' => ['dir' => $dir], 'hold' => 30])));
+        try {
+            $this->assertSame("HELD\n", fgets($holder['pipes'][1]));
+            $conf = $this->scratchDir() . '/clean.conf';
+            file_put_contents($conf, "e $dir - - - ma:1h\n");
+            $cleaned = self::runPhp(['systemd-tmpfiles', '--clean', $conf]);
+            $this->assertSame(0, $cleaned['exit'], $cleaned['err']);
+            clearstatcache();
+            $this->assertFileDoesNotExist($paths['idle'], 'the cleaner ran, and deleted the idle file two days old');
+            $this->assertFileExists($paths['held'], 'the held file was made young by its lock');
+            self::assertThrows(LockTimeoutException::class, '~^timed out after~', fn () => joinblock_acquire_lock('held@example.org', ['dir' => $dir, 'timeout' => 0.2]));
+        } finally {
+            proc_terminate($holder['proc'], SIGKILL);
+            self::finish($holder);
+        }
+    }
+
     /** A wait that gives up says who holds the lock: pid, program, since when. */
     public function testATimeoutNamesTheHolder(): void
     {
