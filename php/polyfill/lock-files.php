@@ -143,7 +143,7 @@ final class Sweep
     public const BUDGET = 0.05;
     public const KEEP_DEFAULT = 1024;
 
-    /** @var array<string, array{float, int, bool}> directory => [when last swept, files made since, cut short] */
+    /** @var array<string, array{float, int, bool}> directory => [when last swept, files made since, last sweep cut short by its budget] */
     private static array $seen = [];
 
     /** Files a process makes in a directory between two sweeps of it. */
@@ -170,9 +170,10 @@ final class Sweep
             self::$seen = [];
         }
         self::$seen[$dir] = [$now, 0, false];
-        [$found, , $gone] = self::sweep($dir, $keep, $share);
-        // Cut short with files still above the bound: the next release sweeps again.
-        self::$seen[$dir][2] = $found - $gone > $keep;
+        // Cut short by its budget above the bound while removing: the next release sweeps
+        // again. Not a sweep that found the files it tried held: src/lock/sweep.rs says why.
+        [, $removed, , $cutShort] = self::sweep($dir, $keep, $share);
+        self::$seen[$dir][2] = $cutShort && $removed > 0;
     }
 
     /**
@@ -180,14 +181,14 @@ final class Sweep
      * are left: at least $share of them (or all it can), then while BUDGET lasts. Files another
      * sweep removed first count as gone.
      *
-     * @return array{int, int, int} [found, removed, gone (removed included)]
+     * @return array{int, int, int, bool} [found, removed, gone (removed included), cut short by the budget]
      */
     public static function sweep(string $dir, int $keep, int $share, float $budget = self::BUDGET): array
     {
         $started = Clock::now();
         $names = @scandir($dir, SCANDIR_SORT_NONE);
         if ($names === false) {
-            return [0, 0, 0];
+            return [0, 0, 0, false];
         }
         // New lock files left with two names by a process killed while linking one
         // (Os::createPrivateAt()): without the temporary name, sweeps can remove them again.
@@ -195,13 +196,16 @@ final class Sweep
         $excess = \count($names) - $keep;
         [$removed, $gone] = [0, 0];
         foreach ($names as $name) {
-            if ($gone >= $excess || ($removed >= $share && Clock::now() - $started >= $budget)) {
+            if ($gone >= $excess) {
                 break;
+            }
+            if ($removed >= $share && Clock::now() - $started >= $budget) {
+                return [\count($names), $removed, $gone, true];
             }
             $removal = FileLock::removeIfIdle("$dir/$name");
             $removed += $removal === FileLock::REMOVED ? 1 : 0;
             $gone += $removal === FileLock::STAYS ? 0 : 1;
         }
-        return [\count($names), $removed, $gone];
+        return [\count($names), $removed, $gone, false];
     }
 }

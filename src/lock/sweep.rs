@@ -11,8 +11,8 @@
 //! [`period`] files it created there, and after [`INTERVAL`] at its next release. A sweep
 //! removes idle lock files until at most `keep` of those it listed are left. It always removes
 //! as many as its process made since its last sweep (its share: fewer than [`period`]), then
-//! goes on for at most [`BUDGET`]; one that stops above the bound makes the process's next
-//! release sweep again. So no process makes files faster than its sweeps remove them, and once
+//! goes on for at most [`BUDGET`]; one that its budget stops above the bound makes the
+//! process's next release sweep again. So no process makes files faster than its sweeps remove them, and once
 //! a process has swept, the directory holds at most `keep` idle files, plus fewer than
 //! [`period`] made since by each process, plus one per lock held. Only a sweep cut short by
 //! its budget (a directory far above the bound: `keep` lowered, or a process stalled in its
@@ -50,7 +50,7 @@ pub fn period(keep: usize) -> usize {
 }
 
 /// A directory this process locks in: when it last swept it, what it made since, and whether
-/// its last sweep was cut short above the bound.
+/// its budget cut its last sweep short above the bound.
 struct Seen {
     dir: PathBuf,
     swept: Instant,
@@ -96,8 +96,10 @@ pub fn after_release(dir: &Path, keep: usize) {
     };
     let swept = sweep(dir, keep, share);
     if let Some(seen) = seen_mut(&mut SEEN.lock(), dir) {
-        // Cut short with files still above the bound: the next release sweeps again.
-        seen.unfinished = swept.found - swept.gone > keep;
+        // Cut short above the bound while removing: the next release sweeps again. Not a sweep
+        // that found the files it tried held (a process holding many locks at once, which it
+        // then releases one by one): sweeping again at each release would retry them all.
+        seen.unfinished = swept.cut_short && swept.removed > 0;
     }
 }
 
@@ -110,6 +112,8 @@ pub struct Swept {
     pub removed: usize,
     /// Of those, gone by its end: removed by it, or by another sweep under way.
     pub gone: usize,
+    /// Stopped by its budget before it had tried every file listed.
+    pub cut_short: bool,
 }
 
 /// Removes idle lock files of `dir`, in the order the directory lists them, until at most
@@ -141,7 +145,11 @@ fn sweep_within(dir: &Path, keep: usize, share: usize, budget: Duration) -> Swep
     let mut swept = Swept { found: paths.len(), ..Swept::default() };
     let excess = paths.len().saturating_sub(keep);
     for path in paths {
-        if swept.gone == excess || (swept.removed >= share && started.elapsed() >= budget) {
+        if swept.gone == excess {
+            break;
+        }
+        if swept.removed >= share && started.elapsed() >= budget {
+            swept.cut_short = true;
             break;
         }
         match super::file::remove_if_idle(&path) {
@@ -188,7 +196,7 @@ mod tests {
             std::fs::File::create(name).unwrap();
         }
         let swept = sweep_within(&dir, 0, 2, Duration::ZERO);
-        assert_eq!((swept.found, swept.removed, swept.gone), (6, 2, 2), "out of budget at once, yet its share went");
+        assert_eq!((swept.found, swept.removed, swept.gone, swept.cut_short), (6, 2, 2, true), "out of budget at once, yet its share went");
         assert_eq!(count(&dir).unwrap(), 4);
         let removed = names.iter().find(|name| !name.exists()).unwrap();
         assert_eq!(super::super::file::remove_if_idle(removed), Removal::Gone, "listed, then removed by another sweep");

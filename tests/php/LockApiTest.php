@@ -262,7 +262,7 @@ final class LockApiTest extends JoinBlockTestCase
             echo JoinBlock\Polyfill\FileLock::removeIfIdle("$dir/join-lock-" . sha1("member$gone@example.org")), " ";
             echo json_encode($sweep::sweep($dir, 1, 0));';
         $out = self::runPhpOk([PHP_BINARY, ...self::phpArgs('polyfill'), '-r', $code]);
-        $this->assertSame('[6,2,2] gone [4,3,3]', $out, '[found, removed, gone]: out of budget, its share of 2 went; then down to the 1 kept');
+        $this->assertSame('[6,2,2,true] gone [4,3,3,false]', $out, '[found, removed, gone, cut short]: out of budget, its share of 2 went; then down to the 1 kept');
     }
 
     /**
