@@ -20,15 +20,45 @@ use std::{
 /// process may see it.
 pub fn of(file: &File) -> Option<String> {
     let meta = file.metadata().ok()?;
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    let listed = |(major, minor)| flock_holder(&locks, major, minor, meta.ino());
     // btrfs gives each subvolume's files a device of their own, while /proc/locks names the
     // file system's, which is the mount's (as on any file system where the two differ).
-    let pid = listed((libc::major(meta.dev()), libc::minor(meta.dev()))).or_else(|| {
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-        listed(mount_device(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, &path)?)
+    let mut devices = vec![(libc::major(meta.dev()), libc::minor(meta.dev()))];
+    if let Some(mount) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .and_then(|path| mount_device(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, &path))
+    {
+        devices.push(mount);
+    }
+    // A listing can miss a line (`read_proc_locks`): look three times before saying nothing.
+    let pid = (0..3).find_map(|_| {
+        let locks = read_proc_locks()?;
+        devices.iter().find_map(|&(major, minor)| flock_holder(&locks, major, minor, meta.ino()))
     })?;
     Some(format!("pid {pid} ({})", process_name(pid)))
+}
+
+/// `/proc/locks`, read with as few `read` calls as it takes. The kernel lists it afresh for
+/// each call, resuming by line number, so a lock taken or dropped between two calls shifts the
+/// lines after it and one can be missed (seen in a test, while another thread of the process
+/// locked and forked all the time). One call returns up to a page of lines listed at once;
+/// `read_to_string` would first read 32 bytes, then the rest in a second call.
+fn read_proc_locks() -> Option<String> {
+    use std::io::Read;
+    let mut file = File::open("/proc/locks").ok()?;
+    let mut text = Vec::with_capacity(64 * 1024);
+    loop {
+        let filled = text.len();
+        text.resize(filled + 64 * 1024, 0);
+        match file.read(&mut text[filled..]) {
+            Ok(0) => {
+                text.truncate(filled);
+                return String::from_utf8(text).ok();
+            }
+            Ok(read) => text.truncate(filled + read),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => text.truncate(filled),
+            Err(_) => return None,
+        }
+    }
 }
 
 /// The pid holding a `FLOCK` on (major:minor, inode) in a `/proc/locks` listing; lines with
