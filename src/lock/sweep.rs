@@ -11,12 +11,13 @@
 //! [`period`] files it created there, and after [`INTERVAL`] at its next release. A sweep
 //! removes idle lock files until at most `keep` of those it listed are left. It always removes
 //! as many as its process made since its last sweep (its share: fewer than [`period`]), then
-//! goes on for at most [`BUDGET`]; one that its budget stops above the bound makes the
-//! process's next release sweep again. So no process makes files faster than its sweeps remove them, and once
-//! a process has swept, the directory holds at most `keep` idle files, plus fewer than
-//! [`period`] made since by each process, plus one per lock held. Only a sweep cut short by
-//! its budget (a directory far above the bound: `keep` lowered, or a process stalled in its
-//! sweep while others made files) leaves more, and the next releases' sweeps bring it down.
+//! goes on for at most [`BUDGET`]; one that its budget stops while it is still removing makes
+//! the process's next release sweep again. So no process makes files faster than its sweeps
+//! remove them, and once a process has swept, the directory holds at most `keep` idle files,
+//! plus fewer than [`period`] made since by each process, plus one per lock held. Only a sweep
+//! cut short by its budget (a directory far above the bound: `keep` lowered, or a process
+//! stalled in its sweep while others made files) leaves more, and the next releases' sweeps
+//! bring it down.
 //!
 //! A file is removed only by the party that holds its lock, and only while its name still
 //! names it: the protocol's own rule (`file.rs`), so a sweep never breaks a lock. An acquirer
