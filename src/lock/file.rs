@@ -47,7 +47,7 @@ use std::{
     },
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use fs2::FileExt;
@@ -274,9 +274,10 @@ const KEEP_YOUNG_AFTER: Duration = Duration::from_secs(3600);
 /// lock file's times never change otherwise; deleted while held, its member could be locked
 /// twice. One `futimens` per file and hour, on the locked descriptor (`meta` is its fstat).
 fn keep_young(file: &File, meta: &Metadata) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
-    if now.saturating_sub(u64::try_from(meta.mtime()).unwrap_or(0)) > KEEP_YOUNG_AFTER.as_secs() {
-        let _ = file.set_modified(SystemTime::now());
+    let now = SystemTime::now();
+    // A time ahead of now (a clock stepped back) is young: left as it is.
+    if meta.modified().is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > KEEP_YOUNG_AFTER)) {
+        let _ = file.set_modified(now);
     }
 }
 

@@ -40,25 +40,13 @@ pub fn of(file: &File) -> Option<String> {
 /// `/proc/locks`, read with as few `read` calls as it takes. The kernel lists it afresh for
 /// each call, resuming by line number, so a lock taken or dropped between two calls shifts the
 /// lines after it and one can be missed (seen in a test, while another thread of the process
-/// locked and forked all the time). One call returns up to a page of lines listed at once;
-/// `read_to_string` would first read 32 bytes, then the rest in a second call.
+/// locked and forked all the time). One call returns up to a page of lines listed at once.
+/// Room is made first: into an empty string, `read_to_string` would read 32 bytes first.
 fn read_proc_locks() -> Option<String> {
     use std::io::Read;
-    let mut file = File::open("/proc/locks").ok()?;
-    let mut text = Vec::with_capacity(64 * 1024);
-    loop {
-        let filled = text.len();
-        text.resize(filled + 64 * 1024, 0);
-        match file.read(&mut text[filled..]) {
-            Ok(0) => {
-                text.truncate(filled);
-                return String::from_utf8(text).ok();
-            }
-            Ok(read) => text.truncate(filled + read),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => text.truncate(filled),
-            Err(_) => return None,
-        }
-    }
+    let mut text = String::with_capacity(64 * 1024);
+    File::open("/proc/locks").ok()?.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// The pid holding a `FLOCK` on (major:minor, inode) in a `/proc/locks` listing; lines with
