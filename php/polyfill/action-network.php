@@ -246,6 +246,8 @@ final class Session
     private const MAX_REDIRECTS = 4;
     /** Pacing never spaces requests further apart than an hour, whatever max_rps says. */
     private const MAX_INTERVAL = 3600.0;
+    /** As http.rs LATE_WAKE_TOLERANCE: how late past its slot (seconds) a woken process may still send on it. */
+    private const LATE_WAKE_TOLERANCE = 0.02;
     /**
      * Requests are spaced this much wider than 1 / max_rps: a strict server counts every
      * request in any 1-second span, and a process that wakes late brings its request closer
@@ -345,7 +347,7 @@ final class Session
     private function remaining(string $what): float
     {
         $left = $this->deadline - Clock::now();
-        return $left > 0 ? $left : throw Failure::deadline($what);
+        return $left > 0 ? $left : throw $this->deadlinePassed($what);
     }
 
     /** Waits for the host's next request slot (the shared store's), else this process's; never past the deadline. */
@@ -355,23 +357,32 @@ final class Session
             $latest = microtime(true) + ($this->deadline - Clock::now());
             $slot = $this->shared->reserve($this->minInterval, $latest);
             if ($slot === null) {
-                throw Failure::deadline("$what (waiting for a request slot under max_rps)");
+                throw $this->deadlinePassed("$what (waiting for a request slot under max_rps)");
             }
             if ($slot === false) {
                 break;
             }
             Clock::sleep($slot[1] - microtime(true));
-            if ($slot[0]) {
+            // Woken late (a busy machine), the slot is spent: sending now would come closer
+            // than one interval to the next host's slot. A new one is asked for.
+            if ($slot[0] && microtime(true) - $slot[1] <= min($this->minInterval / 10, self::LATE_WAKE_TOLERANCE)) {
                 return;
             }
         }
         $now = Clock::now();
         $slot = self::$lastRequest === null ? $now : max(self::$lastRequest + $this->minInterval, $now);
         if ($slot >= $this->deadline) {
-            throw Failure::deadline("$what (waiting for a request slot under max_rps)");
+            throw $this->deadlinePassed("$what (waiting for a request slot under max_rps)");
         }
         self::$lastRequest = $slot;
         Clock::sleep($slot - Clock::now());
+    }
+
+    /** The deadline's failure, naming the site-wide store's failure when this call fell back to the host's files. */
+    private function deadlinePassed(string $what): Failure
+    {
+        $failure = $this->shared?->siteFailure();
+        return Failure::deadline($failure === null ? $what : "$what; $failure");
     }
 
     /** @return array{int, array<string, string>, string} status, headers (lower-case names), body */
@@ -853,7 +864,7 @@ final class TagCheck
             throw new ActionNetworkException("PHP's mbstring extension is not loaded: the tag check needs it to compare tag names without regard to case");
         }
         $group = "{$settings->baseUrl} " . sha1($apiKey);
-        $shared = SiteState::forGroup($group);
+        $shared = SiteState::forGroup($group, Clock::now() + $settings->deadline);
         $session = new Session($settings->baseUrl, $apiKey, $settings->timeout, $settings->deadline, $settings->maxRps, $shared);
         $knowledge = Knowledge::load($group, $settings->tagCacheTtl, $shared);
         try {

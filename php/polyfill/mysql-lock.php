@@ -123,8 +123,15 @@ final class MysqlConnection
      */
     private const CONNECTION_ENDED = [1053, 1152, 1927, 4031];
 
-    /** What a reply that never came is reported as: "Lost connection to server". */
-    private const NO_ANSWER = 2013;
+    /**
+     * Our code for a reply that did not come within its limit (mysqlnd's own end at 2070): the
+     * connection is spent, and the statement is not asked again, which would double the wait.
+     */
+    public const LATE_REPLY = 2999;
+
+    /** As src/lock/mysql.rs SESSION_SETTINGS: the tables' charset, our sql_mode, row-lock waits cut at 1 s. */
+    private const SESSION_SETTINGS = "SET NAMES utf8mb4 COLLATE utf8mb4_bin, SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
+        . 'SESSION innodb_lock_wait_timeout = 1';
 
     private static ?\mysqli $db = null;
     private static ?MysqlTarget $target = null;
@@ -168,7 +175,8 @@ final class MysqlConnection
                 if ($ended) {
                     self::$db = null;
                 }
-                if (!($ended && $reused)) {
+                // A reply that did not come in time is not asked for again: that would double the wait.
+                if (!($ended && $reused) || $e->getCode() === MysqlConnection::LATE_REPLY) {
                     throw new LockException("cannot use MySQL server {$target->describe()}: " . self::describe($e));
                 }
                 // Stale: dropped while idle. Once more, on a new connection.
@@ -243,12 +251,30 @@ final class MysqlConnection
             throw new \mysqli_sql_exception(sprintf(
                 'the server did not answer within %.3f s (the lock wait asked for, plus joinblock.mysql_connect_timeout)',
                 $limit
-            ), self::NO_ANSWER);
+            ), self::LATE_REPLY);
         }
         return $db->reap_async_query()->fetch_row();
     }
 
     private static function open(MysqlTarget $target, float $bound): \mysqli
+    {
+        [$db] = self::openChecked($target, $bound);
+        self::$target = $target;
+        self::$pid = getmypid();
+        self::$generation++;
+        self::$locks = 0;
+        return $db;
+    }
+
+    /**
+     * A new connection to $target within $bound, checked (no Galera node, no read-only
+     * server) and set to utf8mb4 with a known sql_mode before anything is stored or read, as
+     * the extension's (src/lock/mysql.rs SESSION_SETTINGS). Also the site-wide shared state's.
+     *
+     * @return array{\mysqli, bool} the connection, and whether the server is MariaDB
+     * @throws LockException
+     */
+    public static function openChecked(MysqlTarget $target, float $bound): array
     {
         $server = $target->describe();
         if (!class_exists(\mysqli::class)) {
@@ -258,17 +284,21 @@ final class MysqlConnection
         $seconds = (int) ceil($bound);
         $started = Clock::now();
         try {
-            [$db, $wsrepOn, $readOnly] = self::quietly(static function () use ($target, $seconds): array {
+            [$db, $wsrepOn, $readOnly, $mariadb] = self::quietly(static function () use ($target, $seconds): array {
                 $db = self::connect($target, $seconds);
                 try {
-                    return [$db, ...$db->query('SELECT @@global.wsrep_on, @@global.read_only')->fetch_row()];
+                    [$wsrepOn, $readOnly] = $db->query('SELECT @@global.wsrep_on, @@global.read_only')->fetch_row();
+                    $mariadb = true;
                 } catch (\mysqli_sql_exception $e) {
                     if (self::endsConnection($e)) {
                         throw $e;
                     }
                     // MySQL has no wsrep_on.
-                    return [$db, null, $db->query('SELECT @@global.read_only')->fetch_row()[0]];
+                    [$wsrepOn, $readOnly, $mariadb] = [null, $db->query('SELECT @@global.read_only')->fetch_row()[0], false];
                 }
+                $db->set_charset('utf8mb4');
+                $db->query(self::SESSION_SETTINGS);
+                return [$db, $wsrepOn, $readOnly, $mariadb];
             });
         } catch (\mysqli_sql_exception $e) {
             // mysqlnd reports a read that timed out as "gone away": the clock tells them apart.
@@ -286,11 +316,7 @@ final class MysqlConnection
             throw new LockException("refusing to lock on MySQL server $server: it is read-only, so a replica;"
                 . ' locks must be taken on the primary that every host shares');
         }
-        self::$target = $target;
-        self::$pid = getmypid();
-        self::$generation++;
-        self::$locks = 0;
-        return $db;
+        return [$db, $mariadb];
     }
 
     /**
@@ -326,7 +352,7 @@ final class MysqlConnection
      * Runs $call with mysqli throwing its errors, whatever report mode the site chose, and
      * without the warnings mysqlnd adds on a dead connection: the exception says it all.
      */
-    private static function quietly(callable $call): mixed
+    public static function quietly(callable $call): mixed
     {
         $driver = new \mysqli_driver();
         $mode = $driver->report_mode;
@@ -340,7 +366,7 @@ final class MysqlConnection
         }
     }
 
-    private static function endsConnection(\mysqli_sql_exception $e): bool
+    public static function endsConnection(\mysqli_sql_exception $e): bool
     {
         return self::isClientError($e) || \in_array($e->getCode(), self::CONNECTION_ENDED, true);
     }
@@ -352,7 +378,7 @@ final class MysqlConnection
     }
 
     /** The server's words ("ERROR 1045 (28000): Access denied …"), or the OS's. */
-    private static function describe(\mysqli_sql_exception $e): string
+    public static function describe(\mysqli_sql_exception $e): string
     {
         if (self::isClientError($e)) {
             return Os::describe($e->getMessage());

@@ -14,8 +14,13 @@
  * is clamped to that: last_slot to now + one interval, blocked_until to now + the longest
  * Retry-After honoured (rewritten so), whatever a clock step of the server's left behind. A request's slot costs one
  * UPDATE, whose wait comes back through LAST_INSERT_ID(expr); no lock is held over a request.
- * Any failure makes the rest of the call use the host's files (SharedStore), with a warning
- * for joinblock_status(). No API key (only its hash) and no email reaches the server.
+ * Any failure makes the rest of the call use the host's files (SharedStore), counted with its
+ * reason for joinblock_status() and named in the call's exception. Every wait on the server
+ * ends by the call's deadline, and the server is told the same limit per statement; the
+ * statements run on a connection of their own, apart from the locks'. Every row is untrusted
+ * input, checked as the extension checks it (usableTag(), SANE_*); a bad one is ignored,
+ * counted and replaced. Texts travel as hexadecimal literals over a utf8mb4 connection. No
+ * API key (only its hash) and no email reaches the server.
  */
 
 declare(strict_types=1);
@@ -29,54 +34,42 @@ final class SiteState
     private const MAX_ENTRIES = 4096;
     private const MAX_ENTRY_BYTES = 1024;
     private const MAX_BLOCK_SECONDS = 3600;
+    /** As site_state.rs: how far ahead a row may say it was learned, and the longest an entry lives. */
+    private const FUTURE_TOLERANCE = 60;
+    private const MAX_LIFETIME = 30 * 24 * 3600;
     private const ROWS_PER_INSERT = 64;
     private const NO_SUCH_TABLE = 1146;
-
-    private const CREATE_PACE = 'CREATE TABLE IF NOT EXISTS joinblock_an_pace ('
-        . 'grp CHAR(40) CHARACTER SET ascii NOT NULL PRIMARY KEY, '
-        . 'last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL'
-        . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin';
-    private const CREATE_TAGS = 'CREATE TABLE IF NOT EXISTS joinblock_an_tags ('
-        . 'grp CHAR(40) CHARACTER SET ascii NOT NULL, href_sha1 CHAR(40) CHARACTER SET ascii NOT NULL, '
-        . 'href VARCHAR(1024) NOT NULL, name VARCHAR(1024) NOT NULL, '
-        . 'learned DATETIME(6) NOT NULL, expires DATETIME(6) NOT NULL, '
-        . 'PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)'
-        . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin';
-    private const ADD_GROUP = "INSERT IGNORE INTO joinblock_an_pace (grp, last_slot, blocked_until) VALUES (?, '1970-01-02', '1970-01-02')";
-    /** As in site_state.rs; parameters: the interval (µs), twice. */
-    private const NEXT_SLOT = 'GREATEST(UTC_TIMESTAMP(6), LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) + INTERVAL ? MICROSECOND, '
-        . 'LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND))';
-    private const TAKE_SLOT = 'UPDATE joinblock_an_pace SET last_slot = IF(LAST_INSERT_ID(1 + TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), '
-        . self::NEXT_SLOT . ')) <= ?, ' . self::NEXT_SLOT . ', LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)), '
-        . 'blocked_until = LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND) WHERE grp = ?';
-    private const PUSH_BACK = 'UPDATE joinblock_an_pace SET blocked_until = GREATEST('
-        . 'LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) WHERE grp = ?';
-    private const READ_TAGS = 'SELECT href, name, TIMESTAMPDIFF(MICROSECOND, learned, UTC_TIMESTAMP(6)), '
-        . 'TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires) FROM joinblock_an_tags '
-        . 'WHERE grp = ? AND expires > UTC_TIMESTAMP(6) ORDER BY learned DESC LIMIT 4096';
-    private const UPSERT_ROW = '(?, ?, ?, ?, UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)';
-    private const DROP_EXPIRED = 'DELETE FROM joinblock_an_tags WHERE grp = ? AND expires <= UTC_TIMESTAMP(6)';
-    private const COUNT_TAGS = 'SELECT COUNT(*) FROM joinblock_an_tags WHERE grp = ?';
-    private const DROP_OLDEST = 'DELETE FROM joinblock_an_tags WHERE grp = ? ORDER BY learned, href_sha1 LIMIT ?';
+    private const NOW = 'UTC_TIMESTAMP(6)';
+    private const NO_TIME_LEFT = "the call's deadline left no time to wait for the server";
 
     /** @var list<string> problems met, for joinblock_status() */
     public static array $warnings = [];
+    /** Calls that fell back to the host's files; rows found unusable, and the last one's fault. */
+    public static int $fallbacks = 0;
+    public static int $badRows = 0;
+    public static ?string $lastBadRow = null;
+
+    /** This process's connection for the shared state (apart from the locks'), its server, and whether that is MariaDB. */
+    private static ?\mysqli $db = null;
+    private static ?MysqlTarget $dbTarget = null;
+    private static int $dbPid = 0;
+    private static bool $mariadb = true;
 
     private string $hash;
-    /** Set at the first failure of the server: the rest of the call uses the files. */
-    private bool $siteFailed = false;
+    /** Why the server stopped serving this call, once it did: the rest of the call uses the files. */
+    private ?string $siteFailure = null;
 
-    private function __construct(private ?SharedStore $files, private ?array $site, string $group)
+    private function __construct(private ?SharedStore $files, private ?array $site, string $group, private float $giveUp)
     {
         $this->hash = sha1($group);
     }
 
-    /** The store of a call (the site's server, the host's files, or both), null when off. */
-    public static function forGroup(string $group): ?self
+    /** The store of a call (the site's server, the host's files, or both), null when off; $giveUp: the call's deadline (Clock). */
+    public static function forGroup(string $group, float $giveUp): ?self
     {
         $files = SharedStore::forGroup($group);
         $site = $files === null ? null : self::server();
-        return $files === null ? null : new self($files, $site, $group);
+        return $files === null ? null : new self($files, $site, $group, $giveUp);
     }
 
     /**
@@ -94,6 +87,12 @@ final class SiteState
         return $backend === 'auto' ? Locking::mysqlInEffect() : null;
     }
 
+    /** The tables' names: [pace, tags]. */
+    private static function tables(): array
+    {
+        return ['joinblock_an_pace', 'joinblock_an_tags'];
+    }
+
     /** What joinblock_status() says of the shared state: [where, problem or null]. */
     public static function status(): array
     {
@@ -108,38 +107,141 @@ final class SiteState
             return [$files, null];
         }
         [$target, $bound] = $site;
+        [$pace, $tags] = self::tables();
         try {
-            $entries = self::run($target, $bound, static fn (\mysqli $db) => (int) $db->query('SELECT COUNT(*) FROM joinblock_an_tags')->fetch_row()[0]);
-            return ["site-wide on MySQL server {$target->describe()} ($entries tag map entries)", null];
+            [$badPace, $estimate] = self::run($target, $bound, Clock::now() + $bound, static function (\mysqli $db, float $giveUp) use ($pace, $tags): array {
+                // Could this process take a slot and publish? The same statements, on no row: privileges and read_only are checked all the same.
+                self::query($db, "UPDATE $pace SET last_slot = last_slot WHERE FALSE", $giveUp);
+                self::query($db, "INSERT INTO $tags SELECT * FROM $tags WHERE FALSE", $giveUp);
+                self::query($db, "DELETE FROM $tags WHERE FALSE", $giveUp);
+                $row = self::query($db, 'SELECT COUNT(*), (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() '
+                    . "AND TABLE_NAME = '$tags') FROM $pace WHERE " . self::saneTime('last_slot', 3_600_000_000) . ' IS NULL OR '
+                    . self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000) . ' IS NULL', $giveUp)->fetch_row();
+                return [(int) $row[0], (int) $row[1]];
+            });
         } catch (LockException $e) {
             return [null, "the site-wide shared state cannot be used ({$e->getMessage()}); each host uses $files instead"];
         }
+        $state = "site-wide on MySQL server {$target->describe()} (about $estimate tag map entries)";
+        $faults = [];
+        if ($badPace > 0) {
+            $faults[] = "$badPace row(s) of $pace hold times no writer could have left (zero dates, or past what a slot or Retry-After allows); "
+                . "each is rewritten at its group's next request";
+        }
+        if (self::$badRows > 0) {
+            $faults[] = sprintf('this process ignored %d unusable row(s) of the site-wide tables (last: %s)', self::$badRows, self::$lastBadRow);
+        }
+        if (self::$fallbacks > 0) {
+            $faults[] = sprintf("this process fell back to the host's files %d time(s) (last: %s)", self::$fallbacks, end(self::$warnings));
+        }
+        return $faults === [] ? [$state, null] : [null, "$state, but " . implode('; ', $faults)];
     }
 
-    /** Runs $work on the lock connection, making the tables when they are missing. */
-    private static function run(MysqlTarget $target, float $bound, callable $work): mixed
+    /**
+     * Runs $work(connection, giveUp) on this process's state connection, making the tables when
+     * they are missing; every wait ends by $giveUp (Clock) and within $bound. A connection
+     * found dead when reused is replaced once; a reply that came late is not asked for again.
+     *
+     * @throws LockException
+     */
+    private static function run(MysqlTarget $target, float $bound, float $giveUp, callable $work): mixed
     {
-        return MysqlConnection::with($target, $bound, static function (\mysqli $db) use ($work): mixed {
-            try {
-                return $work($db);
-            } catch (\mysqli_sql_exception $e) {
-                if ($e->getCode() !== self::NO_SUCH_TABLE) {
-                    throw $e;
+        if (self::$db !== null && (self::$dbPid !== getmypid() || self::$dbTarget != $target)) {
+            // Another server, or a copy inherited across fork: closing it would end the parent's session.
+            self::$db = null;
+        }
+        $reused = self::$db !== null;
+        while (true) {
+            if (self::$db === null) {
+                $left = min($bound, $giveUp - Clock::now());
+                if ($left <= 0) {
+                    throw new LockException("cannot connect to MySQL server {$target->describe()}: " . self::NO_TIME_LEFT);
                 }
-                $db->query(self::CREATE_PACE);
-                $db->query(self::CREATE_TAGS);
-                return $work($db);
+                [self::$db, self::$mariadb] = MysqlConnection::openChecked($target, $left);
+                [self::$dbTarget, self::$dbPid] = [$target, getmypid()];
             }
-        });
+            $db = self::$db;
+            try {
+                return MysqlConnection::quietly(static function () use ($db, $work, $giveUp, $bound): mixed {
+                    $until = min($giveUp, Clock::now() + $bound);
+                    try {
+                        return $work($db, $until);
+                    } catch (\mysqli_sql_exception $e) {
+                        if ($e->getCode() !== self::NO_SUCH_TABLE) {
+                            throw $e;
+                        }
+                        foreach (self::create() as $create) {
+                            self::query($db, $create, $until);
+                        }
+                        return $work($db, $until);
+                    }
+                });
+            } catch (\mysqli_sql_exception $e) {
+                $ended = MysqlConnection::endsConnection($e) || $e->getCode() === MysqlConnection::LATE_REPLY;
+                if ($ended) {
+                    self::$db = null;
+                }
+                if (!$ended || !$reused || $e->getCode() === MysqlConnection::LATE_REPLY) {
+                    throw new LockException("cannot use MySQL server {$target->describe()}: " . MysqlConnection::describe($e));
+                }
+                // Stale: dropped while idle. Once more, on a new connection.
+                $reused = false;
+            }
+        }
     }
 
-    private static function execute(\mysqli $db, string $sql, array $params): \mysqli_stmt
+    /** @return list<string> */
+    private static function create(): array
     {
-        $statement = $db->prepare($sql);
-        // Typed, as LIMIT takes no string.
-        $statement->bind_param(implode('', array_map(static fn ($p) => \is_int($p) ? 'i' : 's', $params)), ...$params);
-        $statement->execute();
-        return $statement;
+        [$pace, $tags] = self::tables();
+        return [
+            "CREATE TABLE IF NOT EXISTS $pace (grp CHAR(40) CHARACTER SET ascii NOT NULL PRIMARY KEY, "
+            . 'last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL'
+            . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin',
+            "CREATE TABLE IF NOT EXISTS $tags (grp CHAR(40) CHARACTER SET ascii NOT NULL, "
+            . 'href_sha1 CHAR(40) CHARACTER SET ascii NOT NULL, href VARCHAR(1024) NOT NULL, name VARCHAR(1024) NOT NULL, '
+            . 'learned DATETIME(6) NOT NULL, expires DATETIME(6) NOT NULL, '
+            . 'PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)'
+            . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin',
+        ];
+    }
+
+    /**
+     * $sql, with the server told to end it by $giveUp too (MariaDB's max_statement_time; MySQL's
+     * MAX_EXECUTION_TIME hint, SELECT only), and its reply waited for until then at most.
+     *
+     * @throws \mysqli_sql_exception code MysqlConnection::LATE_REPLY when no reply came in time
+     */
+    private static function query(\mysqli $db, string $sql, float $giveUp): \mysqli_result|bool
+    {
+        $left = $giveUp - Clock::now();
+        if ($left <= 0) {
+            throw new \mysqli_sql_exception(self::NO_TIME_LEFT, MysqlConnection::LATE_REPLY);
+        }
+        $seconds = max($left, 0.001);
+        if (self::$mariadb) {
+            $sql = sprintf('SET STATEMENT max_statement_time = %.3F FOR %s', $seconds, $sql);
+        } elseif (str_starts_with($sql, 'SELECT ')) {
+            $sql = sprintf('SELECT /*+ MAX_EXECUTION_TIME(%d) */ %s', (int) ceil($seconds * 1000), substr($sql, 7));
+        }
+        $db->query($sql, MYSQLI_ASYNC);
+        [$ready, $errors, $rejected] = [[$db], [$db], [$db]];
+        if (!mysqli_poll($ready, $errors, $rejected, (int) $left, (int) (fmod($left, 1.0) * 1e6))) {
+            throw new \mysqli_sql_exception(sprintf("the server did not answer within %.3f s (the call's deadline, or joinblock.mysql_connect_timeout)", $left), MysqlConnection::LATE_REPLY);
+        }
+        return $db->reap_async_query();
+    }
+
+    /** A text exactly as its bytes, whatever the quoting rules or the server's charset. */
+    private static function text(string $text): string
+    {
+        return "CONVERT(X'" . bin2hex($text) . "' USING utf8mb4)";
+    }
+
+    /** A pace row's time as a writer could have left it, else NULL (as site_state.rs sane_time). */
+    private static function saneTime(string $column, int $aheadMicros): string
+    {
+        return "IF($column BETWEEN '1970-01-02' AND " . self::NOW . " + INTERVAL $aheadMicros MICROSECOND, $column, NULL)";
     }
 
     private static function micros(float $seconds): int
@@ -147,46 +249,71 @@ final class SiteState
         return (int) (min(max($seconds, 0.0), 1e12) * 1e6);
     }
 
-    /** The result of $work on the server, or null when the files are to answer. */
+    private static function badRow(string $table, string $fault): void
+    {
+        self::$badRows++;
+        self::$lastBadRow = "a row of $table $fault";
+    }
+
+    /** Why this call stopped using the site-wide store, if it did: for its exception. */
+    public function siteFailure(): ?string
+    {
+        return $this->siteFailure;
+    }
+
+    /** The result of $work(connection, giveUp) on the server, or null when the files are to answer. */
     private function onSite(callable $work): mixed
     {
-        if ($this->site === null || $this->siteFailed) {
+        if ($this->site === null || $this->siteFailure !== null) {
             return null;
         }
         [$target, $bound] = $this->site;
         try {
-            return [self::run($target, $bound, $work)];
+            return [self::run($target, $bound, $this->giveUp, $work)];
         } catch (LockException $e) {
-            $this->siteFailed = true;
             $text = "site-wide shared state: {$e->getMessage()}; the host's files were used instead";
-            if (!\in_array($text, self::$warnings, true)) {
-                self::$warnings = \array_slice([...self::$warnings, $text], -8);
-            }
+            self::$fallbacks++;
+            self::$warnings = array_slice([...array_values(array_diff(self::$warnings, [$text])), $text], -8);
+            $this->siteFailure = $text;
             return null;
         }
     }
 
-    /** As SharedStore::reserve(): the slot in this host's Unix seconds. */
+    /** As SharedStore::reserve(): the slot in this host's Unix seconds (one UPDATE, as site_state.rs reserve). */
     public function reserve(float $interval, float $latest): array|false|null
     {
         $step = self::micros($interval);
-        $taken = $this->onSite(function (\mysqli $db) use ($step, $interval, $latest): ?array {
+        [$pace] = self::tables();
+        $taken = $this->onSite(function (\mysqli $db, float $giveUp) use ($step, $interval, $latest, $pace): ?array {
             $maxWait = self::micros($latest - microtime(true));
-            // Taken when 1 + wait <= this: wait within one interval and before the deadline.
-            $takeLimit = min($step + 1, $maxWait);
+            // Taken when wait <= this: within one interval and before the deadline.
+            $takeLimit = min($step, $maxWait - 1);
+            $now = self::NOW;
+            $last = self::saneTime('last_slot', $step + 1_000_000);
+            $blocked = self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000);
+            $bad = "($last IS NULL OR $blocked IS NULL)";
+            $last = "LEAST(COALESCE($last, '1970-01-02'), $now + INTERVAL $step MICROSECOND)";
+            $blocked = "LEAST(COALESCE($blocked, '1970-01-02'), $now + INTERVAL " . self::MAX_BLOCK_SECONDS . ' SECOND)';
+            $next = "GREATEST($now, $last + INTERVAL $step MICROSECOND, $blocked)";
+            $take = "UPDATE $pace SET last_slot = IF(LAST_INSERT_ID(2 * (1 + TIMESTAMPDIFF(MICROSECOND, $now, $next)) + $bad) <= "
+                . (2 * (1 + $takeLimit) + 1) . ", $next, $last), blocked_until = $blocked WHERE grp = '{$this->hash}'";
             $reported = 0;
             foreach ([true, false] as $first) {
-                $reported = (int) self::execute($db, self::TAKE_SLOT, [$step, $step, $takeLimit, $step, $step, $step, $this->hash])->insert_id;
+                self::query($db, $take, $giveUp);
+                $reported = (int) $db->insert_id;
                 if ($reported > 0 || !$first) {
                     break;
                 }
                 // The group's first request on this server.
-                self::execute($db, self::ADD_GROUP, [$this->hash]);
+                self::query($db, "INSERT IGNORE INTO $pace (grp, last_slot, blocked_until) VALUES ('{$this->hash}', '1970-01-02', '1970-01-02')", $giveUp);
             }
-            if ($reported === 0) {
+            if ($reported < 2) {
                 throw new \mysqli_sql_exception('the pace row of the group could not be made');
             }
-            $wait = $reported - 1;
+            if ($reported % 2 === 1) {
+                self::badRow($pace, 'held times no writer could have left (a zero date, or past what a slot or Retry-After allows); rewritten');
+            }
+            $wait = intdiv($reported, 2) - 1;
             $at = microtime(true) + $wait / 1e6;
             if ($wait >= $maxWait) {
                 return null;
@@ -204,31 +331,70 @@ final class SiteState
     public function pushBack(float $until): bool
     {
         $wait = self::micros(min($until - microtime(true), self::MAX_BLOCK_SECONDS));
-        if ($this->onSite(fn (\mysqli $db) => self::execute($db, self::PUSH_BACK, [$wait, $this->hash])) !== null) {
+        [$pace] = self::tables();
+        $push = function (\mysqli $db, float $giveUp) use ($wait, $pace): bool {
+            $blocked = self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000);
+            self::query($db, "UPDATE $pace SET blocked_until = GREATEST(LEAST(COALESCE($blocked, '1970-01-02'), " . self::NOW . ' + INTERVAL '
+                . self::MAX_BLOCK_SECONDS . ' SECOND), ' . self::NOW . " + INTERVAL $wait MICROSECOND) WHERE grp = '{$this->hash}'", $giveUp);
+            return true;
+        };
+        if ($this->onSite($push) !== null) {
             return true;
         }
         return $this->files?->pushBack($until) ?? false;
     }
 
-    /** As SharedStore::readTags(): times in this host's Unix seconds. */
+    /** As SharedStore::readTags(): times in this host's Unix seconds; rows that fail usableTag() are skipped and counted. */
     public function readTags(): array
     {
-        $rows = $this->onSite(fn (\mysqli $db) => self::execute($db, self::READ_TAGS, [$this->hash])->get_result()->fetch_all(MYSQLI_NUM));
+        [, $tags] = self::tables();
+        $rows = $this->onSite(fn (\mysqli $db, float $giveUp) => self::query($db, 'SELECT href_sha1, href, name, TIMESTAMPDIFF(MICROSECOND, learned, '
+            . self::NOW . "), TIMESTAMPDIFF(MICROSECOND, learned, expires) FROM $tags WHERE grp = '{$this->hash}' AND expires > " . self::NOW
+            . ' ORDER BY learned DESC LIMIT ' . self::MAX_ENTRIES, $giveUp)->fetch_all(MYSQLI_NUM));
         if ($rows === null) {
             return $this->files?->readTags() ?? [];
         }
         $now = microtime(true);
         $entries = [];
-        foreach ($rows[0] as [$href, $name, $ago, $left]) {
-            if (\strlen($href) + \strlen($name) <= self::MAX_ENTRY_BYTES) {
-                // An entry learned "in the future" (a clock step of the server's) is as new as now.
-                $entries[] = [$href, $name, $now - max((int) $ago, 0) / 1e6, $now + (int) $left / 1e6];
+        foreach ($rows[0] as $row) {
+            $fault = self::usableTag($row);
+            if ($fault !== null) {
+                self::badRow($tags, $fault);
+                continue;
             }
+            [, $href, $name, $ago, $life] = $row;
+            $learned = $now - max((int) $ago, 0) / 1e6;
+            $entries[] = [$href, $name, $learned, $learned + (int) $life / 1e6];
         }
         return $entries;
     }
 
-    /** As SharedStore::publish(). */
+    /** What is wrong with a tag row [href_sha1, href, name, age µs, lifetime µs], or null (as site_state.rs usable_tag). */
+    private static function usableTag(array $row): ?string
+    {
+        [$sha, $href, $name, $ago, $life] = $row + [null, null, null, null, null];
+        if (!\is_string($sha) || !\is_string($href) || !\is_string($name) || !mb_check_encoding($href, 'UTF-8') || !mb_check_encoding($name, 'UTF-8')) {
+            return 'has a NULL or a text that is not UTF-8';
+        }
+        if ($href === '' || $name === '' || \strlen($href) + \strlen($name) > self::MAX_ENTRY_BYTES) {
+            return 'has an empty href or name, or both longer than the map keeps';
+        }
+        if (sha1($href) !== $sha) {
+            return 'has an href that does not match its href_sha1 (edited by hand?)';
+        }
+        if ($ago === null || $life === null) {
+            return 'has a zero or NULL date';
+        }
+        if ((int) $ago < -self::FUTURE_TOLERANCE * 1_000_000) {
+            return "was learned in the future, by the server's clock";
+        }
+        if ((int) $life <= 0 || (int) $life > self::MAX_LIFETIME * 1_000_000) {
+            return 'lives longer than any entry may (or not at all)';
+        }
+        return null;
+    }
+
+    /** As SharedStore::publish(); also deletes the group's rows that fail the readers' test. */
     public function publish(array $learned): void
     {
         if ($learned === []) {
@@ -244,20 +410,26 @@ final class SiteState
             }
         }
         ksort($rows, SORT_STRING);
-        $published = $this->onSite(function (\mysqli $db) use ($rows, $now): bool {
+        [, $tags] = self::tables();
+        $published = $this->onSite(function (\mysqli $db, float $giveUp) use ($rows, $now, $tags): bool {
+            $nowSql = self::NOW;
             foreach (array_chunk($rows, self::ROWS_PER_INSERT, true) as $chunk) {
-                $params = [];
+                $values = [];
                 foreach ($chunk as $sha => [$href, $name, $learnedAt, $expires]) {
-                    array_push($params, $this->hash, (string) $sha, $href, $name, self::micros($now - $learnedAt), self::micros($expires - $now));
+                    [$ago, $left] = [self::micros($now - $learnedAt), self::micros(min($expires, $learnedAt + self::MAX_LIFETIME) - $now)];
+                    $values[] = "('{$this->hash}', '$sha', " . self::text($href) . ', ' . self::text($name)
+                        . ", $nowSql - INTERVAL $ago MICROSECOND, $nowSql + INTERVAL $left MICROSECOND)";
                 }
-                self::execute($db, 'INSERT INTO joinblock_an_tags (grp, href_sha1, href, name, learned, expires) VALUES '
-                    . implode(', ', array_fill(0, \count($chunk), self::UPSERT_ROW))
-                    . ' ON DUPLICATE KEY UPDATE href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)', $params);
+                self::query($db, "INSERT INTO $tags (grp, href_sha1, href, name, learned, expires) VALUES " . implode(', ', $values)
+                    . ' ON DUPLICATE KEY UPDATE href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)', $giveUp);
             }
-            self::execute($db, self::DROP_EXPIRED, [$this->hash]);
-            $count = (int) self::execute($db, self::COUNT_TAGS, [$this->hash])->get_result()->fetch_row()[0];
+            // The expired, and whatever another tool left that fails the readers' test.
+            self::query($db, "DELETE FROM $tags WHERE grp = '{$this->hash}' AND NOT COALESCE(expires > $nowSql AND learned BETWEEN '1970-01-02' AND $nowSql + INTERVAL "
+                . self::FUTURE_TOLERANCE . ' SECOND AND expires <= learned + INTERVAL ' . self::MAX_LIFETIME
+                . ' SECOND AND href_sha1 = CONVERT(SHA1(href) USING ascii), FALSE)', $giveUp);
+            $count = (int) self::query($db, "SELECT COUNT(*) FROM $tags WHERE grp = '{$this->hash}'", $giveUp)->fetch_row()[0];
             if ($count > self::MAX_ENTRIES) {
-                self::execute($db, self::DROP_OLDEST, [$this->hash, $count - self::MAX_ENTRIES]);
+                self::query($db, "DELETE FROM $tags WHERE grp = '{$this->hash}' ORDER BY learned, href_sha1 LIMIT " . ($count - self::MAX_ENTRIES), $giveUp);
             }
             return true;
         });

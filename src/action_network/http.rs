@@ -25,6 +25,9 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
 
 /// Same-origin redirects followed at most in one request.
 const MAX_REDIRECTS: usize = 4;
+/// How late past its slot (seconds) a woken process may still send on it; a tenth of the
+/// interval when that is less. Later, it asks for a new slot.
+const LATE_WAKE_TOLERANCE: f64 = 0.02;
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
@@ -194,7 +197,7 @@ impl Session<'_> {
     fn remaining(&self, what: &str) -> Result<Duration, Error> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            Err(Error::Deadline { what: what.into() })
+            Err(self.deadline_passed(what.into()))
         } else {
             Ok(left)
         }
@@ -210,11 +213,14 @@ impl Session<'_> {
                 let (until, taken) = match store.reserve(self.min_interval.as_secs_f64(), latest) {
                     Ok(Slot::Taken(slot)) => (slot, true),
                     Ok(Slot::Later(at)) => (at, false),
-                    Ok(Slot::Late) => return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") }),
+                    Ok(Slot::Late) => return Err(self.deadline_passed(format!("{what} (waiting for a request slot under max_rps)"))),
                     Err(()) => break,
                 };
                 thread::sleep(Duration::try_from_secs_f64(until - super::shared::unix_now()).unwrap_or(Duration::ZERO));
-                if taken {
+                // Woken late (a busy machine), the slot is spent: sending now would come closer
+                // than one interval to the next host's slot. A new one is asked for.
+                let late_by = super::shared::unix_now() - until;
+                if taken && late_by <= (self.min_interval.as_secs_f64() / 10.0).min(LATE_WAKE_TOLERANCE) {
                     return Ok(());
                 }
             }
@@ -224,13 +230,22 @@ impl Session<'_> {
             let now = Instant::now();
             let slot = last.map_or(now, |at| (at + self.min_interval).max(now));
             if slot >= self.deadline {
-                return Err(Error::Deadline { what: format!("{what} (waiting for a request slot under max_rps)") });
+                return Err(self.deadline_passed(format!("{what} (waiting for a request slot under max_rps)")));
             }
             *last = Some(slot);
             slot
         };
         thread::sleep(slot.saturating_duration_since(Instant::now()));
         Ok(())
+    }
+
+    /// The deadline's error, naming the site-wide store's failure when this call fell back
+    /// to the host's files (its pace then differs from the site's).
+    fn deadline_passed(&self, what: String) -> Error {
+        match self.shared.and_then(|store| store.site_failure()) {
+            Some(failure) => Error::Deadline { what: format!("{what}; {failure}") },
+            None => Error::Deadline { what },
+        }
     }
 
     fn transport_error(&self, what: &str, err: &reqwest::Error) -> Error {

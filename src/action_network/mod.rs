@@ -184,12 +184,13 @@ impl std::error::Error for Error {}
 pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings) -> Result<Option<bool>, Error> {
     let group = GroupKey::new(settings.base_url.as_str(), api_key);
     let files = settings.shared_dir.as_deref().map(|dir| shared::Store::new(dir, group.as_str()));
-    let store = site_state::SharedState::new(files, settings.site_db.clone(), group.as_str());
+    let deadline = far_future_if_none(Instant::now().checked_add(settings.deadline));
+    let store = site_state::SharedState::new(files, settings.site_db.clone(), group.as_str(), deadline);
     let session = Session {
         origin: settings.base_url.clone(),
         api_key,
         timeout: settings.timeout,
-        deadline: far_future_if_none(Instant::now().checked_add(settings.deadline)),
+        deadline,
         min_interval: Duration::try_from_secs_f64(PACING_HEADROOM / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
         shared: store.as_ref(),
     };

@@ -30,85 +30,158 @@
 //!   first request on a process may add the `INSERT IGNORE` of its row (and the tables).
 //! - No secret and nothing personal on the server: the key only inside a SHA-1, never an email.
 //! - Never needed for an answer: any failure (no privilege, read-only or Galera server, server
-//!   down, a deadlock) makes this call use the host's files instead, remembered as a warning
-//!   for `php --ri` and `joinblock_status()`. Every wait is bounded by the lock backend's
-//!   `joinblock.mysql_connect_timeout`, on the thread's lock connection.
+//!   down, a deadlock) makes this call use the host's files instead, counted and remembered
+//!   (the last reason) for `php --ri` and `joinblock_status()`, and named in the call's
+//!   exception when the call then fails.
+//! - No wait past the call: every wait on the server, connecting included, ends by the call's
+//!   deadline and within `joinblock.mysql_connect_timeout`, and the server is told the same
+//!   limit per statement (`StateSession::limited`), so nothing of ours runs on there. The
+//!   statements run on a connection of their own per thread (`with_state_connection`).
+//! - Every row is untrusted input: other tools restore, migrate and edit a site's tables, and
+//!   servers accept zero dates. A tag row is used only when its href hashes to its key, its
+//!   texts are UTF-8 within [`MAX_ENTRY_BYTES`], it was learned at most [`FUTURE_TOLERANCE`]
+//!   after the server's now and lives at most [`MAX_LIFETIME`] after that; a pace row's times
+//!   count only between 1970-01-02 and what a writer could have written (one interval ahead
+//!   for `last_slot`, [`MAX_BLOCK_SECONDS`] for `blocked_until`). Anything else is ignored,
+//!   counted (`bad_rows()`), and replaced: a pace row by the next slot taken, tag rows by the
+//!   group's next publish, which deletes the group's rows that fail the same test.
+//! - Texts travel as hexadecimal literals of their UTF-8 bytes over a utf8mb4 connection, so
+//!   neither the server's charset nor quoting can change them.
 
-use std::{cell::Cell, time::Duration};
+use std::{
+    cell::RefCell,
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
-use mysql::{prelude::Queryable, Conn, Value as Sql};
+use mysql::{prelude::Queryable, Row};
 use parking_lot::Mutex;
 
 use super::cache::{MAX_ENTRIES, MAX_ENTRY_BYTES};
 use super::shared::{unix_now, SharedEntry, Slot, Store};
-use crate::lock::mysql::{with_shared_connection, MysqlTarget};
+use crate::lock::mysql::{int_cell, text_cell, with_state_connection, MysqlTarget, StateSession};
 
 /// The longest `Retry-After` honoured (seconds), as in `http.rs`.
 pub const MAX_BLOCK_SECONDS: u32 = 3600;
+/// How far ahead of the server's now a row may say it was learned (clock steps between two
+/// statements of the same server are far smaller).
+pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(60);
+/// The longest a shared entry lives, whatever `tag_cache_ttl` the call that learned it had.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Rows sent per `INSERT` when publishing.
 const ROWS_PER_INSERT: usize = 64;
 /// MySQL's "table doesn't exist".
 const NO_SUCH_TABLE: u16 = 1146;
-
-const CREATE_PACE: &str = "CREATE TABLE IF NOT EXISTS joinblock_an_pace (\
-    grp CHAR(40) CHARACTER SET ascii NOT NULL PRIMARY KEY, \
-    last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL\
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
-const CREATE_TAGS: &str = "CREATE TABLE IF NOT EXISTS joinblock_an_tags (\
-    grp CHAR(40) CHARACTER SET ascii NOT NULL, href_sha1 CHAR(40) CHARACTER SET ascii NOT NULL, \
-    href VARCHAR(1024) NOT NULL, name VARCHAR(1024) NOT NULL, \
-    learned DATETIME(6) NOT NULL, expires DATETIME(6) NOT NULL, \
-    PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)\
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
-const ADD_GROUP: &str = "INSERT IGNORE INTO joinblock_an_pace (grp, last_slot, blocked_until) VALUES (?, '1970-01-02', '1970-01-02')";
-/// The next slot: `max(now, min(last, now + interval) + interval, min(blocked, now + 1 h))`;
-/// parameters: the interval (µs), twice.
-macro_rules! next_slot {
-    () => {
-        "GREATEST(UTC_TIMESTAMP(6), LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) + INTERVAL ? MICROSECOND, \
-         LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND))"
-    };
-}
-/// `LAST_INSERT_ID(1 + the slot's wait in µs)` reports the slot in the OK packet (0: no row);
-/// it is stored only when the caller takes it (third parameter: 1 + the longest wait taken,
-/// which is at most one interval and less than the caller's deadline). Times from a clock
-/// step of the server's are rewritten clamped in the same statement (the sixth parameter is
-/// the interval), or every caller would be told to come back later, again and again.
-const TAKE_SLOT: &str = concat!(
-    "UPDATE joinblock_an_pace SET last_slot = IF(LAST_INSERT_ID(1 + TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), ",
-    next_slot!(),
-    ")) <= ?, ",
-    next_slot!(),
-    ", LEAST(last_slot, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)), blocked_until = LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND) WHERE grp = ?"
-);
-const PUSH_BACK: &str = "UPDATE joinblock_an_pace SET blocked_until = GREATEST(\
-    LEAST(blocked_until, UTC_TIMESTAMP(6) + INTERVAL 3600 SECOND), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) WHERE grp = ?";
-/// Ages and lifetimes in µs, as durations from the server's now.
-const READ_TAGS: &str = "SELECT href, name, TIMESTAMPDIFF(MICROSECOND, learned, UTC_TIMESTAMP(6)), \
-    TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires) FROM joinblock_an_tags \
-    WHERE grp = ? AND expires > UTC_TIMESTAMP(6) ORDER BY learned DESC LIMIT 4096";
-const DROP_EXPIRED: &str = "DELETE FROM joinblock_an_tags WHERE grp = ? AND expires <= UTC_TIMESTAMP(6)";
-const COUNT_TAGS: &str = "SELECT COUNT(*) FROM joinblock_an_tags WHERE grp = ?";
-const DROP_OLDEST: &str = "DELETE FROM joinblock_an_tags WHERE grp = ? ORDER BY learned, href_sha1 LIMIT ?";
+/// The server's clock, which is the only one compared.
+const NOW: &str = "UTC_TIMESTAMP(6)";
 
 /// Warnings kept for `php --ri`.
 const MAX_WARNINGS: usize = 8;
 static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Calls of this process that fell back to the host's files, and the last reason.
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+/// Rows this process found unusable (and left to be replaced), and the last one's fault.
+static BAD_ROWS: AtomicU64 = AtomicU64::new(0);
+static LAST_BAD_ROW: Mutex<Option<String>> = Mutex::new(None);
 
 /// Problems this process met with the site-wide store, newest last.
 pub fn warnings() -> Vec<String> {
     WARNINGS.lock().clone()
 }
 
-fn warn(server: &MysqlTarget, problem: &str) {
-    let text = format!("site-wide shared state on MySQL server {}: {problem}; the host's files were used instead", server.describe());
+/// How many times this process fell back to the host's files; the last reason is the last
+/// of [`warnings`].
+pub fn fallbacks() -> u64 {
+    FALLBACKS.load(Ordering::Relaxed)
+}
+
+/// Rows of the site-wide tables this process found unusable, and what was wrong with the last.
+pub fn bad_rows() -> (u64, Option<String>) {
+    (BAD_ROWS.load(Ordering::Relaxed), LAST_BAD_ROW.lock().clone())
+}
+
+fn warn(text: String) {
+    FALLBACKS.fetch_add(1, Ordering::Relaxed);
     let mut warnings = WARNINGS.lock();
-    if !warnings.contains(&text) {
-        if warnings.len() == MAX_WARNINGS {
-            warnings.remove(0);
-        }
-        warnings.push(text);
+    warnings.retain(|w| *w != text);
+    if warnings.len() == MAX_WARNINGS {
+        warnings.remove(0);
     }
+    warnings.push(text);
+}
+
+fn bad_row(table: &str, fault: &str) {
+    BAD_ROWS.fetch_add(1, Ordering::Relaxed);
+    *LAST_BAD_ROW.lock() = Some(format!("a row of {table} {fault}"));
+}
+
+/// `X'…'` converted to utf8mb4: a text exactly as its bytes, whatever the quoting rules.
+fn text_literal(text: &str) -> String {
+    let mut literal = String::with_capacity(2 * text.len() + 32);
+    literal.push_str("CONVERT(X'");
+    for byte in text.bytes() {
+        let _ = write!(literal, "{byte:02x}");
+    }
+    literal.push_str("' USING utf8mb4)");
+    literal
+}
+
+/// A pace row's time as a writer could have left it (between 1970-01-02 and `ahead` µs past
+/// the server's now), else NULL.
+fn sane_time(column: &str, ahead: i64) -> String {
+    format!("IF({column} BETWEEN '1970-01-02' AND {NOW} + INTERVAL {ahead} MICROSECOND, {column}, NULL)")
+}
+
+/// True for the tag rows that can be used (see the module's invariants); NULL counts as false.
+fn usable_tag_row() -> String {
+    format!(
+        "COALESCE(expires > {NOW} AND learned BETWEEN '1970-01-02' AND {NOW} + INTERVAL {} SECOND \
+         AND expires <= learned + INTERVAL {} SECOND AND href_sha1 = CONVERT(SHA1(href) USING ascii), FALSE)",
+        FUTURE_TOLERANCE.as_secs(),
+        MAX_LIFETIME.as_secs()
+    )
+}
+
+/// The site's two tables, by name (the site's table prefix first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    pub pace: String,
+    pub tags: String,
+}
+
+impl Tables {
+    pub fn with_prefix(prefix: &str) -> Tables {
+        Tables { pace: format!("{prefix}joinblock_an_pace"), tags: format!("{prefix}joinblock_an_tags") }
+    }
+
+    fn create(&self) -> [String; 2] {
+        [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (grp CHAR(40) CHARACTER SET ascii NOT NULL PRIMARY KEY, \
+                 last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL\
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+                self.pace
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (grp CHAR(40) CHARACTER SET ascii NOT NULL, \
+                 href_sha1 CHAR(40) CHARACTER SET ascii NOT NULL, href VARCHAR(1024) NOT NULL, name VARCHAR(1024) NOT NULL, \
+                 learned DATETIME(6) NOT NULL, expires DATETIME(6) NOT NULL, \
+                 PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)\
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+                self.tags
+            ),
+        ]
+    }
+}
+
+/// What `php --ri` and `joinblock_status()` learn by trying the store now.
+#[derive(Debug)]
+pub struct Health {
+    /// The tag map's rows, as the server estimates them (no count: that would scan them all).
+    pub entries_estimate: u64,
+    /// Pace rows whose times no writer could have left.
+    pub bad_pace_rows: u64,
 }
 
 /// The server the site locks on, and the bound of every wait on it.
@@ -116,25 +189,48 @@ fn warn(server: &MysqlTarget, problem: &str) {
 pub struct SiteDb {
     pub target: MysqlTarget,
     pub connect_timeout: Duration,
+    pub tables: Tables,
 }
 
 impl SiteDb {
-    /// Runs `work` on this thread's lock connection, making the tables when they are missing.
-    fn run<T>(&self, mut work: impl FnMut(&mut Conn) -> Result<T, mysql::Error>) -> Result<T, String> {
-        with_shared_connection(&self.target, self.connect_timeout, |conn| match work(conn) {
+    /// Runs `work` on this thread's state connection, making the tables when they are
+    /// missing; every wait ends by `give_up`.
+    fn run<T>(&self, give_up: Instant, mut work: impl FnMut(&mut StateSession) -> Result<T, mysql::Error>) -> Result<T, String> {
+        with_state_connection(&self.target, self.connect_timeout, give_up, |session| match work(session) {
             Err(mysql::Error::MySqlError(e)) if e.code == NO_SUCH_TABLE => {
-                conn.query_drop(CREATE_PACE)?;
-                conn.query_drop(CREATE_TAGS)?;
-                work(conn)
+                for create in self.tables.create() {
+                    session.conn.query_drop(create)?;
+                }
+                work(session)
             }
             other => other,
         })
         .map_err(|e| e.to_string())
     }
 
-    /// Entries of all groups in the site-wide map (for `php --ri`), or why it cannot be used.
-    pub fn inspect(&self) -> Result<u64, String> {
-        self.run(|conn| conn.query_first::<u64, _>("SELECT COUNT(*) FROM joinblock_an_tags").map(Option::unwrap_or_default))
+    /// Whether this process could take a slot and publish now (the statements of both, on
+    /// rows that match nothing: privileges and `read_only` are checked all the same), with
+    /// the map's estimated size and the pace rows no writer could have left.
+    pub fn inspect(&self) -> Result<Health, String> {
+        let Tables { pace, tags } = &self.tables;
+        self.run(Instant::now() + self.connect_timeout, |session| {
+            for probe in [
+                format!("UPDATE {pace} SET last_slot = last_slot WHERE FALSE"),
+                format!("INSERT INTO {tags} SELECT * FROM {tags} WHERE FALSE"),
+                format!("DELETE FROM {tags} WHERE FALSE"),
+            ] {
+                session.conn.query_drop(session.limited(&probe))?;
+            }
+            let bad = format!(
+                "SELECT COUNT(*), (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{tags}') \
+                 FROM {pace} WHERE {} IS NULL OR {} IS NULL",
+                sane_time("last_slot", 3_600_000_000),
+                sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000)
+            );
+            let row = session.conn.query_first::<Row, _>(session.limited(&bad))?;
+            let count = |i| int_cell(&row, i).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            Ok(Health { bad_pace_rows: count(0), entries_estimate: count(1) })
+        })
     }
 }
 
@@ -145,8 +241,10 @@ pub struct SharedState {
     files: Option<Store>,
     site: Option<SiteDb>,
     hash: String,
-    /// Set at the first failure of the site-wide store: the rest of the call uses the files.
-    site_failed: Cell<bool>,
+    /// When the call gives up: no wait on the server goes past it.
+    deadline: Instant,
+    /// Set at the first failure of the site-wide store (why): the rest of the call uses the files.
+    site_failed: RefCell<Option<String>>,
 }
 
 fn micros(seconds: f64) -> i64 {
@@ -154,51 +252,81 @@ fn micros(seconds: f64) -> i64 {
 }
 
 impl SharedState {
-    pub fn new(files: Option<Store>, site: Option<SiteDb>, group: &str) -> Option<SharedState> {
+    pub fn new(files: Option<Store>, site: Option<SiteDb>, group: &str, deadline: Instant) -> Option<SharedState> {
         (files.is_some() || site.is_some()).then(|| SharedState {
             files,
             site,
             hash: sha1_smol::Sha1::from(group).digest().to_string(),
-            site_failed: Cell::new(false),
+            deadline,
+            site_failed: RefCell::new(None),
         })
     }
 
+    /// Why this call stopped using the site-wide store, if it did: for its exception.
+    pub fn site_failure(&self) -> Option<String> {
+        self.site_failed.borrow().clone()
+    }
+
     /// `Some(result)` from the site-wide store; `None` when the files are to answer.
-    fn on_site<T>(&self, work: impl FnMut(&mut Conn) -> Result<T, mysql::Error>) -> Option<T> {
-        let site = self.site.as_ref().filter(|_| !self.site_failed.get())?;
-        match site.run(work) {
+    fn on_site<T>(&self, work: impl FnMut(&mut StateSession, &Tables) -> Result<T, mysql::Error>) -> Option<T> {
+        let site = self.site.as_ref().filter(|_| self.site_failed.borrow().is_none())?;
+        let mut work = work;
+        match site.run(self.deadline, |session| work(session, &site.tables)) {
             Ok(value) => Some(value),
             Err(problem) => {
-                self.site_failed.set(true);
-                warn(&site.target, &problem);
+                let text = format!(
+                    "site-wide shared state on MySQL server {}: {problem}; the host's files were used instead",
+                    site.target.describe()
+                );
+                warn(text.clone());
+                *self.site_failed.borrow_mut() = Some(text);
                 None
             }
         }
     }
 
-    /// As `shared::Store::reserve`: the slot in this host's Unix seconds.
+    /// As `shared::Store::reserve`: the slot in this host's Unix seconds. One `UPDATE`: the
+    /// row's times, when sane, else as if absent (the row is then rewritten sane), give
+    /// `next = max(now, last + interval, blocked)`; it is stored when it lies within one
+    /// interval and before the deadline, and `LAST_INSERT_ID(2 × (1 + wait in µs) + bad)`
+    /// reports the wait and whether the row was bad.
     pub fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
         let hash = &self.hash;
         let step = micros(interval);
-        let taken = self.on_site(|conn| {
+        let taken = self.on_site(|session, Tables { pace, .. }| {
             let max_wait = micros(latest - unix_now());
-            // Taken when 1 + wait <= this: wait within one interval and before the deadline.
-            let take_limit = step.saturating_add(1).min(max_wait);
+            // Taken when wait <= this: within one interval and before the deadline.
+            let take_limit = step.min(max_wait.saturating_sub(1));
+            let last = sane_time("last_slot", step.saturating_add(1_000_000));
+            let blocked = sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000);
+            let bad = format!("({last} IS NULL OR {blocked} IS NULL)");
+            let last = format!("LEAST(COALESCE({last}, '1970-01-02'), {NOW} + INTERVAL {step} MICROSECOND)");
+            let blocked = format!("LEAST(COALESCE({blocked}, '1970-01-02'), {NOW} + INTERVAL {MAX_BLOCK_SECONDS} SECOND)");
+            let next = format!("GREATEST({NOW}, {last} + INTERVAL {step} MICROSECOND, {blocked})");
+            let take = format!(
+                "UPDATE {pace} SET last_slot = IF(LAST_INSERT_ID(2 * (1 + TIMESTAMPDIFF(MICROSECOND, {NOW}, {next})) + {bad}) <= {}, {next}, {last}), \
+                 blocked_until = {blocked} WHERE grp = '{hash}'",
+                2 * (1 + take_limit) + 1
+            );
             let mut reported = 0;
             for first in [true, false] {
-                conn.exec_drop(TAKE_SLOT, (step, step, take_limit, step, step, step, hash))?;
-                reported = conn.last_insert_id();
+                session.conn.query_drop(session.limited(&take))?;
+                reported = session.conn.last_insert_id();
                 if reported > 0 || !first {
                     break;
                 }
                 // The group's first request on this server.
-                conn.exec_drop(ADD_GROUP, (hash,))?;
+                let add = format!("INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{hash}', '1970-01-02', '1970-01-02')");
+                session.conn.query_drop(session.limited(&add))?;
             }
-            if reported == 0 {
+            if reported < 2 {
                 let message = "the pace row of the group could not be made".to_owned();
                 return Err(mysql::Error::MySqlError(mysql::MySqlError { state: "HY000".into(), code: 0, message }));
             }
-            let wait = (reported - 1) as i64;
+            if reported % 2 == 1 {
+                bad_row(pace, "held times no writer could have left (a zero date, or past what a slot or Retry-After allows); rewritten");
+            }
+            let wait = (reported / 2 - 1) as i64;
             let at = unix_now() + wait as f64 / 1e6;
             Ok(if wait >= max_wait {
                 Slot::Late
@@ -217,26 +345,50 @@ impl SharedState {
     /// As `shared::Store::push_back`: `until` in this host's Unix seconds.
     pub fn push_back(&self, until: f64) -> Result<(), ()> {
         let wait = micros((until - unix_now()).min(f64::from(MAX_BLOCK_SECONDS)));
-        if self.on_site(|conn| conn.exec_drop(PUSH_BACK, (wait, &self.hash))).is_some() {
+        let push = |session: &mut StateSession, tables: &Tables| {
+            let blocked = sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000);
+            let sql = format!(
+                "UPDATE {} SET blocked_until = GREATEST(LEAST(COALESCE({blocked}, '1970-01-02'), {NOW} + INTERVAL {MAX_BLOCK_SECONDS} SECOND), \
+                 {NOW} + INTERVAL {wait} MICROSECOND) WHERE grp = '{}'",
+                tables.pace, self.hash
+            );
+            session.conn.query_drop(session.limited(&sql))
+        };
+        if self.on_site(push).is_some() {
             return Ok(());
         }
         self.files.as_ref().ok_or(())?.push_back(until)
     }
 
-    /// As `shared::Store::read_tags`: times in this host's Unix seconds.
+    /// As `shared::Store::read_tags`: times in this host's Unix seconds. Rows that fail the
+    /// module's test are skipped and counted.
     pub fn read_tags(&self) -> Vec<SharedEntry> {
-        let rows = self.on_site(|conn| conn.exec::<(String, String, i64, i64), _, _>(READ_TAGS, (&self.hash,)));
-        match rows {
-            Some(rows) => {
-                let now = unix_now();
-                rows.into_iter()
-                    .filter(|(href, name, ..)| href.len() + name.len() <= MAX_ENTRY_BYTES)
-                    // An entry learned "in the future" (a clock step of the server's) is as new as now.
-                    .map(|(href, name, ago, left)| (href, name, now - ago.max(0) as f64 / 1e6, now + left as f64 / 1e6))
-                    .collect()
-            }
-            None => self.files.as_ref().map(Store::read_tags).unwrap_or_default(),
-        }
+        let rows = self.on_site(|session, Tables { tags, .. }| {
+            let sql = format!(
+                "SELECT href_sha1, href, name, TIMESTAMPDIFF(MICROSECOND, learned, {NOW}), TIMESTAMPDIFF(MICROSECOND, learned, expires) \
+                 FROM {tags} WHERE grp = '{}' AND expires > {NOW} ORDER BY learned DESC LIMIT {MAX_ENTRIES}",
+                self.hash
+            );
+            session.conn.query::<Row, _>(session.limited(&sql))
+        });
+        let Some(rows) = rows else {
+            return self.files.as_ref().map(Store::read_tags).unwrap_or_default();
+        };
+        let table = &self.site.as_ref().map_or_else(String::new, |site| site.tables.tags.clone());
+        let now = unix_now();
+        rows.into_iter()
+            .map(Some)
+            .filter_map(|row| match usable_tag(&row) {
+                Ok((href, name, ago, life)) => {
+                    let learned = now - ago.max(0) as f64 / 1e6;
+                    Some((href, name, learned, learned + life as f64 / 1e6))
+                }
+                Err(fault) => {
+                    bad_row(table, fault);
+                    None
+                }
+            })
+            .collect()
     }
 
     /// As `shared::Store::publish`: a later entry for an href replaces an earlier one, the
@@ -256,23 +408,33 @@ impl SharedState {
         rows.reverse();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.dedup_by(|a, b| a.0 == b.0);
-        let published = self.on_site(|conn| {
+        let hash = &self.hash;
+        let lifetime = MAX_LIFETIME.as_secs_f64();
+        let published = self.on_site(|session, Tables { tags, .. }| {
             for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let mut sql = String::from("INSERT INTO joinblock_an_tags (grp, href_sha1, href, name, learned, expires) VALUES ");
-                let mut params: Vec<Sql> = Vec::with_capacity(chunk.len() * 6);
+                let mut sql = format!("INSERT INTO {tags} (grp, href_sha1, href, name, learned, expires) VALUES ");
                 for (i, (sha, (href, name, learned, expires))) in chunk.iter().enumerate() {
-                    sql.push_str(if i == 0 { "" } else { ", " });
-                    sql.push_str("(?, ?, ?, ?, UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)");
-                    params.extend([self.hash.as_str().into(), sha.as_str().into(), href.as_str().into(), name.as_str().into()]);
-                    params.extend([Sql::from(micros(now - learned)), Sql::from(micros(expires - now))]);
+                    let (ago, left) = (micros(now - learned), micros(expires.min(learned + lifetime) - now));
+                    let _ = write!(
+                        sql,
+                        "{}('{hash}', '{sha}', {}, {}, {NOW} - INTERVAL {ago} MICROSECOND, {NOW} + INTERVAL {left} MICROSECOND)",
+                        if i == 0 { "" } else { ", " },
+                        text_literal(href),
+                        text_literal(name)
+                    );
                 }
                 sql.push_str(" ON DUPLICATE KEY UPDATE href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)");
-                conn.exec_drop(sql, params)?;
+                session.conn.query_drop(session.limited(&sql))?;
             }
-            conn.exec_drop(DROP_EXPIRED, (&self.hash,))?;
-            let count: u64 = conn.exec_first(COUNT_TAGS, (&self.hash,))?.unwrap_or_default();
-            if count > MAX_ENTRIES as u64 {
-                conn.exec_drop(DROP_OLDEST, (&self.hash, count - MAX_ENTRIES as u64))?;
+            // The expired, and whatever another tool left that fails the readers' test.
+            let unusable = format!("DELETE FROM {tags} WHERE grp = '{hash}' AND NOT {}", usable_tag_row());
+            session.conn.query_drop(session.limited(&unusable))?;
+            let count = format!("SELECT COUNT(*) FROM {tags} WHERE grp = '{hash}'");
+            let row = session.conn.query_first::<Row, _>(session.limited(&count))?;
+            let excess = int_cell(&row, 0).unwrap_or(0) - MAX_ENTRIES as i64;
+            if excess > 0 {
+                let oldest = format!("DELETE FROM {tags} WHERE grp = '{hash}' ORDER BY learned, href_sha1 LIMIT {excess}");
+                session.conn.query_drop(session.limited(&oldest))?;
             }
             Ok(())
         });
@@ -283,3 +445,27 @@ impl SharedState {
         }
     }
 }
+
+/// A tag row's href, name, age and lifetime (µs), or what is wrong with it.
+fn usable_tag(row: &Option<Row>) -> Result<(String, String, i64, i64), &'static str> {
+    let (Some(sha), Some(href), Some(name)) = (text_cell(row, 0), text_cell(row, 1), text_cell(row, 2)) else {
+        return Err("has a NULL or a text that is not UTF-8");
+    };
+    if href.is_empty() || name.is_empty() || href.len() + name.len() > MAX_ENTRY_BYTES {
+        return Err("has an empty href or name, or both longer than the map keeps");
+    }
+    if sha1_smol::Sha1::from(&href).digest().to_string() != sha {
+        return Err("has an href that does not match its href_sha1 (edited by hand?)");
+    }
+    let (Some(ago), Some(life)) = (int_cell(row, 3), int_cell(row, 4)) else {
+        return Err("has a zero or NULL date");
+    };
+    if ago < -(FUTURE_TOLERANCE.as_micros() as i64) {
+        return Err("was learned in the future, by the server's clock");
+    }
+    if life <= 0 || life > MAX_LIFETIME.as_micros() as i64 {
+        return Err("lives longer than any entry may (or not at all)");
+    }
+    Ok((href, name, ago, life))
+}
+

@@ -42,6 +42,14 @@
 //!   outlives the parent until the child ends too.
 //! - A Galera cluster (`wsrep_on`) does not replicate `GET_LOCK`, and a read-only server is a
 //!   replica that other hosts may not share: both are refused.
+//! - A reply that did not come in time ends its connection (a late reply would be read as the
+//!   answer to the next statement), and is never retried: a retry would double the wait the
+//!   caller was promised. Only a connection found dead (closed, reset, "gone away") is.
+//! - Every connection speaks utf8mb4 with a known `sql_mode` from its first statement on, so
+//!   what it stores and reads means the same whatever the server's defaults (latin1 on many).
+//! - The tag check's site-wide shared state has a connection of its own per thread
+//!   ([`with_state_connection`]): giving up on one of its statements at the call's deadline
+//!   ends that connection, which must never free a member's lock held on the other.
 
 use std::{
     cell::RefCell,
@@ -191,6 +199,8 @@ struct Connection {
     locks: usize,
     /// How long the reply now awaited may take, for the message when it does not come.
     reply_limit: Duration,
+    /// MariaDB (`max_statement_time`), else MySQL.
+    mariadb: bool,
 }
 
 impl Drop for Connection {
@@ -199,10 +209,14 @@ impl Drop for Connection {
     }
 }
 
+type ConnectionCell = RefCell<Option<Connection>>;
+
 thread_local! {
     /// Per thread, never shared: see the module's invariant. A thread's requests run one
     /// after another, so they reuse it; it is dropped (and the server told) when the thread ends.
-    static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+    static CONNECTION: ConnectionCell = const { RefCell::new(None) };
+    /// The site-wide shared state's, apart from the locks' (see the module's invariant).
+    static STATE_CONNECTION: ConnectionCell = const { RefCell::new(None) };
 }
 
 /// Process-wide, so that every connection, on whichever thread, has its own number.
@@ -215,7 +229,11 @@ impl Slot<'_> {
     /// Runs `work` on this thread's slot, minus a connection inherited across fork (its socket
     /// is already detached). `None` once the thread is ending and its slot is gone.
     fn with<T>(work: impl FnOnce(Slot) -> T) -> Option<T> {
-        CONNECTION
+        Slot::of(&CONNECTION, work)
+    }
+
+    fn of<T>(cell: &'static std::thread::LocalKey<ConnectionCell>, work: impl FnOnce(Slot) -> T) -> Option<T> {
+        cell
             .try_with(|cell| {
                 let mut slot = cell.borrow_mut();
                 if slot.as_ref().is_some_and(|c| c.pid != std::process::id()) {
@@ -227,6 +245,9 @@ impl Slot<'_> {
     }
 
     fn open(&mut self, target: &MysqlTarget, bound: Duration) -> Result<&mut Connection, LockError> {
+        if bound.is_zero() {
+            return Err(LockError::Database { action: format!("connect to MySQL server {}", target.describe()), detail: NO_TIME_LEFT.into() });
+        }
         Ok(self.0.insert(open(target, bound)?))
     }
 
@@ -249,7 +270,7 @@ fn with_connection<T>(
     connect_timeout: Duration,
     work: impl FnMut(&mut Connection) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
-    Slot::with(|slot| on_connection(slot, target, connect_timeout, work)).unwrap_or_else(|| {
+    Slot::with(|slot| on_connection(slot, target, connect_timeout, None, work)).unwrap_or_else(|| {
         Err(LockError::Database {
             action: format!("use MySQL server {}", target.describe()),
             detail: "this thread is ending".into(),
@@ -257,10 +278,13 @@ fn with_connection<T>(
     })
 }
 
+/// As `with_connection`; a connection opened here takes at most `connect_timeout`, and no
+/// longer than until `give_up` when given.
 fn on_connection<T>(
     mut slot: Slot,
     target: &MysqlTarget,
     connect_timeout: Duration,
+    give_up: Option<Instant>,
     mut work: impl FnMut(&mut Connection) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
     if let Some(current) = slot.0.as_ref().filter(|c| c.target != *target) {
@@ -271,9 +295,10 @@ fn on_connection<T>(
     }
     let mut reused = slot.0.is_some();
     loop {
+        let bound = give_up.map_or(connect_timeout, |at| at.saturating_duration_since(Instant::now()).min(connect_timeout));
         let connection = match slot.0.as_mut() {
             Some(connection) => connection,
-            None => slot.open(target, connect_timeout)?,
+            None => slot.open(target, bound)?,
         };
         let failure = match work(connection) {
             Ok(value) => return Ok(value),
@@ -284,7 +309,7 @@ fn on_connection<T>(
         if ended {
             slot.close(true);
         }
-        if !(ended && reused) {
+        if !(ended && reused) || timed_out(&failure) {
             return Err(error);
         }
         // Stale: the server or a proxy dropped it while it sat idle. Once more, on a new one.
@@ -314,19 +339,59 @@ fn with_lock_connection<T>(
     .unwrap_or(Ok(None))
 }
 
-/// Runs `work` on this thread's connection to `target` (the one its locks use), every reply
-/// within the connect bound, as `with_connection` does for locks. For the tag check's
-/// site-wide shared state (`action_network::site_state`), which never holds a lock over it.
-pub fn with_shared_connection<T>(
+/// What the site-wide shared state's statements run on: the connection, which server it is,
+/// and how long the reply may take (the server is told the same, [`StateSession::limited`]).
+pub struct StateSession<'a> {
+    pub conn: &'a mut Conn,
+    mariadb: bool,
+    left: Duration,
+}
+
+impl StateSession<'_> {
+    /// `sql` with the server's own limit on its run time, so that a statement given up by the
+    /// client (at the call's deadline) does not run on, holding a row lock or a connection:
+    /// MariaDB's `max_statement_time` for any statement; MySQL's `MAX_EXECUTION_TIME` hint
+    /// bounds only a `SELECT` (its row-lock waits are bounded by `innodb_lock_wait_timeout`,
+    /// set at connect).
+    pub fn limited(&self, sql: &str) -> String {
+        let seconds = self.left.as_secs_f64().max(0.001);
+        if self.mariadb {
+            format!("SET STATEMENT max_statement_time = {seconds:.3} FOR {sql}")
+        } else if let Some(rest) = sql.strip_prefix("SELECT ") {
+            format!("SELECT /*+ MAX_EXECUTION_TIME({}) */ {rest}", (seconds * 1000.0).ceil() as u64)
+        } else {
+            sql.to_owned()
+        }
+    }
+}
+
+/// Runs `work` on this thread's connection for the site-wide shared state (its own, not the
+/// locks'), opening one if needed; every wait on the server, opening included, ends by
+/// `give_up` and within `connect_timeout`. A reply that does not come in time ends the
+/// connection and is not retried (see the module's invariant).
+pub fn with_state_connection<T>(
     target: &MysqlTarget,
     connect_timeout: Duration,
-    mut work: impl FnMut(&mut Conn) -> Result<T, mysql::Error>,
+    give_up: Instant,
+    mut work: impl FnMut(&mut StateSession) -> Result<T, mysql::Error>,
 ) -> Result<T, LockError> {
-    with_connection(target, connect_timeout, |connection| {
-        connection.expect_reply_within(Duration::ZERO, connect_timeout)?;
-        work(&mut connection.conn)
+    Slot::of(&STATE_CONNECTION, |slot| {
+        on_connection(slot, target, connect_timeout, Some(give_up), |connection| {
+            let left = give_up.saturating_duration_since(Instant::now()).min(connect_timeout);
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, NO_TIME_LEFT).into());
+            }
+            connection.expect_reply_within(Duration::ZERO, left)?;
+            work(&mut StateSession { conn: &mut connection.conn, mariadb: connection.mariadb, left })
+        })
+    })
+    .unwrap_or_else(|| {
+        Err(LockError::Database { action: format!("use MySQL server {}", target.describe()), detail: "this thread is ending".into() })
     })
 }
+
+/// Why a connection was not even tried.
+const NO_TIME_LEFT: &str = "the call's deadline left no time to wait for the server";
 
 /// Closes this thread's connection if it is still the one of `generation` (the server then
 /// frees every lock it held); how many locks it still held, or `None` when it was gone.
@@ -390,21 +455,51 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
     // The server check's reply, within what is left of the bound.
     let left = bound.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
     set_read_timeout(&conn, left).map_err(fail)?;
-    let (wsrep_on, read_only): (Option<String>, Option<String>) = conn
-        .query_first("SELECT @@global.wsrep_on, @@global.read_only")
-        .or_else(|e| match e {
-            // MySQL has no wsrep_on.
-            mysql::Error::MySqlError(_) => conn.query_first::<Option<String>, _>("SELECT @@global.read_only").map(|r| r.map(|r| (None, r))),
-            other => Err(other),
-        })
-        .map_err(fail)?
-        .unwrap_or((None, None));
+    let (wsrep_on, read_only, mariadb) = match first_row(&mut conn, "SELECT @@global.wsrep_on, @@global.read_only") {
+        Ok(row) => (text_cell(&row, 0), text_cell(&row, 1), true),
+        // MySQL has no wsrep_on.
+        Err(mysql::Error::MySqlError(_)) => (None, first_row(&mut conn, "SELECT @@global.read_only").map_err(fail).map(|row| text_cell(&row, 0))?, false),
+        Err(other) => return Err(fail(other)),
+    };
     if let Some(reason) = unsafe_server(wsrep_on.as_deref(), read_only.as_deref()) {
         return Err(LockError::UnsafeServer { server, reason });
     }
+    conn.query_drop(SESSION_SETTINGS).map_err(fail)?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
     let listed = fork::list(conn.as_raw_fd());
-    Ok(Connection { conn, listed, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound })
+    Ok(Connection { conn, listed, target: target.clone(), pid: std::process::id(), generation, locks: 0, reply_limit: bound, mariadb })
+}
+
+/// Sent once per connection, before anything is stored or read: utf8mb4 (the tables' charset,
+/// and the polyfill's, so both store and compare the same bytes), a `sql_mode` of our choice
+/// (a server's `ANSI_QUOTES` or `NO_BACKSLASH_ESCAPES` would change what our statements mean),
+/// and row-lock waits cut at 1 s (MySQL's only server-side bound on an `UPDATE`).
+const SESSION_SETTINGS: &str = "SET NAMES utf8mb4 COLLATE utf8mb4_bin, SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', \
+    SESSION innodb_lock_wait_timeout = 1";
+
+/// The first row of `sql`'s reply, if any, read without converting anything: nothing a
+/// server sends can make a conversion panic (see [`text_cell`], [`int_cell`]).
+fn first_row(conn: &mut Conn, sql: &str) -> Result<Option<mysql::Row>, mysql::Error> {
+    conn.query_first::<mysql::Row, _>(sql)
+}
+
+/// Column `i` of `row` as text, `None` for NULL, a missing column or bytes that are not UTF-8.
+pub fn text_cell(row: &Option<mysql::Row>, i: usize) -> Option<String> {
+    match row.as_ref()?.as_ref(i)? {
+        mysql::Value::Bytes(bytes) => String::from_utf8(bytes.clone()).ok(),
+        mysql::Value::NULL => None,
+        other => Some(other.as_sql(true).trim_matches('\'').to_owned()),
+    }
+}
+
+/// Column `i` of `row` as a whole number (text or binary protocol), `None` otherwise.
+pub fn int_cell(row: &Option<mysql::Row>, i: usize) -> Option<i64> {
+    match row.as_ref()?.as_ref(i)? {
+        mysql::Value::Int(n) => Some(*n),
+        mysql::Value::UInt(n) => i64::try_from(*n).ok(),
+        mysql::Value::Bytes(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
 }
 
 /// Why `GET_LOCK` on a server with these settings would not exclude other hosts, if it would not.
@@ -448,6 +543,16 @@ fn describe_error(err: &mysql::Error, late: &str) -> String {
 }
 
 /// Whether the connection is finished after `err`, rather than one statement having failed.
+/// A reply that did not come within its limit (the socket's read timeout).
+fn timed_out(err: &mysql::Error) -> bool {
+    let late = |e: &io::Error| matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    match err {
+        mysql::Error::IoError(e) => late(e),
+        mysql::Error::CodecError(codec) => std::error::Error::source(codec).and_then(|s| s.downcast_ref::<io::Error>()).is_some_and(late),
+        _ => false,
+    }
+}
+
 fn connection_ended(err: &mysql::Error) -> bool {
     match err {
         mysql::Error::MySqlError(server) => CONNECTION_ENDED_CODES.contains(&server.code),
@@ -577,9 +682,10 @@ fn holder_of(target: &MysqlTarget, name: &str, connect_timeout: Duration) -> Opt
     );
     with_connection(target, connect_timeout, |connection| {
         connection.expect_reply_within(Duration::ZERO, connect_timeout)?;
-        Ok(match connection.conn.query_first::<(Option<u64>, Option<String>), _>(&who)? {
-            Some((Some(id), Some(account))) => Some(format!("MySQL connection {id} ({account})")),
-            Some((Some(id), None)) => Some(format!("MySQL connection {id}")),
+        let row = first_row(&mut connection.conn, &who)?;
+        Ok(match (int_cell(&row, 0), text_cell(&row, 1)) {
+            (Some(id), Some(account)) => Some(format!("MySQL connection {id} ({account})")),
+            (Some(id), None) => Some(format!("MySQL connection {id}")),
             _ => None,
         })
     })

@@ -8,11 +8,11 @@
 use ext_php_rs::{convert::FromZval, flags::DataType, prelude::*, types::Zval};
 
 use super::{
-    exceptions::{value_error, ACTION_NETWORK_EXCEPTION},
+    exceptions::{guarded, value_error, ACTION_NETWORK_EXCEPTION},
     options::{Options, OptionsArg},
 };
 use crate::{
-    action_network::{self, parse_base_url, site_state::SiteDb, Settings, DEFAULT_BASE_URL},
+    action_network::{self, parse_base_url, site_state::{SiteDb, Tables}, Settings, DEFAULT_BASE_URL},
     config,
     lock::Backend,
 };
@@ -35,12 +35,16 @@ impl<'a> FromZval<'a> for Bytes<'a> {
 #[php_function]
 #[php(defaults(options = OptionsArg::default()))]
 pub fn joinblock_person_has_tag(email: &str, tag: &str, apiKey: Bytes, options: OptionsArg) -> PhpResult<Option<bool>> {
+    guarded(&ACTION_NETWORK_EXCEPTION, || person_has_tag(email, tag, apiKey.0, options))
+}
+
+fn person_has_tag(email: &str, tag: &str, api_key: &[u8], options: OptionsArg) -> PhpResult<Option<bool>> {
     require_text(1, "email", email)?;
     require_text(2, "tag", tag)?;
     // The key becomes an HTTP header: CR or LF in it would add headers of the caller's making.
     // One rule for both ways a key can be unfit, as the polyfill words it.
     let unfit = || value_error(format!("{FUNCTION}(): Argument #3 ($apiKey) must be valid UTF-8 without control characters"));
-    let api_key = std::str::from_utf8(apiKey.0).map_err(|_| unfit())?;
+    let api_key = std::str::from_utf8(api_key).map_err(|_| unfit())?;
     require_text(3, "apiKey", api_key)?;
     if api_key.chars().any(char::is_control) {
         return Err(unfit());
@@ -115,7 +119,7 @@ pub fn site_db() -> Result<Option<SiteDb>, String> {
         return Ok(None);
     }
     let (Ok(target), Ok(connect_timeout)) = (config::mysql_target(), config::mysql_connect_timeout()) else { return Ok(None) };
-    Ok(Some(SiteDb { target, connect_timeout }))
+    Ok(Some(SiteDb { target, connect_timeout, tables: Tables::with_prefix("") }))
 }
 
 /// The directory of the host's shared state (the lock directory in effect), unless INI

@@ -95,3 +95,51 @@ pub fn value_error(message: impl Into<String>) -> PhpException {
 pub fn type_error(message: impl Into<String>) -> PhpException {
     PhpException::new(message.into(), 0, ce::type_error())
 }
+
+thread_local! {
+    /// Where this thread's last panic happened, for the exception that reports it.
+    static PANICKED_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `body`; a panic in it comes back as a sentence (its message and where it happened)
+/// instead of unwinding into PHP's frames, and prints nothing: PHP-FPM would log a Rust
+/// backtrace per request on stderr.
+pub fn catch_panic<T>(body: impl FnOnce() -> T) -> Result<T, String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            let _ = PANICKED_AT.try_with(|cell| *cell.borrow_mut() = at);
+        }))
+    });
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        let at = PANICKED_AT.try_with(|cell| cell.borrow_mut().take()).ok().flatten();
+        format!("{message} (at {})", at.as_deref().unwrap_or("an unknown place"))
+    })
+}
+
+/// The last resort at the boundary to PHP: a panic in `body`, which would be a bug of ours
+/// (nothing from outside may cause one), becomes `class`'s documented exception rather than
+/// PHP's generic "Rust panic" `Error`.
+pub fn guarded<T>(class: &ExceptionClass, body: impl FnOnce() -> ext_php_rs::prelude::PhpResult<T>) -> ext_php_rs::prelude::PhpResult<T> {
+    catch_panic(body).unwrap_or_else(|panic| Err(class.with(format!("joinblock failed inside: {panic}; this is a bug, please report it"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catch_panic;
+
+    #[test]
+    fn a_panic_comes_back_as_a_sentence_and_the_next_call_runs() {
+        let caught = catch_panic(|| -> u32 { panic!("row {} unusable", 7) }).unwrap_err();
+        assert!(caught.starts_with("row 7 unusable (at src/php/exceptions.rs:"), "{caught}");
+        assert_eq!(catch_panic(|| 5), Ok(5));
+        let str_payload = catch_panic(|| -> () { std::panic::panic_any("plain") }).unwrap_err();
+        assert!(str_payload.starts_with("plain (at "), "{str_payload}");
+    }
+}

@@ -18,7 +18,7 @@ use ext_php_rs::{
 use parking_lot::Mutex;
 
 use super::{
-    exceptions::{value_error, LOCK_EXCEPTION, LOCK_TIMEOUT_EXCEPTION},
+    exceptions::{guarded, value_error, LOCK_EXCEPTION, LOCK_TIMEOUT_EXCEPTION},
     options::{Options, OptionsArg},
     status,
 };
@@ -67,11 +67,13 @@ impl Lock {
 
     /// Releases the lock; releasing again does nothing.
     pub fn release(&self) -> PhpResult<()> {
-        match &mut *self.inner.lock() {
-            Held::File(lock) => lock.release(),
-            Held::Mysql(lock) => lock.release(),
-        }
-        .map_err(to_exception)
+        guarded(&LOCK_EXCEPTION, || {
+            match &mut *self.inner.lock() {
+                Held::File(lock) => lock.release(),
+                Held::Mysql(lock) => lock.release(),
+            }
+            .map_err(to_exception)
+        })
     }
 }
 
@@ -93,6 +95,10 @@ fn to_exception(err: LockError) -> PhpException {
 #[php_function]
 #[php(defaults(options = OptionsArg::default()))]
 pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpResult<ZBox<ZendClassObject<Lock>>> {
+    guarded(&LOCK_EXCEPTION, || acquire(&key, options))
+}
+
+fn acquire(key: &[u8], options: OptionsArg) -> PhpResult<ZBox<ZendClassObject<Lock>>> {
     let options = Options::parse("joinblock_acquire_lock", "#2 ($options)", options, &["dir", "timeout", "backend"])?;
     let wait = options.seconds("timeout")?.map_or(Wait::Forever, Wait::AtMost);
     let dir = options.bytes("dir")?;
@@ -115,7 +121,7 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
                 Some(dir) => dir,
                 None => lock_dir()?,
             };
-            let path = lock_path(&in_php_cwd(dir)?, &key).map_err(to_exception)?;
+            let path = lock_path(&in_php_cwd(dir)?, key).map_err(to_exception)?;
             let keep = config::lock_files_kept().map_err(|p| LOCK_EXCEPTION.with(p))?;
             Held::File(FileLock::acquire(&path, wait, keep).map_err(to_exception)?)
         }
@@ -123,7 +129,7 @@ pub fn joinblock_acquire_lock(key: BinarySlice<u8>, options: OptionsArg) -> PhpR
         Backend::Mysql => {
             let target = config::mysql_target().map_err(|p| LOCK_EXCEPTION.with(p))?;
             let connect_timeout = config::mysql_connect_timeout().map_err(|p| LOCK_EXCEPTION.with(p))?;
-            Held::Mysql(DbLock::acquire(&target, &key, wait, connect_timeout).map_err(to_exception)?)
+            Held::Mysql(DbLock::acquire(&target, key, wait, connect_timeout).map_err(to_exception)?)
         }
     };
     object.initialize(Lock { inner: Mutex::new(held) });

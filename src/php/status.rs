@@ -4,9 +4,13 @@
 
 use ext_php_rs::{prelude::*, types::ZendHashTable, boxed::ZBox};
 
-use super::{action_network, lock};
+use super::{
+    action_network,
+    exceptions::{guarded, LOCK_EXCEPTION},
+    lock,
+};
 use crate::{
-    action_network::{requests_sent, DEFAULT_BASE_URL},
+    action_network::{requests_sent, site_state, DEFAULT_BASE_URL},
     config,
     lock::{counters, Counters},
 };
@@ -61,13 +65,32 @@ fn shared_state() -> Result<String, String> {
     };
     match action_network::site_db() {
         Ok(None) => Ok(shown(files())),
-        Ok(Some(site)) => match site.inspect() {
-            Ok(entries) => Ok(shown(format!("site-wide on MySQL server {} ({entries} tag map entries)", site.target.describe()))),
-            Err(problem) => Err(shown(format!(
-                "the site-wide shared state cannot be used ({problem}); each host uses {} instead",
-                files()
-            ))),
-        },
+        Ok(Some(site)) => {
+            let server = site.target.describe();
+            let health = site.inspect().map_err(|problem| {
+                shown(format!("the site-wide shared state cannot be used ({problem}); each host uses {} instead", files()))
+            })?;
+            let mut faults = Vec::new();
+            if health.bad_pace_rows > 0 {
+                faults.push(format!(
+                    "{} row(s) of {} hold times no writer could have left (zero dates, or past what a slot or Retry-After allows); \
+                     each is rewritten at its group's next request",
+                    health.bad_pace_rows, site.tables.pace
+                ));
+            }
+            if let (bad @ 1.., Some(last)) = site_state::bad_rows() {
+                faults.push(format!("this process ignored {bad} unusable row(s) of the site-wide tables (last: {last})"));
+            }
+            let fallbacks = site_state::fallbacks();
+            if let (1.., Some(last)) = (fallbacks, site_state::warnings().pop()) {
+                faults.push(format!("this process fell back to the host's files {fallbacks} time(s) (last: {last})"));
+            }
+            let state = format!("site-wide on MySQL server {server} (about {} tag map entries)", health.entries_estimate);
+            match faults.is_empty() {
+                true => Ok(shown(state)),
+                false => Err(shown(format!("{state}, but {}", faults.join("; ")))),
+            }
+        }
         Err(problem) => Err(shown(problem)),
     }
 }
@@ -76,6 +99,10 @@ fn shared_state() -> Result<String, String> {
 /// dashboards. The polyfill answers the same keys.
 #[php_function]
 pub fn joinblock_status() -> PhpResult<ZBox<ZendHashTable>> {
+    guarded(&LOCK_EXCEPTION, status_array)
+}
+
+fn status_array() -> PhpResult<ZBox<ZendHashTable>> {
     let status = Status::read();
     let mut problems = ZendHashTable::new();
     let mut value = |name: &str, result: Result<Option<String>, String>| -> PhpResult<Option<String>> {
