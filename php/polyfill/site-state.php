@@ -349,8 +349,8 @@ final class SiteState
     {
         [, $tags] = self::tables();
         $rows = $this->onSite(fn (\mysqli $db, float $giveUp) => self::query($db, 'SELECT href_sha1, href, name, TIMESTAMPDIFF(MICROSECOND, learned, '
-            . self::NOW . "), TIMESTAMPDIFF(MICROSECOND, learned, expires) FROM $tags WHERE grp = '{$this->hash}' AND expires > " . self::NOW
-            . ' ORDER BY learned DESC LIMIT ' . self::MAX_ENTRIES, $giveUp)->fetch_all(MYSQLI_NUM));
+            . self::NOW . "), TIMESTAMPDIFF(MICROSECOND, learned, expires) FROM $tags WHERE grp = '{$this->hash}' AND (expires > " . self::NOW
+            . " OR expires < '1970-01-02') ORDER BY learned DESC LIMIT " . self::MAX_ENTRIES, $giveUp)->fetch_all(MYSQLI_NUM));
         if ($rows === null) {
             return $this->files?->readTags() ?? [];
         }

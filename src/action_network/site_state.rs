@@ -366,7 +366,7 @@ impl SharedState {
         let rows = self.on_site(|session, Tables { tags, .. }| {
             let sql = format!(
                 "SELECT href_sha1, href, name, TIMESTAMPDIFF(MICROSECOND, learned, {NOW}), TIMESTAMPDIFF(MICROSECOND, learned, expires) \
-                 FROM {tags} WHERE grp = '{}' AND expires > {NOW} ORDER BY learned DESC LIMIT {MAX_ENTRIES}",
+                 FROM {tags} WHERE grp = '{}' AND (expires > {NOW} OR expires < '1970-01-02') ORDER BY learned DESC LIMIT {MAX_ENTRIES}",
                 self.hash
             );
             session.conn.query::<Row, _>(session.limited(&sql))

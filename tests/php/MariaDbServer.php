@@ -102,6 +102,43 @@ final class MariaDbServer
         }
     }
 
+    /** Stops the server's process where it is (SIGSTOP): connections stay open, nothing answers. */
+    public function pause(): void
+    {
+        posix_kill($this->pid(), SIGSTOP);
+    }
+
+    public function resume(): void
+    {
+        posix_kill($this->pid(), SIGCONT);
+    }
+
+    private function pid(): int
+    {
+        return (int) proc_get_status($this->process)['pid'];
+    }
+
+    /**
+     * Runs $select (a locking read) in a transaction of a root session that stays open, as
+     * another tool's stuck transaction would; the returned function ends it.
+     */
+    public function holdRowLocks(string $select): \Closure
+    {
+        $proc = proc_open(['mariadb', '--no-defaults', "--socket={$this->dir}/sock", '-uroot', '-N', '-B', '--unbuffered'],
+            [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes);
+        fwrite($pipes[0], "BEGIN; $select; SELECT 'locked';\n");
+        fflush($pipes[0]);
+        while (($line = fgets($pipes[1])) !== false && trim($line) !== 'locked') {
+        }
+        return static function () use ($proc, $pipes): void {
+            fwrite($pipes[0], "ROLLBACK;\n");
+            fclose($pipes[0]);
+            stream_get_contents($pipes[1]);
+            fclose($pipes[1]);
+            proc_close($proc);
+        };
+    }
+
     /** Runs SQL as root over the socket; returns the output (tab-separated, no headers). */
     public function sql(string $sql): string
     {
