@@ -136,7 +136,7 @@ final class MessageSources
      */
     private static function isSql(string $text): bool
     {
-        return (bool) preg_match('~\\b(SELECT|INSERT|UPDATE|DELETE|CREATE|FROM|WHERE|VALUES|INTERVAL|PRIMARY KEY|NOT NULL|ENGINE|DATETIME|VARCHAR|CHAR|TIMESTAMPDIFF|UTC_TIMESTAMP|GREATEST|LEAST)\\b~', $text);
+        return (bool) preg_match('~\\b(SELECT|INSERT|UPDATE|DELETE|CREATE|FROM|WHERE|VALUES|INTERVAL|PRIMARY KEY|NOT NULL|ENGINE|DATETIME|VARCHAR|CHAR|TIMESTAMPDIFF|UTC_TIMESTAMP|GREATEST|LEAST|SET NAMES|SET STATEMENT|IS NULL|BETWEEN|ORDER BY|SHA1)\\b~', $text);
     }
 
     /** Collapses white space and runs of placeholders. */
