@@ -54,6 +54,8 @@ final class SiteState
     private static ?MysqlTarget $dbTarget = null;
     private static int $dbPid = 0;
     private static bool $mariadb = true;
+    /** @var list<\mysqli> connections inherited across fork, kept out of use */
+    private static array $inherited = [];
 
     private string $hash;
     /** Why the server stopped serving this call, once it did: the rest of the call uses the files. */
@@ -146,8 +148,12 @@ final class SiteState
      */
     private static function run(MysqlTarget $target, float $bound, float $giveUp, callable $work): mixed
     {
-        if (self::$db !== null && (self::$dbPid !== getmypid() || self::$dbTarget != $target)) {
-            // Another server, or a copy inherited across fork: closing it would end the parent's session.
+        if (self::$db !== null && self::$dbPid !== getmypid()) {
+            // A copy inherited across fork: destroying it would send COM_QUIT and end the parent's session.
+            self::$inherited[] = self::$db;
+            self::$db = null;
+        }
+        if (self::$db !== null && self::$dbTarget != $target) {
             self::$db = null;
         }
         $reused = self::$db !== null;

@@ -55,7 +55,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mysql::{prelude::Queryable, Row};
+use mysql::Row;
 use parking_lot::Mutex;
 
 use super::cache::{MAX_ENTRIES, MAX_ENTRY_BYTES};
@@ -199,7 +199,7 @@ impl SiteDb {
         with_state_connection(&self.target, self.connect_timeout, give_up, |session| match work(session) {
             Err(mysql::Error::MySqlError(e)) if e.code == NO_SUCH_TABLE => {
                 for create in self.tables.create() {
-                    session.conn.query_drop(create)?;
+                    session.run(&create)?;
                 }
                 work(session)
             }
@@ -213,13 +213,14 @@ impl SiteDb {
     /// the map's estimated size and the pace rows no writer could have left.
     pub fn inspect(&self) -> Result<Health, String> {
         let Tables { pace, tags } = &self.tables;
-        self.run(Instant::now() + self.connect_timeout, |session| {
+        let give_up = Instant::now().checked_add(self.connect_timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        self.run(give_up, |session| {
             for probe in [
                 format!("UPDATE {pace} SET last_slot = last_slot WHERE FALSE"),
                 format!("INSERT INTO {tags} SELECT * FROM {tags} WHERE FALSE"),
                 format!("DELETE FROM {tags} WHERE FALSE"),
             ] {
-                session.conn.query_drop(session.limited(&probe))?;
+                session.run(&probe)?;
             }
             let bad = format!(
                 "SELECT COUNT(*), (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{tags}') \
@@ -227,7 +228,7 @@ impl SiteDb {
                 sane_time("last_slot", 3_600_000_000),
                 sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000)
             );
-            let row = session.conn.query_first::<Row, _>(session.limited(&bad))?;
+            let row = session.first(&bad)?;
             let count = |i| int_cell(&row, i).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
             Ok(Health { bad_pace_rows: count(0), entries_estimate: count(1) })
         })
@@ -310,14 +311,14 @@ impl SharedState {
             );
             let mut reported = 0;
             for first in [true, false] {
-                session.conn.query_drop(session.limited(&take))?;
-                reported = session.conn.last_insert_id();
+                session.run(&take)?;
+                reported = session.last_insert_id();
                 if reported > 0 || !first {
                     break;
                 }
                 // The group's first request on this server.
                 let add = format!("INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{hash}', '1970-01-02', '1970-01-02')");
-                session.conn.query_drop(session.limited(&add))?;
+                session.run(&add)?;
             }
             if reported < 2 {
                 let message = "the pace row of the group could not be made".to_owned();
@@ -352,7 +353,7 @@ impl SharedState {
                  {NOW} + INTERVAL {wait} MICROSECOND) WHERE grp = '{}'",
                 tables.pace, self.hash
             );
-            session.conn.query_drop(session.limited(&sql))
+            session.run(&sql)
         };
         if self.on_site(push).is_some() {
             return Ok(());
@@ -369,7 +370,7 @@ impl SharedState {
                  FROM {tags} WHERE grp = '{}' AND (expires > {NOW} OR expires < '1970-01-02') ORDER BY learned DESC LIMIT {MAX_ENTRIES}",
                 self.hash
             );
-            session.conn.query::<Row, _>(session.limited(&sql))
+            session.rows(&sql)
         });
         let Some(rows) = rows else {
             return self.files.as_ref().map(Store::read_tags).unwrap_or_default();
@@ -424,17 +425,17 @@ impl SharedState {
                     );
                 }
                 sql.push_str(" ON DUPLICATE KEY UPDATE href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)");
-                session.conn.query_drop(session.limited(&sql))?;
+                session.run(&sql)?;
             }
             // The expired, and whatever another tool left that fails the readers' test.
             let unusable = format!("DELETE FROM {tags} WHERE grp = '{hash}' AND NOT {}", usable_tag_row());
-            session.conn.query_drop(session.limited(&unusable))?;
+            session.run(&unusable)?;
             let count = format!("SELECT COUNT(*) FROM {tags} WHERE grp = '{hash}'");
-            let row = session.conn.query_first::<Row, _>(session.limited(&count))?;
+            let row = session.first(&count)?;
             let excess = int_cell(&row, 0).unwrap_or(0) - MAX_ENTRIES as i64;
             if excess > 0 {
                 let oldest = format!("DELETE FROM {tags} WHERE grp = '{hash}' ORDER BY learned, href_sha1 LIMIT {excess}");
-                session.conn.query_drop(session.limited(&oldest))?;
+                session.run(&oldest)?;
             }
             Ok(())
         });

@@ -340,28 +340,57 @@ fn with_lock_connection<T>(
 }
 
 /// What the site-wide shared state's statements run on: the connection, which server it is,
-/// and how long the reply may take (the server is told the same, [`StateSession::limited`]).
+/// and until when its replies may come (the server is told the same, [`StateSession::limited`]).
 pub struct StateSession<'a> {
-    pub conn: &'a mut Conn,
+    conn: &'a mut Conn,
     mariadb: bool,
-    left: Duration,
+    give_up: Instant,
+    cap: Duration,
 }
 
 impl StateSession<'_> {
-    /// `sql` with the server's own limit on its run time, so that a statement given up by the
-    /// client (at the call's deadline) does not run on, holding a row lock or a connection:
-    /// MariaDB's `max_statement_time` for any statement; MySQL's `MAX_EXECUTION_TIME` hint
-    /// bounds only a `SELECT` (its row-lock waits are bounded by `innodb_lock_wait_timeout`,
-    /// set at connect).
-    pub fn limited(&self, sql: &str) -> String {
-        let seconds = self.left.as_secs_f64().max(0.001);
-        if self.mariadb {
+    /// `sql` with the server's own limit on its run time, the time left now, so that a
+    /// statement given up by the client (at the call's deadline) does not run on, holding a
+    /// row lock or a connection: MariaDB's `max_statement_time` for any statement; MySQL's
+    /// `MAX_EXECUTION_TIME` hint bounds only a `SELECT` (its row-lock waits are bounded by
+    /// `innodb_lock_wait_timeout`, set at connect). The reply is waited for as long.
+    fn limited(&mut self, sql: &str) -> Result<String, mysql::Error> {
+        let left = self.give_up.saturating_duration_since(Instant::now()).min(self.cap);
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, NO_TIME_LEFT).into());
+        }
+        set_read_timeout(self.conn, left)?;
+        let seconds = left.as_secs_f64().max(0.001);
+        Ok(if self.mariadb {
             format!("SET STATEMENT max_statement_time = {seconds:.3} FOR {sql}")
         } else if let Some(rest) = sql.strip_prefix("SELECT ") {
             format!("SELECT /*+ MAX_EXECUTION_TIME({}) */ {rest}", (seconds * 1000.0).ceil() as u64)
         } else {
             sql.to_owned()
-        }
+        })
+    }
+
+    /// Runs a statement that returns no rows, within the time left.
+    pub fn run(&mut self, sql: &str) -> Result<(), mysql::Error> {
+        let sql = self.limited(sql)?;
+        self.conn.query_drop(sql)
+    }
+
+    /// The rows of `sql`, within the time left, unconverted (see [`text_cell`], [`int_cell`]).
+    pub fn rows(&mut self, sql: &str) -> Result<Vec<mysql::Row>, mysql::Error> {
+        let sql = self.limited(sql)?;
+        self.conn.query(sql)
+    }
+
+    /// The first row of `sql`, within the time left.
+    pub fn first(&mut self, sql: &str) -> Result<Option<mysql::Row>, mysql::Error> {
+        let sql = self.limited(sql)?;
+        first_row(self.conn, &sql)
+    }
+
+    /// `LAST_INSERT_ID()` as the last statement's reply reported it.
+    pub fn last_insert_id(&self) -> u64 {
+        self.conn.last_insert_id()
     }
 }
 
@@ -377,12 +406,8 @@ pub fn with_state_connection<T>(
 ) -> Result<T, LockError> {
     Slot::of(&STATE_CONNECTION, |slot| {
         on_connection(slot, target, connect_timeout, Some(give_up), |connection| {
-            let left = give_up.saturating_duration_since(Instant::now()).min(connect_timeout);
-            if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, NO_TIME_LEFT).into());
-            }
-            connection.expect_reply_within(Duration::ZERO, left)?;
-            work(&mut StateSession { conn: &mut connection.conn, mariadb: connection.mariadb, left })
+            connection.reply_limit = give_up.saturating_duration_since(Instant::now()).min(connect_timeout);
+            work(&mut StateSession { conn: &mut connection.conn, mariadb: connection.mariadb, give_up, cap: connect_timeout })
         })
     })
     .unwrap_or_else(|| {
@@ -422,6 +447,8 @@ impl Connection {
 }
 
 fn set_read_timeout(conn: &Conn, limit: Duration) -> Result<(), mysql::Error> {
+    // A zero timeval would mean no limit at all.
+    let limit = limit.max(Duration::from_millis(1));
     let timeout = libc::timeval {
         tv_sec: limit.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
         tv_usec: limit.subsec_micros() as libc::suseconds_t,
