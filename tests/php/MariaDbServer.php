@@ -153,7 +153,9 @@ final class MariaDbServer
     {
         $command = ['mariadbd', '--no-defaults', "--datadir={$this->dir}/data", "--socket={$this->dir}/sock",
             "--port={$this->port}", '--bind-address=127.0.0.1', "--pid-file={$this->dir}/pid", "--log-error={$this->dir}/error.log",
-            '--skip-name-resolve', '--innodb-buffer-pool-size=32M', ...self::asUser()];
+            '--skip-name-resolve', '--innodb-buffer-pool-size=32M',
+            // latin1 as most sites' servers have it; MariaDB 11.6 and later default to utf8mb4.
+            '--character-set-server=latin1', '--collation-server=latin1_swedish_ci', ...self::asUser()];
         $this->process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes);
         $deadline = microtime(true) + 60;
         while (true) {

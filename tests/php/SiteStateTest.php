@@ -308,7 +308,7 @@ final class SiteStateTest extends JoinBlockTestCase
     }
 
     /**
-     * The private server has MariaDB's built-in defaults: latin1, so a client that does not set
+     * The private server is latin1, as most sites' are, so a client that does not set
      * its charset stores and reads mojibake. Extension and polyfill, learning and asking in
      * turn on different hosts, agree on names beyond ASCII and latin1.
      */
