@@ -52,16 +52,19 @@ namespace {
      * constants. Replaces what an earlier call set; `[]` goes back to INI.
      *
      * @param array{lock_backend?: 'file'|'mysql', mysql_url?: string, db_host?: string,
-     *   db_user?: string, db_password?: string, db_name?: string} $settings
+     *   db_user?: string, db_password?: string, db_name?: string, table_prefix?: string} $settings
      *   - `mysql_url`: `mysql://user:password@host:port/dbname`, parts percent-encoded,
      *     `?socket=/path` for a Unix socket; default INI `joinblock.mysql_url`.
      *   - `db_host`, `db_user`, `db_password`, `db_name`: `DB_HOST` (`host`, `host:port`,
      *     `host:/path/to/socket`; `localhost` alone is the default socket), `DB_USER`,
      *     `DB_PASSWORD`, `DB_NAME`. Not with `mysql_url`.
+     *   - `table_prefix`: put before the names of the tag check's site-wide tables on that
+     *     server (WordPress's `$wpdb->prefix`); letters, digits and underscores, at most 40;
+     *     default INI `joinblock.table_prefix`, else none.
      *
      * @throws \TypeError a setting that is not a string
-     * @throws \ValueError unknown setting, bad URL or host, `mysql_url` with `db_*`, or `db_*`
-     *   without host, user and name
+     * @throws \ValueError unknown setting, bad URL or host, `mysql_url` with `db_*`, `db_*`
+     *   without host, user and name, or a table prefix with other characters
      */
     function joinblock_configure(array $settings): void {}
 

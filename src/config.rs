@@ -39,11 +39,17 @@ pub const SHARED_STATE: &str = "joinblock.shared_state";
 /// hosts through the lock server; `files`: each host's lock directory only.
 pub const SHARED_STATE_BACKEND: &str = "joinblock.shared_state_backend";
 
+/// Put before the site-wide store's table names: WordPress's `$wpdb->prefix`, so that tools
+/// that back up, move or remove a site's tables by prefix take them too.
+pub const TABLE_PREFIX: &str = "joinblock.table_prefix";
+/// Longest prefix taken: the tables' names stay within MySQL's 64 characters.
+const MAX_TABLE_PREFIX: usize = 40;
+
 /// How many idle lock files the lock directory keeps for reuse (`crate::lock::sweep`).
 pub const LOCK_FILES_KEPT: &str = "joinblock.lock_files_kept";
 const LOCK_FILES_KEPT_DEFAULT: &CStr = c"1024";
 
-static INI_ENTRIES: IniEntryDefs<9> = IniEntryDefs::new([
+static INI_ENTRIES: IniEntryDefs<10> = IniEntryDefs::new([
     entry(c"joinblock.lock_dir", c""),
     entry(c"joinblock.action_network_url", c"https://actionnetwork.org/api/v2/"),
     entry(c"joinblock.lock_backend", c"file"),
@@ -52,6 +58,7 @@ static INI_ENTRIES: IniEntryDefs<9> = IniEntryDefs::new([
     entry(c"joinblock.shared_state", c"1"),
     entry(c"joinblock.shared_state_backend", c"auto"),
     entry(c"joinblock.lock_files_kept", LOCK_FILES_KEPT_DEFAULT),
+    entry(c"joinblock.table_prefix", c""),
     IniEntryDef::end(),
 ]);
 
@@ -120,6 +127,7 @@ pub fn shared_state_site_wide() -> Result<bool, String> {
 pub struct RequestSettings {
     pub lock_backend: Option<Backend>,
     pub mysql: Option<MysqlTarget>,
+    pub table_prefix: Option<String>,
 }
 
 thread_local! {
@@ -128,7 +136,7 @@ thread_local! {
     /// threads (Apache's event MPM, FrankenPHP), which serve many requests at once. So one
     /// request's settings never reach a request running beside it, and a request that ends
     /// clears only its own.
-    static REQUEST: RefCell<RequestSettings> = const { RefCell::new(RequestSettings { lock_backend: None, mysql: None }) };
+    static REQUEST: RefCell<RequestSettings> = const { RefCell::new(RequestSettings { lock_backend: None, mysql: None, table_prefix: None }) };
 }
 
 pub fn set_request_settings(settings: RequestSettings) {
@@ -167,6 +175,27 @@ pub fn mysql_target() -> Result<MysqlTarget, String> {
     MysqlTarget::from_url(&String::from_utf8_lossy(&url)).map_err(|problem| format!("INI {MYSQL_URL} {problem}"))
 }
 
+/// Whether `prefix` can start a table name unquoted: WordPress's own rule for `$table_prefix`
+/// (letters, digits, underscores), within [`MAX_TABLE_PREFIX`]; else what is wrong.
+pub fn check_table_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.len() > MAX_TABLE_PREFIX || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!(
+            "is \"{}\"; expected at most {MAX_TABLE_PREFIX} letters, digits and underscores, such as wp_",
+            prefix.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// The site-wide store's table prefix: `joinblock_configure()`, else INI (empty by default).
+pub fn table_prefix() -> Result<String, String> {
+    if let Some(prefix) = with_request_settings(|settings| settings.table_prefix.clone()) {
+        return Ok(prefix);
+    }
+    let prefix = String::from_utf8_lossy(&ini_bytes(TABLE_PREFIX).unwrap_or_default()).trim().to_owned();
+    check_table_prefix(&prefix).map(|()| prefix).map_err(|problem| format!("INI {TABLE_PREFIX} {problem}"))
+}
+
 /// `joinblock.mysql_connect_timeout`: seconds, a finite number greater than 0.
 pub fn mysql_connect_timeout() -> Result<Duration, String> {
     let text = ini_text_or(MYSQL_CONNECT_TIMEOUT, MYSQL_CONNECT_TIMEOUT_DEFAULT);
@@ -195,12 +224,12 @@ mod tests {
     #[test]
     fn request_settings_stay_on_their_thread() {
         let mysql = MysqlTarget::from_url("mysql://wp:secret@127.0.0.1:3306/site").unwrap();
-        let mine = RequestSettings { lock_backend: Some(Backend::Mysql), mysql: Some(mysql) };
+        let mine = RequestSettings { lock_backend: Some(Backend::Mysql), mysql: Some(mysql), table_prefix: Some("wp_".into()) };
         set_request_settings(mine.clone());
         // Another request's thread sees none of it, and its end of request clears only its own.
         std::thread::spawn(|| {
             assert_eq!(with_request_settings(RequestSettings::clone), RequestSettings::default());
-            set_request_settings(RequestSettings { lock_backend: Some(Backend::File), mysql: None });
+            set_request_settings(RequestSettings { lock_backend: Some(Backend::File), ..RequestSettings::default() });
             clear_request_settings();
         })
         .join()

@@ -353,6 +353,7 @@ final class Session
     /** Waits for the host's next request slot (the shared store's), else this process's; never past the deadline. */
     private function pace(string $what): void
     {
+        $retaken = false;
         while ($this->shared !== null) {
             $latest = microtime(true) + ($this->deadline - Clock::now());
             $slot = $this->shared->reserve($this->minInterval, $latest);
@@ -364,10 +365,12 @@ final class Session
             }
             Clock::sleep($slot[1] - microtime(true));
             // Woken late (a busy machine), the slot is spent: sending now would come closer
-            // than one interval to the next host's slot. A new one is asked for.
-            if ($slot[0] && microtime(true) - $slot[1] <= min($this->minInterval / 10, self::LATE_WAKE_TOLERANCE)) {
+            // than one interval to the next host's slot. A new one is asked for, once per
+            // request (as http.rs pace).
+            if ($slot[0] && ($retaken || microtime(true) - $slot[1] <= min($this->minInterval / 10, self::LATE_WAKE_TOLERANCE))) {
                 return;
             }
+            $retaken = $retaken || $slot[0];
         }
         $now = Clock::now();
         $slot = self::$lastRequest === null ? $now : max(self::$lastRequest + $this->minInterval, $now);

@@ -16,6 +16,9 @@ final class Locking
     /** What joinblock_configure() set, for the rest of this request. */
     private static ?string $backend = null;
     private static ?MysqlTarget $mysql = null;
+    private static ?string $tablePrefix = null;
+    /** As config.rs: the longest table prefix taken (the tables' names stay within 64 characters). */
+    private const MAX_TABLE_PREFIX = 40;
 
     private static ?\WeakMap $locks = null;
 
@@ -53,8 +56,13 @@ final class Locking
 
     public static function configure(array $settings): void
     {
-        $known = ['lock_backend', 'mysql_url', 'db_host', 'db_user', 'db_password', 'db_name'];
+        $known = ['lock_backend', 'mysql_url', 'db_host', 'db_user', 'db_password', 'db_name', 'table_prefix'];
         $given = new Options('joinblock_configure', '#1 ($settings)', $settings, $known);
+        $prefix = $given->string('table_prefix');
+        $prefixProblem = $prefix === null ? null : self::tablePrefixProblem($prefix);
+        if ($prefixProblem !== null) {
+            throw $given->valueError('table_prefix', $prefixProblem);
+        }
         $backend = $given->string('lock_backend');
         $backend = $backend === null
             ? null
@@ -73,7 +81,7 @@ final class Locking
             $wordpress => MysqlTarget::fromWordpress($host, $user, $password ?? '', $name, static fn (string $p) => $given->valueError('db_host', $p)),
             default => null,
         };
-        [self::$backend, self::$mysql] = [$backend, $mysql];
+        [self::$backend, self::$mysql, self::$tablePrefix] = [$backend, $mysql, $prefix];
     }
 
     /** The lock behind a JoinBlock\Lock; null for the copy a refused clone or unserialize() makes. */
@@ -120,7 +128,31 @@ final class Locking
         );
     }
 
-    /** INI joinblock.mysql_connect_timeout: seconds, greater than 0. */
+    /**
+     * The site-wide store's table prefix: joinblock_configure()'s, else INI
+     * joinblock.table_prefix (empty by default).
+     *
+     * @throws \ValueError for an INI value that cannot start a table name
+     */
+    public static function tablePrefix(): string
+    {
+        if (self::$tablePrefix !== null) {
+            return self::$tablePrefix;
+        }
+        $prefix = trim(Options::ini('joinblock.table_prefix') ?? '');
+        $problem = self::tablePrefixProblem($prefix);
+        return $problem === null ? $prefix : throw new \ValueError("INI joinblock.table_prefix $problem");
+    }
+
+    /** What keeps $prefix from starting a table name unquoted (WordPress's rule: letters, digits, underscores), or null. */
+    private static function tablePrefixProblem(string $prefix): ?string
+    {
+        if (\strlen($prefix) <= self::MAX_TABLE_PREFIX && preg_match('/^[A-Za-z0-9_]*$/D', $prefix) === 1) {
+            return null;
+        }
+        return sprintf('is "%s"; expected at most %d letters, digits and underscores, such as wp_', Options::escape($prefix), self::MAX_TABLE_PREFIX);
+    }
+
     /** joinblock.lock_files_kept: a whole number, 0 or more. */
     private static function filesKept(): int
     {
@@ -131,6 +163,7 @@ final class Locking
         return (int) trim($text);
     }
 
+    /** INI joinblock.mysql_connect_timeout: seconds, greater than 0. */
     private static function connectTimeout(): float
     {
         $text = Options::ini('joinblock.mysql_connect_timeout') ?? '3';

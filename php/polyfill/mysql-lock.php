@@ -129,9 +129,9 @@ final class MysqlConnection
      */
     public const LATE_REPLY = 2999;
 
-    /** As src/lock/mysql.rs SESSION_SETTINGS: the tables' charset, our sql_mode, row-lock waits cut at 1 s. */
+    /** As src/lock/mysql.rs SESSION_SETTINGS: the tables' charset, our sql_mode, row-lock and table-lock waits cut at 1 s. */
     private const SESSION_SETTINGS = "SET NAMES utf8mb4 COLLATE utf8mb4_bin, SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
-        . 'SESSION innodb_lock_wait_timeout = 1';
+        . 'SESSION innodb_lock_wait_timeout = 1, SESSION lock_wait_timeout = 1';
 
     private static ?\mysqli $db = null;
     private static ?MysqlTarget $target = null;

@@ -6,8 +6,10 @@
  * extension and polyfill processes on any of the site's hosts share one request pace and one
  * tag map per group through the server the site locks on.
  *
- * Tables `joinblock_an_pace` (group -> last_slot, blocked_until) and `joinblock_an_tags`
- * ((group, sha1(href)) -> href, folded name, learned, expires), made on first use. Every time
+ * Tables `<prefix>joinblock_an_pace` (group -> last_slot, blocked_until; the row 'tidy': when
+ * the tables were last tidied) and `<prefix>joinblock_an_tags` ((group, sha1(href)) -> href,
+ * folded name, learned, expires), made on first use; the prefix is joinblock_configure()'s
+ * table_prefix, else INI joinblock.table_prefix. Every time
  * is the server's UTC_TIMESTAMP(6): a process learns only durations from it, so hosts whose
  * clocks disagree keep one pace. As for the files, a slot is taken only when it lies at most
  * one interval ahead of the server's now (else the process asks again then), and what is read
@@ -18,8 +20,9 @@
  * reason for joinblock_status() and named in the call's exception. Every wait on the server
  * ends by the call's deadline, and the server is told the same limit per statement; the
  * statements run on a connection of their own, apart from the locks'. Every row is untrusted
- * input, checked as the extension checks it (usableTag(), SANE_*); a bad one is ignored,
- * counted and replaced. Texts travel as hexadecimal literals over a utf8mb4 connection. No
+ * input, checked as the extension checks it (usableTag(), saneTime()); a bad one is ignored,
+ * counted and replaced. At most once a minute site-wide, a request of any group removes the
+ * expired tag rows and the pace rows of groups idle for a day (tidyWhenDue()). Texts travel as hexadecimal literals over a utf8mb4 connection. No
  * API key (only its hash) and no email reaches the server.
  */
 
@@ -41,6 +44,16 @@ final class SiteState
     private const NO_SUCH_TABLE = 1146;
     private const NOW = 'UTC_TIMESTAMP(6)';
     private const NO_TIME_LEFT = "the call's deadline left no time to wait for the server";
+    /** As site_state.rs: the tidy's period (s), rows per tidy, how long an idle pace row stays (s), the latest a slot lies ahead (µs). */
+    private const TIDY_EVERY = 60;
+    private const TIDY_TAG_ROWS = 4096;
+    private const TIDY_PACE_ROWS = 1024;
+    private const IDLE_PACE_ROW = 24 * 3600;
+    private const TIDY_ROW = 'tidy';
+    private const MAX_SLOT_AHEAD_MICROS = self::MAX_BLOCK_SECONDS * 1_000_000;
+
+    /** When this process (under PHP-FPM: this request) may next try to tidy (Clock). */
+    private static float $nextTidy = 0.0;
 
     /** @var list<string> problems met, for joinblock_status() */
     public static array $warnings = [];
@@ -70,15 +83,20 @@ final class SiteState
     public static function forGroup(string $group, float $giveUp): ?self
     {
         $files = SharedStore::forGroup($group);
-        $site = $files === null ? null : self::server();
+        try {
+            $site = $files === null ? null : self::server();
+        } catch (\ValueError $e) {
+            throw new \ValueError("joinblock_person_has_tag(): {$e->getMessage()}");
+        }
         return $files === null ? null : new self($files, $site, $group, $giveUp);
     }
 
     /**
-     * The lock server, when the shared state spans the site's hosts through it: INI
-     * joinblock.shared_state_backend = auto (the default) and the mysql lock backend.
+     * The lock server and the tables' names, when the shared state spans the site's hosts
+     * through it: INI joinblock.shared_state_backend = auto (the default) and the mysql lock
+     * backend.
      *
-     * @return array{MysqlTarget, float}|null
+     * @return array{MysqlTarget, float, array{string, string}}|null [server, bound of every wait, [pace, tags]]
      */
     public static function server(): ?array
     {
@@ -86,13 +104,12 @@ final class SiteState
         if ($backend !== 'auto' && $backend !== 'files') {
             throw new \ValueError(sprintf('INI joinblock.shared_state_backend is "%s"; expected auto or files', Options::escape($backend)));
         }
-        return $backend === 'auto' ? Locking::mysqlInEffect() : null;
-    }
-
-    /** The tables' names: [pace, tags]. */
-    private static function tables(): array
-    {
-        return ['joinblock_an_pace', 'joinblock_an_tags'];
+        $server = $backend === 'auto' ? Locking::mysqlInEffect() : null;
+        if ($server === null) {
+            return null;
+        }
+        $prefix = Locking::tablePrefix();
+        return [...$server, ["{$prefix}joinblock_an_pace", "{$prefix}joinblock_an_tags"]];
     }
 
     /** What joinblock_status() says of the shared state: [where, problem or null]. */
@@ -108,23 +125,22 @@ final class SiteState
         if ($site === null || $dir === null) {
             return [$files, null];
         }
-        [$target, $bound] = $site;
-        [$pace, $tags] = self::tables();
+        [$target, $bound, [$pace, $tags]] = $site;
         try {
-            [$badPace, $estimate] = self::run($target, $bound, Clock::now() + $bound, static function (\mysqli $db, float $giveUp) use ($pace, $tags): array {
+            [$badPace, $estimate] = self::run($site, Clock::now() + $bound, static function (\mysqli $db, float $giveUp) use ($pace, $tags): array {
                 // Could this process take a slot and publish? The same statements, on no row: privileges and read_only are checked all the same.
                 self::query($db, "UPDATE $pace SET last_slot = last_slot WHERE FALSE", $giveUp);
                 self::query($db, "INSERT INTO $tags SELECT * FROM $tags WHERE FALSE", $giveUp);
                 self::query($db, "DELETE FROM $tags WHERE FALSE", $giveUp);
                 $row = self::query($db, 'SELECT COUNT(*), (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() '
-                    . "AND TABLE_NAME = '$tags') FROM $pace WHERE " . self::saneTime('last_slot', 3_600_000_000) . ' IS NULL OR '
+                    . "AND TABLE_NAME = '$tags') FROM $pace WHERE " . self::saneTime('last_slot', self::MAX_SLOT_AHEAD_MICROS + 1_000_000) . ' IS NULL OR '
                     . self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000) . ' IS NULL', $giveUp)->fetch_row();
                 return [(int) $row[0], (int) $row[1]];
             });
         } catch (LockException $e) {
             return [null, "the site-wide shared state cannot be used ({$e->getMessage()}); each host uses $files instead"];
         }
-        $state = "site-wide on MySQL server {$target->describe()} (about $estimate tag map entries)";
+        $state = "site-wide on MySQL server {$target->describe()}, tables $pace and $tags (about $estimate tag map entries)";
         $faults = [];
         if ($badPace > 0) {
             $faults[] = "$badPace row(s) of $pace hold times no writer could have left (zero dates, or past what a slot or Retry-After allows); "
@@ -140,14 +156,16 @@ final class SiteState
     }
 
     /**
-     * Runs $work(connection, giveUp) on this process's state connection, making the tables when
-     * they are missing; every wait ends by $giveUp (Clock) and within $bound. A connection
-     * found dead when reused is replaced once; a reply that came late is not asked for again.
+     * Runs $work(connection, giveUp) on this process's state connection to $site's server (as
+     * server() gives it), making the tables when they are missing; every wait ends by $giveUp
+     * (Clock) and within the site's bound. A connection found dead when reused is replaced
+     * once; a reply that came late is not asked for again.
      *
      * @throws LockException
      */
-    private static function run(MysqlTarget $target, float $bound, float $giveUp, callable $work): mixed
+    private static function run(array $site, float $giveUp, callable $work): mixed
     {
+        [$target, $bound, $tables] = $site;
         if (self::$db !== null && self::$dbPid !== getmypid()) {
             // A copy inherited across fork: destroying it would send COM_QUIT and end the parent's session.
             self::$inherited[] = self::$db;
@@ -168,7 +186,7 @@ final class SiteState
             }
             $db = self::$db;
             try {
-                return MysqlConnection::quietly(static function () use ($db, $work, $giveUp, $bound): mixed {
+                return MysqlConnection::quietly(static function () use ($db, $work, $giveUp, $bound, $tables): mixed {
                     $until = min($giveUp, Clock::now() + $bound);
                     try {
                         return $work($db, $until);
@@ -176,7 +194,7 @@ final class SiteState
                         if ($e->getCode() !== self::NO_SUCH_TABLE) {
                             throw $e;
                         }
-                        foreach (self::create() as $create) {
+                        foreach (self::create(...$tables) as $create) {
                             self::query($db, $create, $until);
                         }
                         return $work($db, $until);
@@ -197,17 +215,16 @@ final class SiteState
     }
 
     /** @return list<string> */
-    private static function create(): array
+    private static function create(string $pace, string $tags): array
     {
-        [$pace, $tags] = self::tables();
         return [
             "CREATE TABLE IF NOT EXISTS $pace (grp CHAR(40) CHARACTER SET ascii NOT NULL PRIMARY KEY, "
-            . 'last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL'
+            . 'last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL, KEY by_slot (last_slot)'
             . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin',
             "CREATE TABLE IF NOT EXISTS $tags (grp CHAR(40) CHARACTER SET ascii NOT NULL, "
             . 'href_sha1 CHAR(40) CHARACTER SET ascii NOT NULL, href VARCHAR(1024) NOT NULL, name VARCHAR(1024) NOT NULL, '
             . 'learned DATETIME(6) NOT NULL, expires DATETIME(6) NOT NULL, '
-            . 'PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)'
+            . 'PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned), KEY by_expiry (expires)'
             . ') ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin',
         ];
     }
@@ -273,9 +290,8 @@ final class SiteState
         if ($this->site === null || $this->siteFailure !== null) {
             return null;
         }
-        [$target, $bound] = $this->site;
         try {
-            return [self::run($target, $bound, $this->giveUp, $work)];
+            return [self::run($this->site, $this->giveUp, $work)];
         } catch (LockException $e) {
             $text = "site-wide shared state: {$e->getMessage()}; the host's files were used instead";
             self::$fallbacks++;
@@ -289,13 +305,13 @@ final class SiteState
     public function reserve(float $interval, float $latest): array|false|null
     {
         $step = self::micros($interval);
-        [$pace] = self::tables();
+        [$pace] = $this->site[2] ?? [null];
         $taken = $this->onSite(function (\mysqli $db, float $giveUp) use ($step, $interval, $latest, $pace): ?array {
             $maxWait = self::micros($latest - microtime(true));
             // Taken when wait <= this: within one interval and before the deadline.
             $takeLimit = min($step, $maxWait - 1);
             $now = self::NOW;
-            $last = self::saneTime('last_slot', $step + 1_000_000);
+            $last = self::saneTime('last_slot', max($step, self::MAX_SLOT_AHEAD_MICROS) + 1_000_000);
             $blocked = self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000);
             $bad = "($last IS NULL OR $blocked IS NULL)";
             $last = "LEAST(COALESCE($last, '1970-01-02'), $now + INTERVAL $step MICROSECOND)";
@@ -311,7 +327,8 @@ final class SiteState
                     break;
                 }
                 // The group's first request on this server.
-                self::query($db, "INSERT IGNORE INTO $pace (grp, last_slot, blocked_until) VALUES ('{$this->hash}', '1970-01-02', '1970-01-02')", $giveUp);
+                self::query($db, "INSERT IGNORE INTO $pace (grp, last_slot, blocked_until) VALUES ('{$this->hash}', '1970-01-02', '1970-01-02'), "
+                    . "('" . self::TIDY_ROW . "', '1970-01-02', '1970-01-02')", $giveUp);
             }
             if ($reported < 2) {
                 throw new \mysqli_sql_exception('the pace row of the group could not be made');
@@ -327,17 +344,47 @@ final class SiteState
             return $wait > $step ? [false, $at - $interval] : [true, $at];
         });
         if ($taken !== null) {
+            $this->tidyWhenDue();
             return $taken[0];
         }
         // Not `?? false`: the files' null (the slot falls past the deadline) must stay null.
         return $this->files !== null ? $this->files->reserve($interval, $latest) : false;
     }
 
+    /**
+     * As site_state.rs tidy_when_due(): when this process has not tried for a minute and the
+     * tidy row says nobody has, removes expired tag rows of any group and pace rows idle for
+     * a day. Best effort: its failures cost the call nothing and are not fallbacks.
+     */
+    private function tidyWhenDue(): void
+    {
+        if ($this->site === null || $this->siteFailure !== null || Clock::now() < self::$nextTidy) {
+            return;
+        }
+        self::$nextTidy = Clock::now() + self::TIDY_EVERY;
+        [$pace, $tags] = $this->site[2];
+        try {
+            self::run($this->site, $this->giveUp, static function (\mysqli $db, float $giveUp) use ($pace, $tags): void {
+                $now = self::NOW;
+                self::query($db, "UPDATE $pace SET last_slot = $now WHERE grp = '" . self::TIDY_ROW . "' AND last_slot < $now - INTERVAL " . self::TIDY_EVERY . ' SECOND', $giveUp);
+                if ($db->affected_rows !== 1) {
+                    return;
+                }
+                self::query($db, "DELETE FROM $tags WHERE expires < $now OR expires > $now + INTERVAL " . (self::MAX_LIFETIME + self::FUTURE_TOLERANCE)
+                    . ' SECOND LIMIT ' . self::TIDY_TAG_ROWS, $giveUp);
+                self::query($db, "DELETE FROM $pace WHERE last_slot < $now - INTERVAL " . self::IDLE_PACE_ROW . " SECOND AND blocked_until < $now AND grp <> '"
+                    . self::TIDY_ROW . "' LIMIT " . self::TIDY_PACE_ROWS, $giveUp);
+            });
+        } catch (LockException) {
+            // Best effort, as documented above.
+        }
+    }
+
     /** As SharedStore::pushBack(): $until in this host's Unix seconds. */
     public function pushBack(float $until): bool
     {
         $wait = self::micros(min($until - microtime(true), self::MAX_BLOCK_SECONDS));
-        [$pace] = self::tables();
+        [$pace] = $this->site[2] ?? [null];
         $push = function (\mysqli $db, float $giveUp) use ($wait, $pace): bool {
             $blocked = self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000);
             self::query($db, "UPDATE $pace SET blocked_until = GREATEST(LEAST(COALESCE($blocked, '1970-01-02'), " . self::NOW . ' + INTERVAL '
@@ -353,7 +400,7 @@ final class SiteState
     /** As SharedStore::readTags(): times in this host's Unix seconds; rows that fail usableTag() are skipped and counted. */
     public function readTags(): array
     {
-        [, $tags] = self::tables();
+        [, $tags] = $this->site[2] ?? [null, null];
         $rows = $this->onSite(fn (\mysqli $db, float $giveUp) => self::query($db, 'SELECT href_sha1, href, name, TIMESTAMPDIFF(MICROSECOND, learned, '
             . self::NOW . "), TIMESTAMPDIFF(MICROSECOND, learned, expires) FROM $tags WHERE grp = '{$this->hash}' AND (expires > " . self::NOW
             . " OR expires < '1970-01-02') ORDER BY learned DESC LIMIT " . self::MAX_ENTRIES, $giveUp)->fetch_all(MYSQLI_NUM));
@@ -416,7 +463,7 @@ final class SiteState
             }
         }
         ksort($rows, SORT_STRING);
-        [, $tags] = self::tables();
+        [, $tags] = $this->site[2] ?? [null, null];
         $published = $this->onSite(function (\mysqli $db, float $giveUp) use ($rows, $now, $tags): bool {
             $nowSql = self::NOW;
             foreach (array_chunk($rows, self::ROWS_PER_INSERT, true) as $chunk) {
@@ -427,12 +474,13 @@ final class SiteState
                         . ", $nowSql - INTERVAL $ago MICROSECOND, $nowSql + INTERVAL $left MICROSECOND)";
                 }
                 self::query($db, "INSERT INTO $tags (grp, href_sha1, href, name, learned, expires) VALUES " . implode(', ', $values)
-                    . ' ON DUPLICATE KEY UPDATE href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)', $giveUp);
+                    . ' ON DUPLICATE KEY UPDATE href_sha1 = VALUES(href_sha1), href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)', $giveUp);
             }
             // The expired, and whatever another tool left that fails the readers' test.
             self::query($db, "DELETE FROM $tags WHERE grp = '{$this->hash}' AND NOT COALESCE(expires > $nowSql AND learned BETWEEN '1970-01-02' AND $nowSql + INTERVAL "
                 . self::FUTURE_TOLERANCE . ' SECOND AND expires <= learned + INTERVAL ' . self::MAX_LIFETIME
-                . ' SECOND AND href_sha1 = CONVERT(SHA1(href) USING ascii), FALSE)', $giveUp);
+                . ' SECOND AND CAST(href_sha1 AS BINARY) = CAST(SHA1(href) AS BINARY) AND href <> \'\' AND name <> \'\' AND LENGTH(href) + LENGTH(name) <= '
+                . self::MAX_ENTRY_BYTES . ', FALSE)', $giveUp);
             $count = (int) self::query($db, "SELECT COUNT(*) FROM $tags WHERE grp = '{$this->hash}'", $giveUp)->fetch_row()[0];
             if ($count > self::MAX_ENTRIES) {
                 self::query($db, "DELETE FROM $tags WHERE grp = '{$this->hash}' ORDER BY learned, href_sha1 LIMIT " . ($count - self::MAX_ENTRIES), $giveUp);

@@ -207,6 +207,7 @@ impl Session<'_> {
     /// there is no usable store; never past the deadline.
     fn pace(&self, what: &str) -> Result<(), Error> {
         if let Some(store) = self.shared {
+            let mut retaken = false;
             loop {
                 let now = super::shared::unix_now();
                 let latest = now + self.deadline.saturating_duration_since(Instant::now()).as_secs_f64();
@@ -218,11 +219,14 @@ impl Session<'_> {
                 };
                 thread::sleep(Duration::try_from_secs_f64(until - super::shared::unix_now()).unwrap_or(Duration::ZERO));
                 // Woken late (a busy machine), the slot is spent: sending now would come closer
-                // than one interval to the next host's slot. A new one is asked for.
+                // than one interval to the next host's slot. A new one is asked for, once per
+                // request: on a machine too busy to wake in time twice, asking on would only
+                // use up the deadline.
                 let late_by = super::shared::unix_now() - until;
-                if taken && late_by <= (self.min_interval.as_secs_f64() / 10.0).min(LATE_WAKE_TOLERANCE) {
+                if taken && (retaken || late_by <= (self.min_interval.as_secs_f64() / 10.0).min(LATE_WAKE_TOLERANCE)) {
                     return Ok(());
                 }
+                retaken |= taken;
             }
         }
         let slot = {

@@ -7,11 +7,14 @@
 //!
 //! # Tables (made on first use, `CREATE TABLE IF NOT EXISTS`, InnoDB, utf8mb4)
 //!
-//! - `joinblock_an_pace`: one row per group `h = sha1("<base_url> <sha1(api key)>")`:
+//! Named after the site's table prefix (`joinblock.table_prefix`, or `table_prefix` given to
+//! `joinblock_configure()`: WordPress's `$wpdb->prefix`), empty by default.
+//! - `<prefix>joinblock_an_pace`: one row per group `h = sha1("<base_url> <sha1(api key)>")`:
 //!   `last_slot`, the latest request slot taken by any host, and `blocked_until`, until when
-//!   Action Network asked every process to wait (`Retry-After`). UTC, the server's clock.
-//! - `joinblock_an_tags`: `(group, sha1(href))` -> href, folded name, learned, expires; at most
-//!   [`MAX_ENTRIES`] per group, the oldest learned going first.
+//!   Action Network asked every process to wait (`Retry-After`). UTC, the server's clock. The
+//!   row `grp = 'tidy'` holds when the tables were last tidied instead.
+//! - `<prefix>joinblock_an_tags`: `(group, sha1(href))` -> href, folded name, learned,
+//!   expires; at most [`MAX_ENTRIES`] per group, the oldest learned going first.
 //!
 //! # Invariants, and why
 //!
@@ -41,12 +44,19 @@
 //!   servers accept zero dates. A tag row is used only when its href hashes to its key, its
 //!   texts are UTF-8 within [`MAX_ENTRY_BYTES`], it was learned at most [`FUTURE_TOLERANCE`]
 //!   after the server's now and lives at most [`MAX_LIFETIME`] after that; a pace row's times
-//!   count only between 1970-01-02 and what a writer could have written (one interval ahead
-//!   for `last_slot`, [`MAX_BLOCK_SECONDS`] for `blocked_until`). Anything else is ignored,
-//!   counted (`bad_rows()`), and replaced: a pace row by the next slot taken, tag rows by the
+//!   count only between 1970-01-02 and what some writer could have written (for `last_slot`
+//!   an hour ahead, the longest interval honoured, since the callers of one group may pace at
+//!   different `max_rps`, each clamping it to its own interval; [`MAX_BLOCK_SECONDS`] for
+//!   `blocked_until`). Anything else is ignored, counted (`bad_rows()`), and replaced: a pace row by the next slot taken, tag rows by the
 //!   group's next publish, which deletes the group's rows that fail the same test.
 //! - Texts travel as hexadecimal literals of their UTF-8 bytes over a utf8mb4 connection, so
 //!   neither the server's charset nor quoting can change them.
+//! - Bounded without anyone's care: a group's publish keeps its rows to [`MAX_ENTRIES`], and
+//!   at most once per [`TIDY_EVERY`] site-wide (the `tidy` row, claimed by one `UPDATE`) a
+//!   request of any group removes up to [`TIDY_TAG_ROWS`] tag rows that expired or can never
+//!   be used, and the pace rows of groups idle for [`IDLE_PACE_ROW`]: so the rows of groups
+//!   nobody uses any more (a changed API key, a moved site) go too. An idle pace row holds no
+//!   information (its slot and block lie in the past), so removing one changes no pace.
 
 use std::{
     cell::RefCell,
@@ -69,6 +79,22 @@ pub const MAX_BLOCK_SECONDS: u32 = 3600;
 pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(60);
 /// The longest a shared entry lives, whatever `tag_cache_ttl` the call that learned it had.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often, at most, the tables are tidied (site-wide; and per process, so that a process
+/// asks the `tidy` row no more often).
+pub const TIDY_EVERY: Duration = Duration::from_secs(60);
+/// Tag rows removed per tidy: one group's whole map.
+pub const TIDY_TAG_ROWS: usize = MAX_ENTRIES;
+/// Pace rows removed per tidy.
+const TIDY_PACE_ROWS: usize = 1024;
+/// How long a group's pace row outlives its last request.
+pub const IDLE_PACE_ROW: Duration = Duration::from_secs(24 * 3600);
+/// The pace row that holds when the tables were last tidied (not a SHA-1, so no group's).
+const TIDY_ROW: &str = "tidy";
+/// The latest a slot lies ahead, whatever the caller's `max_rps` (a slower caller's slot must
+/// not look bad to a faster one): as long as the longest `Retry-After` honoured.
+const MAX_SLOT_AHEAD_MICROS: i64 = MAX_BLOCK_SECONDS as i64 * 1_000_000;
+/// When this process may next try to tidy.
+static NEXT_TIDY: Mutex<Option<Instant>> = Mutex::new(None);
 /// Rows sent per `INSERT` when publishing.
 const ROWS_PER_INSERT: usize = 64;
 /// MySQL's "table doesn't exist".
@@ -133,11 +159,13 @@ fn sane_time(column: &str, ahead: i64) -> String {
     format!("IF({column} BETWEEN '1970-01-02' AND {NOW} + INTERVAL {ahead} MICROSECOND, {column}, NULL)")
 }
 
-/// True for the tag rows that can be used (see the module's invariants); NULL counts as false.
+/// True for the tag rows that can be used, exactly as [`usable_tag`] judges them (the module's
+/// invariants; bytes compared as bytes); NULL counts as false.
 fn usable_tag_row() -> String {
     format!(
         "COALESCE(expires > {NOW} AND learned BETWEEN '1970-01-02' AND {NOW} + INTERVAL {} SECOND \
-         AND expires <= learned + INTERVAL {} SECOND AND href_sha1 = CONVERT(SHA1(href) USING ascii), FALSE)",
+         AND expires <= learned + INTERVAL {} SECOND AND CAST(href_sha1 AS BINARY) = CAST(SHA1(href) AS BINARY) \
+         AND href <> '' AND name <> '' AND LENGTH(href) + LENGTH(name) <= {MAX_ENTRY_BYTES}, FALSE)",
         FUTURE_TOLERANCE.as_secs(),
         MAX_LIFETIME.as_secs()
     )
@@ -159,7 +187,7 @@ impl Tables {
         [
             format!(
                 "CREATE TABLE IF NOT EXISTS {} (grp CHAR(40) CHARACTER SET ascii NOT NULL PRIMARY KEY, \
-                 last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL\
+                 last_slot DATETIME(6) NOT NULL, blocked_until DATETIME(6) NOT NULL, KEY by_slot (last_slot)\
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
                 self.pace
             ),
@@ -167,7 +195,7 @@ impl Tables {
                 "CREATE TABLE IF NOT EXISTS {} (grp CHAR(40) CHARACTER SET ascii NOT NULL, \
                  href_sha1 CHAR(40) CHARACTER SET ascii NOT NULL, href VARCHAR(1024) NOT NULL, name VARCHAR(1024) NOT NULL, \
                  learned DATETIME(6) NOT NULL, expires DATETIME(6) NOT NULL, \
-                 PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned)\
+                 PRIMARY KEY (grp, href_sha1), KEY by_age (grp, learned), KEY by_expiry (expires)\
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
                 self.tags
             ),
@@ -225,7 +253,7 @@ impl SiteDb {
             let bad = format!(
                 "SELECT COUNT(*), (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{tags}') \
                  FROM {pace} WHERE {} IS NULL OR {} IS NULL",
-                sane_time("last_slot", 3_600_000_000),
+                sane_time("last_slot", MAX_SLOT_AHEAD_MICROS + 1_000_000),
                 sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000)
             );
             let row = session.first(&bad)?;
@@ -298,7 +326,7 @@ impl SharedState {
             let max_wait = micros(latest - unix_now());
             // Taken when wait <= this: within one interval and before the deadline.
             let take_limit = step.min(max_wait.saturating_sub(1));
-            let last = sane_time("last_slot", step.saturating_add(1_000_000));
+            let last = sane_time("last_slot", step.max(MAX_SLOT_AHEAD_MICROS).saturating_add(1_000_000));
             let blocked = sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000);
             let bad = format!("({last} IS NULL OR {blocked} IS NULL)");
             let last = format!("LEAST(COALESCE({last}, '1970-01-02'), {NOW} + INTERVAL {step} MICROSECOND)");
@@ -317,7 +345,10 @@ impl SharedState {
                     break;
                 }
                 // The group's first request on this server.
-                let add = format!("INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{hash}', '1970-01-02', '1970-01-02')");
+                let add = format!(
+                    "INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{hash}', '1970-01-02', '1970-01-02'), \
+                     ('{TIDY_ROW}', '1970-01-02', '1970-01-02')"
+                );
                 session.run(&add)?;
             }
             if reported < 2 {
@@ -338,9 +369,43 @@ impl SharedState {
             })
         });
         match taken {
-            Some(slot) => Ok(slot),
+            Some(slot) => {
+                self.tidy_when_due();
+                Ok(slot)
+            }
             None => self.files.as_ref().ok_or(())?.reserve(interval, latest),
         }
+    }
+
+    /// Tidies the tables when this process has not tried for [`TIDY_EVERY`] and the `tidy`
+    /// row says nobody has (see the module's invariants). Best effort: its failures cost the
+    /// call nothing and are not fallbacks.
+    fn tidy_when_due(&self) {
+        let Some(site) = self.site.as_ref().filter(|_| self.site_failed.borrow().is_none()) else { return };
+        {
+            let mut next = NEXT_TIDY.lock();
+            let now = Instant::now();
+            if next.is_some_and(|at| now < at) {
+                return;
+            }
+            *next = Some(now + TIDY_EVERY);
+        }
+        let Tables { pace, tags } = &site.tables;
+        let _ = site.run(self.deadline, |session| {
+            let every = TIDY_EVERY.as_secs();
+            session.run(&format!("UPDATE {pace} SET last_slot = {NOW} WHERE grp = '{TIDY_ROW}' AND last_slot < {NOW} - INTERVAL {every} SECOND"))?;
+            if session.affected_rows() != 1 {
+                return Ok(());
+            }
+            let longest = (MAX_LIFETIME + FUTURE_TOLERANCE).as_secs();
+            session.run(&format!(
+                "DELETE FROM {tags} WHERE expires < {NOW} OR expires > {NOW} + INTERVAL {longest} SECOND LIMIT {TIDY_TAG_ROWS}"
+            ))?;
+            session.run(&format!(
+                "DELETE FROM {pace} WHERE last_slot < {NOW} - INTERVAL {} SECOND AND blocked_until < {NOW} AND grp <> '{TIDY_ROW}' LIMIT {TIDY_PACE_ROWS}",
+                IDLE_PACE_ROW.as_secs()
+            ))
+        });
     }
 
     /// As `shared::Store::push_back`: `until` in this host's Unix seconds.
@@ -424,7 +489,7 @@ impl SharedState {
                         text_literal(name)
                     );
                 }
-                sql.push_str(" ON DUPLICATE KEY UPDATE href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)");
+                sql.push_str(" ON DUPLICATE KEY UPDATE href_sha1 = VALUES(href_sha1), href = VALUES(href), name = VALUES(name), learned = VALUES(learned), expires = VALUES(expires)");
                 session.run(&sql)?;
             }
             // The expired, and whatever another tool left that fails the readers' test.

@@ -353,7 +353,7 @@ impl StateSession<'_> {
     /// statement given up by the client (at the call's deadline) does not run on, holding a
     /// row lock or a connection: MariaDB's `max_statement_time` for any statement; MySQL's
     /// `MAX_EXECUTION_TIME` hint bounds only a `SELECT` (its row-lock waits are bounded by
-    /// `innodb_lock_wait_timeout`, set at connect). The reply is waited for as long.
+    /// `innodb_lock_wait_timeout` and `lock_wait_timeout`, set at connect). The reply is waited for as long.
     fn limited(&mut self, sql: &str) -> Result<String, mysql::Error> {
         let left = self.give_up.saturating_duration_since(Instant::now()).min(self.cap);
         if left.is_zero() {
@@ -391,6 +391,11 @@ impl StateSession<'_> {
     /// `LAST_INSERT_ID()` as the last statement's reply reported it.
     pub fn last_insert_id(&self) -> u64 {
         self.conn.last_insert_id()
+    }
+
+    /// The rows the last statement changed.
+    pub fn affected_rows(&self) -> u64 {
+        self.conn.affected_rows()
     }
 }
 
@@ -500,9 +505,10 @@ fn open(target: &MysqlTarget, bound: Duration) -> Result<Connection, LockError> 
 /// Sent once per connection, before anything is stored or read: utf8mb4 (the tables' charset,
 /// and the polyfill's, so both store and compare the same bytes), a `sql_mode` of our choice
 /// (a server's `ANSI_QUOTES` or `NO_BACKSLASH_ESCAPES` would change what our statements mean),
-/// and row-lock waits cut at 1 s (MySQL's only server-side bound on an `UPDATE`).
+/// and row-lock and table-lock waits cut at 1 s (MySQL's only server-side bounds on an
+/// `UPDATE`; a table lock's default wait is a year). `GET_LOCK` keeps its own timeout.
 const SESSION_SETTINGS: &str = "SET NAMES utf8mb4 COLLATE utf8mb4_bin, SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', \
-    SESSION innodb_lock_wait_timeout = 1";
+    SESSION innodb_lock_wait_timeout = 1, SESSION lock_wait_timeout = 1";
 
 /// The first row of `sql`'s reply, if any, read without converting anything: nothing a
 /// server sends can make a conversion panic (see [`text_cell`], [`int_cell`]).

@@ -119,7 +119,7 @@ pub fn site_db() -> Result<Option<SiteDb>, String> {
         return Ok(None);
     }
     let (Ok(target), Ok(connect_timeout)) = (config::mysql_target(), config::mysql_connect_timeout()) else { return Ok(None) };
-    Ok(Some(SiteDb { target, connect_timeout, tables: Tables::with_prefix("") }))
+    Ok(Some(SiteDb { target, connect_timeout, tables: Tables::with_prefix(&config::table_prefix()?) }))
 }
 
 /// The directory of the host's shared state (the lock directory in effect), unless INI

@@ -97,28 +97,36 @@ pub fn type_error(message: impl Into<String>) -> PhpException {
 }
 
 thread_local! {
-    /// Where this thread's last panic happened, for the exception that reports it.
-    static PANICKED_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Where this thread's last panic happened, for the exception that reports it; `Some`
+    /// only while `catch_panic` runs on this thread.
+    static PANICKED_AT: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `body`; a panic in it comes back as a sentence (its message and where it happened)
 /// instead of unwinding into PHP's frames, and prints nothing: PHP-FPM would log a Rust
-/// backtrace per request on stderr.
+/// backtrace per request on stderr. A panic anywhere else (another thread, code outside
+/// `catch_panic`) still goes to the hook that was there before.
 pub fn catch_panic<T>(body: impl FnOnce() -> T) -> Result<T, String> {
     static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
     QUIET_HOOK.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let earlier = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
             let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
-            let _ = PANICKED_AT.try_with(|cell| *cell.borrow_mut() = at);
+            let caught = PANICKED_AT.try_with(|cell| cell.borrow_mut().as_mut().map(|slot| *slot = at)).ok().flatten();
+            if caught.is_none() {
+                earlier(info);
+            }
         }))
     });
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).map_err(|payload| {
+    let outer = PANICKED_AT.with(|cell| cell.borrow_mut().replace(None));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let at = PANICKED_AT.with(|cell| std::mem::replace(&mut *cell.borrow_mut(), outer)).flatten();
+    result.map_err(|payload| {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".into());
-        let at = PANICKED_AT.try_with(|cell| cell.borrow_mut().take()).ok().flatten();
         format!("{message} (at {})", at.as_deref().unwrap_or("an unknown place"))
     })
 }
@@ -133,13 +141,24 @@ pub fn guarded<T>(class: &ExceptionClass, body: impl FnOnce() -> ext_php_rs::pre
 #[cfg(test)]
 mod tests {
     use super::catch_panic;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// One test: the quiet hook is installed once per process, over the hook set first here.
     #[test]
-    fn a_panic_comes_back_as_a_sentence_and_the_next_call_runs() {
+    fn a_panic_comes_back_as_a_sentence_and_others_reach_the_earlier_hook() {
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(|_| {
+            SEEN.fetch_add(1, Ordering::SeqCst);
+        }));
         let caught = catch_panic(|| -> u32 { panic!("row {} unusable", 7) }).unwrap_err();
         assert!(caught.starts_with("row 7 unusable (at src/php/exceptions.rs:"), "{caught}");
         assert_eq!(catch_panic(|| 5), Ok(5));
         let str_payload = catch_panic(|| -> () { std::panic::panic_any("plain") }).unwrap_err();
         assert!(str_payload.starts_with("plain (at "), "{str_payload}");
+        assert_eq!(SEEN.load(Ordering::SeqCst), 0, "a caught panic prints nothing");
+        assert!(std::thread::spawn(|| panic!("outside")).join().is_err());
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1, "another thread's panic is reported as before");
+        let nested = catch_panic(|| catch_panic(|| -> () { panic!("inner") }).map(|_| ()).unwrap_err());
+        assert!(nested.as_deref().is_ok_and(|inner| inner.starts_with("inner (at ")), "{nested:?}");
     }
 }

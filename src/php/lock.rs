@@ -143,15 +143,20 @@ pub fn joinblock_release_lock(lock: Option<&ZendClassObject<Lock>>) -> PhpResult
 }
 
 /// Settings for the rest of this request: the lock backend and the MySQL server, given as
-/// `mysql_url` or as WordPress's `DB_HOST` / `DB_USER` / `DB_PASSWORD` / `DB_NAME`.
+/// `mysql_url` or as WordPress's `DB_HOST` / `DB_USER` / `DB_PASSWORD` / `DB_NAME`, and the
+/// site-wide store's `table_prefix` (WordPress's `$wpdb->prefix`).
 #[php_function]
 pub fn joinblock_configure(settings: OptionsArg) -> PhpResult<()> {
     let given = Options::parse(
         "joinblock_configure",
         "#1 ($settings)",
         settings,
-        &["lock_backend", "mysql_url", "db_host", "db_user", "db_password", "db_name"],
+        &["lock_backend", "mysql_url", "db_host", "db_user", "db_password", "db_name", "table_prefix"],
     )?;
+    let table_prefix = given.string("table_prefix")?;
+    if let Some(prefix) = &table_prefix {
+        config::check_table_prefix(prefix).map_err(|p| given.value_error("table_prefix", &p))?;
+    }
     let lock_backend = match given.string("lock_backend")? {
         Some(name) => Some(Backend::parse(&name).map_err(|p| given.value_error("lock_backend", &p))?),
         None => None,
@@ -175,7 +180,7 @@ pub fn joinblock_configure(settings: OptionsArg) -> PhpResult<()> {
         }
         (None, false) => None,
     };
-    config::set_request_settings(RequestSettings { lock_backend, mysql });
+    config::set_request_settings(RequestSettings { lock_backend, mysql, table_prefix });
     Ok(())
 }
 

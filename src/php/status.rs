@@ -10,7 +10,7 @@ use super::{
     lock,
 };
 use crate::{
-    action_network::{requests_sent, site_state, DEFAULT_BASE_URL},
+    action_network::{requests_sent, site_state::{self, Tables}, DEFAULT_BASE_URL},
     config,
     lock::{counters, Counters},
 };
@@ -85,7 +85,8 @@ fn shared_state() -> Result<String, String> {
             if let (1.., Some(last)) = (fallbacks, site_state::warnings().pop()) {
                 faults.push(format!("this process fell back to the host's files {fallbacks} time(s) (last: {last})"));
             }
-            let state = format!("site-wide on MySQL server {server} (about {} tag map entries)", health.entries_estimate);
+            let Tables { pace, tags } = &site.tables;
+            let state = format!("site-wide on MySQL server {server}, tables {pace} and {tags} (about {} tag map entries)", health.entries_estimate);
             match faults.is_empty() {
                 true => Ok(shown(state)),
                 false => Err(shown(format!("{state}, but {}", faults.join("; ")))),

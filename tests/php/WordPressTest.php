@@ -149,6 +149,10 @@ final class WordPressTest extends JoinBlockTestCase
         }
         $this->assertCount(count($members), $writes);
 
+        if ($run === 'mysql') {
+            $tables = $site->db()->sql('SHOW TABLES FROM ' . MariaDbServer::DATABASE . " LIKE '%joinblock_an%'");
+            $this->assertSame("wp_joinblock_an_pace\nwp_joinblock_an_tags", trim($tables), 'the site-wide tables carry the site\'s prefix');
+        }
         $this->assertNoLockHeld($site->tempDir(), 'no lock left held');
         $this->assertNoPhpComplaints($site);
         fwrite(STDERR, sprintf("\n  [WordPress %s: %d requests in %.2f s]", $run, count($requests), $elapsed));
