@@ -32,13 +32,7 @@ use std::cell::Cell;
 use parking_lot::Mutex;
 use reqwest::Url;
 
-use super::shared::{unix_now, SharedEntry};
-use super::site_state::SharedState;
-
-/// Entries the process keeps at most, over all groups: a few hundred KiB for usual names.
-pub const MAX_ENTRIES: usize = 4096;
-/// Href and name of one entry, at most (Action Network's are a few dozen bytes each).
-pub const MAX_ENTRY_BYTES: usize = 1024;
+use super::store::{unix_now, GroupStore, SharedEntry, MAX_ENTRIES, MAX_ENTRY_BYTES};
 
 /// A group, as its API key and base URL identify it (the key is kept only as a digest).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -186,14 +180,14 @@ pub struct Knowledge<'a> {
     list_age: Option<Age>,
     list_advanced: bool,
     /// The host's shared map, read into the process cache at this call's first miss.
-    shared: Option<&'a SharedState>,
+    shared: Option<&'a dyn GroupStore>,
     shared_read: Cell<bool>,
 }
 
 impl<'a> Knowledge<'a> {
     /// `group`'s knowledge as a call with this `ttl` trusts it, with the host's shared map
     /// behind the process cache when `shared` is given.
-    pub fn load(group: &GroupKey, ttl: Duration, shared: Option<&'a SharedState>) -> Self {
+    pub fn load(group: &GroupKey, ttl: Duration, shared: Option<&'a dyn GroupStore>) -> Self {
         let now = Instant::now();
         let list = with_cache(|cache| {
             let cached = cache.groups.get(group)?;

@@ -13,7 +13,10 @@ use parking_lot::Mutex;
 use reqwest::{blocking::Client, header, redirect, StatusCode, Url};
 use serde_json::Value;
 
-use super::{shared::Slot, Error};
+use super::{
+    store::{unix_now, GroupStore, Slot},
+    Error,
+};
 use crate::backoff::Backoff;
 
 /// Largest response body read; a page of 25 resources is a few tens of KiB.
@@ -114,7 +117,7 @@ pub struct Session<'a> {
     pub deadline: Instant,
     pub min_interval: Duration,
     /// The shared pacing for this group (see `shared.rs`, `site_state.rs`); `None`: this process alone.
-    pub shared: Option<&'a super::site_state::SharedState>,
+    pub shared: Option<&'a dyn GroupStore>,
 }
 
 impl Session<'_> {
@@ -157,7 +160,7 @@ impl Session<'_> {
                 let _ = read_capped(response, what, self);
                 // Every process of the host waits, not only this one: the next `pace` of any of
                 // them falls after the wait.
-                let told_all = self.shared.is_some_and(|store| store.push_back(super::shared::unix_now() + wait.as_secs_f64()).is_ok());
+                let told_all = self.shared.is_some_and(|store| store.push_back(unix_now() + wait.as_secs_f64()).is_ok());
                 if !told_all {
                     thread::sleep(wait);
                 }
@@ -209,7 +212,7 @@ impl Session<'_> {
         if let Some(store) = self.shared {
             let mut retaken = false;
             loop {
-                let now = super::shared::unix_now();
+                let now = unix_now();
                 let latest = now + self.deadline.saturating_duration_since(Instant::now()).as_secs_f64();
                 let (until, taken) = match store.reserve(self.min_interval.as_secs_f64(), latest) {
                     Ok(Slot::Taken(slot)) => (slot, true),
@@ -217,12 +220,12 @@ impl Session<'_> {
                     Ok(Slot::Late) => return Err(self.deadline_passed(format!("{what} (waiting for a request slot under max_rps)"))),
                     Err(()) => break,
                 };
-                thread::sleep(Duration::try_from_secs_f64(until - super::shared::unix_now()).unwrap_or(Duration::ZERO));
+                thread::sleep(Duration::try_from_secs_f64(until - unix_now()).unwrap_or(Duration::ZERO));
                 // Woken late (a busy machine), the slot is spent: sending now would come closer
                 // than one interval to the next host's slot. A new one is asked for, once per
                 // request: on a machine too busy to wake in time twice, asking on would only
                 // use up the deadline.
-                let late_by = super::shared::unix_now() - until;
+                let late_by = unix_now() - until;
                 if taken && (retaken || late_by <= (self.min_interval.as_secs_f64() / 10.0).min(LATE_WAKE_TOLERANCE)) {
                     return Ok(());
                 }

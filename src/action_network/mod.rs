@@ -28,6 +28,7 @@ mod cache;
 mod http;
 pub mod shared;
 pub mod site_state;
+mod store;
 
 use std::{
     collections::HashSet,
@@ -185,16 +186,17 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
     let group = GroupKey::new(settings.base_url.as_str(), api_key);
     let files = settings.shared_dir.as_deref().map(|dir| shared::Store::new(dir, group.as_str()));
     let deadline = far_future_if_none(Instant::now().checked_add(settings.deadline));
-    let store = site_state::SharedState::new(files, settings.site_db.clone(), group.as_str(), deadline);
+    let state = site_state::SharedState::new(files, settings.site_db.clone(), group.as_str(), deadline);
+    let store = state.as_ref().map(|state| state as &dyn store::GroupStore);
     let session = Session {
         origin: settings.base_url.clone(),
         api_key,
         timeout: settings.timeout,
         deadline,
         min_interval: Duration::try_from_secs_f64(PACING_HEADROOM / settings.max_rps).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL)),
-        shared: store.as_ref(),
+        shared: store,
     };
-    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl, store.as_ref());
+    let mut knowledge = Knowledge::load(&group, settings.tag_cache_ttl, store);
     let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
     // Whatever was learned stays useful, even when this call failed.
     knowledge.save();

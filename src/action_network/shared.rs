@@ -24,8 +24,7 @@
 //!   planted by another user (or a symlink) is ignored with a warning, never trusted or
 //!   followed. A tags file that does not parse is ignored the same way; a pace line that does
 //!   not parse is rewritten (the file is ours; the worst case is one unpaced slot).
-//! - Bounded: at most [`super::cache::MAX_ENTRIES`] entries of at most
-//!   [`super::cache::MAX_ENTRY_BYTES`] each, the file read at most [`MAX_FILE_BYTES`].
+//! - Bounded: at most [`MAX_ENTRIES`] entries of at most [`MAX_ENTRY_BYTES`] each, the file read at most [`MAX_FILE_BYTES`].
 //! - Pacing: a request takes the slot `max(now, last + 1/max_rps, blocked)` and stores it as
 //!   `last`, all under the lock, so every process of the host together keeps `max_rps`; the
 //!   lock is held for a read and a write, never over a sleep, and waited for at most
@@ -48,14 +47,14 @@ use std::{
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use fs2::FileExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::cache::{MAX_ENTRIES, MAX_ENTRY_BYTES};
+use super::store::{unix_now, GroupStore, SharedEntry, Slot, MAX_ENTRIES, MAX_ENTRY_BYTES};
 
 /// A tags file larger than this is not read (4096 entries of usual size are a few hundred KiB).
 pub const MAX_FILE_BYTES: u64 = 8 << 20;
@@ -88,14 +87,6 @@ fn warn(text: String) {
         warnings.push(text);
     }
 }
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// One learned tag: href, folded name, learned and expiry times (Unix seconds).
-pub type SharedEntry = (String, String, f64, f64);
 
 /// One group's files in one directory.
 #[derive(Clone, Debug)]
@@ -144,10 +135,12 @@ impl Store {
             }
         }
     }
+}
 
-    /// Takes the host's next request slot for a spacing of `interval` seconds, unless it falls
-    /// at or after `latest` (then nothing is taken). `Err(())`: the store cannot be used.
-    pub fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
+/// The host's files: the slot and the block under the pace file's lock; the map read whole
+/// and replaced whole.
+impl GroupStore for Store {
+    fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
         let mut locked = self.lock().ok_or(())?;
         let now = unix_now();
         let (last, blocked) = locked.read_pace(now, interval)?;
@@ -162,8 +155,7 @@ impl Store {
         Ok(Slot::Taken(slot))
     }
 
-    /// Action Network asked to wait until `until`: every process of the host waits.
-    pub fn push_back(&self, until: f64) -> Result<(), ()> {
+    fn push_back(&self, until: f64) -> Result<(), ()> {
         let mut locked = self.lock().ok_or(())?;
         let now = unix_now();
         // `last` as read: the next reserve clamps it with the interval it knows.
@@ -171,8 +163,8 @@ impl Store {
         locked.write_pace(last, blocked.max(until.min(now + MAX_BLOCK))).map_err(|_| ())
     }
 
-    /// The group's shared entries; empty (with a warning) when the file is unusable.
-    pub fn read_tags(&self) -> Vec<SharedEntry> {
+    /// Empty, with a warning, when the file is unusable.
+    fn read_tags(&self) -> Vec<SharedEntry> {
         let path = self.path("tags");
         match read_tags_file(&path, &self.hash) {
             Ok(entries) => entries,
@@ -184,9 +176,7 @@ impl Store {
         }
     }
 
-    /// Merges `learned` into the group's file: a later entry for an href replaces an earlier
-    /// one, the expired go, and the newest [`MAX_ENTRIES`] stay.
-    pub fn publish(&self, learned: &[SharedEntry]) {
+    fn publish(&self, learned: &[SharedEntry]) {
         if learned.is_empty() {
             return;
         }
@@ -207,17 +197,6 @@ impl Store {
             warn(problem);
         }
     }
-}
-
-/// What [`Store::reserve`] gives.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Slot {
-    /// This slot (Unix seconds) is the caller's: it sends then.
-    Taken(f64),
-    /// The next free slot is more than one interval ahead: ask again at this time.
-    Later(f64),
-    /// The next free slot falls at or after the caller's `latest`.
-    Late,
 }
 
 struct Locked {

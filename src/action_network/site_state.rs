@@ -68,8 +68,8 @@ use std::{
 use mysql::Row;
 use parking_lot::Mutex;
 
-use super::cache::{MAX_ENTRIES, MAX_ENTRY_BYTES};
-use super::shared::{unix_now, SharedEntry, Slot, Store};
+use super::shared::Store;
+use super::store::{unix_now, GroupStore, SharedEntry, Slot, MAX_ENTRIES, MAX_ENTRY_BYTES};
 use crate::lock::mysql::{int_cell, text_cell, with_state_connection, MysqlTarget, StateSession};
 
 /// The longest `Retry-After` honoured (seconds), as in `http.rs`.
@@ -264,7 +264,7 @@ impl SiteDb {
 }
 
 /// What a call shares, and where: the site's server, the host's files, or both (the files
-/// standing in whenever the server cannot serve). Offers what `shared::Store` offers.
+/// standing in whenever the server cannot serve).
 #[derive(Debug)]
 pub struct SharedState {
     files: Option<Store>,
@@ -291,11 +291,6 @@ impl SharedState {
         })
     }
 
-    /// Why this call stopped using the site-wide store, if it did: for its exception.
-    pub fn site_failure(&self) -> Option<String> {
-        self.site_failed.borrow().clone()
-    }
-
     /// `Some(result)` from the site-wide store; `None` when the files are to answer.
     fn on_site<T>(&self, work: impl FnMut(&mut StateSession, &Tables) -> Result<T, mysql::Error>) -> Option<T> {
         let site = self.site.as_ref().filter(|_| self.site_failed.borrow().is_none())?;
@@ -314,12 +309,46 @@ impl SharedState {
         }
     }
 
-    /// As `shared::Store::reserve`: the slot in this host's Unix seconds. One `UPDATE`: the
+    /// Tidies the tables when this process has not tried for [`TIDY_EVERY`] and the `tidy`
+    /// row says nobody has (see the module's invariants). Best effort: its failures cost the
+    /// call nothing and are not fallbacks.
+    fn tidy_when_due(&self) {
+        let Some(site) = self.site.as_ref().filter(|_| self.site_failed.borrow().is_none()) else { return };
+        {
+            let mut next = NEXT_TIDY.lock();
+            let now = Instant::now();
+            if next.is_some_and(|at| now < at) {
+                return;
+            }
+            *next = Some(now + TIDY_EVERY);
+        }
+        let Tables { pace, tags } = &site.tables;
+        let _ = site.run(self.deadline, |session| {
+            let every = TIDY_EVERY.as_secs();
+            session.run(&format!("UPDATE {pace} SET last_slot = {NOW} WHERE grp = '{TIDY_ROW}' AND last_slot < {NOW} - INTERVAL {every} SECOND"))?;
+            if session.affected_rows() != 1 {
+                return Ok(());
+            }
+            let longest = (MAX_LIFETIME + FUTURE_TOLERANCE).as_secs();
+            session.run(&format!(
+                "DELETE FROM {tags} WHERE expires < {NOW} OR expires > {NOW} + INTERVAL {longest} SECOND LIMIT {TIDY_TAG_ROWS}"
+            ))?;
+            session.run(&format!(
+                "DELETE FROM {pace} WHERE last_slot < {NOW} - INTERVAL {} SECOND AND blocked_until < {NOW} AND grp <> '{TIDY_ROW}' LIMIT {TIDY_PACE_ROWS}",
+                IDLE_PACE_ROW.as_secs()
+            ))
+        });
+    }
+}
+
+/// The server first; for the rest of the call the files, from its first failure on.
+impl GroupStore for SharedState {
+    /// The slot in this host's Unix seconds. One `UPDATE`: the
     /// row's times, when sane, else as if absent (the row is then rewritten sane), give
     /// `next = max(now, last + interval, blocked)`; it is stored when it lies within one
     /// interval and before the deadline, and `LAST_INSERT_ID(2 × (1 + wait in µs) + bad)`
     /// reports the wait and whether the row was bad.
-    pub fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
+    fn reserve(&self, interval: f64, latest: f64) -> Result<Slot, ()> {
         let hash = &self.hash;
         let step = micros(interval);
         let taken = self.on_site(|session, Tables { pace, .. }| {
@@ -377,39 +406,8 @@ impl SharedState {
         }
     }
 
-    /// Tidies the tables when this process has not tried for [`TIDY_EVERY`] and the `tidy`
-    /// row says nobody has (see the module's invariants). Best effort: its failures cost the
-    /// call nothing and are not fallbacks.
-    fn tidy_when_due(&self) {
-        let Some(site) = self.site.as_ref().filter(|_| self.site_failed.borrow().is_none()) else { return };
-        {
-            let mut next = NEXT_TIDY.lock();
-            let now = Instant::now();
-            if next.is_some_and(|at| now < at) {
-                return;
-            }
-            *next = Some(now + TIDY_EVERY);
-        }
-        let Tables { pace, tags } = &site.tables;
-        let _ = site.run(self.deadline, |session| {
-            let every = TIDY_EVERY.as_secs();
-            session.run(&format!("UPDATE {pace} SET last_slot = {NOW} WHERE grp = '{TIDY_ROW}' AND last_slot < {NOW} - INTERVAL {every} SECOND"))?;
-            if session.affected_rows() != 1 {
-                return Ok(());
-            }
-            let longest = (MAX_LIFETIME + FUTURE_TOLERANCE).as_secs();
-            session.run(&format!(
-                "DELETE FROM {tags} WHERE expires < {NOW} OR expires > {NOW} + INTERVAL {longest} SECOND LIMIT {TIDY_TAG_ROWS}"
-            ))?;
-            session.run(&format!(
-                "DELETE FROM {pace} WHERE last_slot < {NOW} - INTERVAL {} SECOND AND blocked_until < {NOW} AND grp <> '{TIDY_ROW}' LIMIT {TIDY_PACE_ROWS}",
-                IDLE_PACE_ROW.as_secs()
-            ))
-        });
-    }
-
-    /// As `shared::Store::push_back`: `until` in this host's Unix seconds.
-    pub fn push_back(&self, until: f64) -> Result<(), ()> {
+    /// `until` in this host's Unix seconds.
+    fn push_back(&self, until: f64) -> Result<(), ()> {
         let wait = micros((until - unix_now()).min(f64::from(MAX_BLOCK_SECONDS)));
         let push = |session: &mut StateSession, tables: &Tables| {
             let blocked = sane_time("blocked_until", i64::from(MAX_BLOCK_SECONDS + 1) * 1_000_000);
@@ -426,9 +424,9 @@ impl SharedState {
         self.files.as_ref().ok_or(())?.push_back(until)
     }
 
-    /// As `shared::Store::read_tags`: times in this host's Unix seconds. Rows that fail the
-    /// module's test are skipped and counted.
-    pub fn read_tags(&self) -> Vec<SharedEntry> {
+    /// Times in this host's Unix seconds. Rows that fail the module's test are skipped and
+    /// counted.
+    fn read_tags(&self) -> Vec<SharedEntry> {
         let rows = self.on_site(|session, Tables { tags, .. }| {
             let sql = format!(
                 "SELECT href_sha1, href, name, TIMESTAMPDIFF(MICROSECOND, learned, {NOW}), TIMESTAMPDIFF(MICROSECOND, learned, expires) \
@@ -457,9 +455,8 @@ impl SharedState {
             .collect()
     }
 
-    /// As `shared::Store::publish`: a later entry for an href replaces an earlier one, the
-    /// expired go, and the newest [`MAX_ENTRIES`] of the group stay.
-    pub fn publish(&self, learned: &[SharedEntry]) {
+    /// Also deletes the group's rows that fail the readers' test.
+    fn publish(&self, learned: &[SharedEntry]) {
         if learned.is_empty() {
             return;
         }
@@ -509,6 +506,10 @@ impl SharedState {
                 files.publish(learned);
             }
         }
+    }
+
+    fn site_failure(&self) -> Option<String> {
+        self.site_failed.borrow().clone()
     }
 }
 

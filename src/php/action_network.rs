@@ -9,12 +9,12 @@ use ext_php_rs::{convert::FromZval, flags::DataType, prelude::*, types::Zval};
 
 use super::{
     exceptions::{guarded, value_error, ACTION_NETWORK_EXCEPTION},
+    in_effect::{shared_dir, site_db},
     options::{Options, OptionsArg},
 };
 use crate::{
-    action_network::{self, parse_base_url, site_state::{SiteDb, Tables}, Settings, DEFAULT_BASE_URL},
+    action_network::{self, parse_base_url, Settings, DEFAULT_BASE_URL},
     config,
-    lock::Backend,
 };
 
 const FUNCTION: &str = "joinblock_person_has_tag";
@@ -109,26 +109,6 @@ fn settings(options: Options) -> PhpResult<Settings> {
     settings.shared_dir = shared_dir();
     settings.site_db = site_db().map_err(|problem| value_error(format!("{FUNCTION}(): {problem}")))?;
     Ok(settings)
-}
-
-/// The lock server, when the shared state spans the site's hosts through it: the shared state
-/// on, `joinblock.shared_state_backend = auto` and the mysql lock backend in effect. A lock
-/// setting that cannot be read leaves the state to the host's files, as locking reports it.
-pub fn site_db() -> Result<Option<SiteDb>, String> {
-    if !config::shared_state() || !config::shared_state_site_wide()? || config::lock_backend() != Ok(Backend::Mysql) {
-        return Ok(None);
-    }
-    let (Ok(target), Ok(connect_timeout)) = (config::mysql_target(), config::mysql_connect_timeout()) else { return Ok(None) };
-    Ok(Some(SiteDb { target, connect_timeout, tables: Tables::with_prefix(&config::table_prefix()?) }))
-}
-
-/// The directory of the host's shared state (the lock directory in effect), unless INI
-/// `joinblock.shared_state` turns it off or there is no usable directory.
-pub fn shared_dir() -> Option<std::path::PathBuf> {
-    if !config::shared_state() {
-        return None;
-    }
-    super::lock::in_php_cwd(super::lock::lock_dir().ok()?).ok()
 }
 
 /// Belt and braces: Action Network never echoes the key, but a message must never carry it.

@@ -1,11 +1,7 @@
 //! `joinblock_acquire_lock`, `joinblock_release_lock`, `joinblock_configure` and
 //! `JoinBlock\Lock`: argument checks and exception mapping over `crate::lock`.
 
-use std::{
-    ffi::OsString,
-    os::unix::ffi::{OsStrExt, OsStringExt},
-    path::PathBuf,
-};
+use std::os::unix::ffi::OsStrExt;
 
 use ext_php_rs::{
     binary::Binary,
@@ -19,8 +15,8 @@ use parking_lot::Mutex;
 
 use super::{
     exceptions::{guarded, value_error, LOCK_EXCEPTION, LOCK_TIMEOUT_EXCEPTION},
+    in_effect::{in_php_cwd, lock_dir},
     options::{Options, OptionsArg},
-    status,
 };
 use crate::{
     config::{self, RequestSettings},
@@ -182,42 +178,6 @@ pub fn joinblock_configure(settings: OptionsArg) -> PhpResult<()> {
     };
     config::set_request_settings(RequestSettings { lock_backend, mysql, table_prefix });
     Ok(())
-}
-
-/// The lock directory when the call names none: INI `joinblock.lock_dir`, else PHP's
-/// `sys_get_temp_dir()`.
-pub fn lock_dir() -> PhpResult<Vec<u8>> {
-    if let Some(dir) = config::ini_bytes(config::LOCK_DIR) {
-        return Ok(dir);
-    }
-    let temp = ext_php_rs::types::ZendCallable::try_from_name("sys_get_temp_dir")
-        .and_then(|f| f.try_call(vec![]))
-        .map_err(|e| LOCK_EXCEPTION.with(format!("cannot read sys_get_temp_dir(): {e}")))?;
-    temp.zend_str()
-        .map(|s| s.as_bytes().to_vec())
-        .ok_or_else(|| LOCK_EXCEPTION.with("sys_get_temp_dir() did not return a string"))
-}
-
-/// `dir` as PHP's own file functions read it: a relative directory is under PHP's working
-/// directory, `getcwd()`. The operating system would resolve it against the process's instead,
-/// which a thread-safe PHP does not move: each of its request threads has a working directory
-/// of its own (`chdir()` changes only the calling thread's). In an NTS PHP the two are the same.
-pub fn in_php_cwd(dir: Vec<u8>) -> PhpResult<PathBuf> {
-    let dir = PathBuf::from(OsString::from_vec(dir));
-    if dir.is_absolute() {
-        return Ok(dir);
-    }
-    let cwd = ext_php_rs::types::ZendCallable::try_from_name("getcwd")
-        .and_then(|f| f.try_call(vec![]))
-        .ok()
-        .and_then(|cwd| cwd.zend_str().map(|s| s.as_bytes().to_vec()))
-        .ok_or_else(|| {
-            LOCK_EXCEPTION.with(format!(
-                "cannot use the relative lock directory \"{}\": PHP's getcwd() gives no working directory to resolve it in",
-                status::shown(dir.as_os_str().as_bytes())
-            ))
-        })?;
-    Ok(PathBuf::from(OsString::from_vec(cwd)).join(dir))
 }
 
 /// Adds the lock API to the module.

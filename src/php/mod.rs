@@ -3,6 +3,7 @@
 
 mod action_network;
 mod exceptions;
+mod in_effect;
 mod lock;
 mod options;
 mod status;
@@ -10,7 +11,8 @@ mod status;
 use ext_php_rs::{info_table_end, info_table_row, info_table_start, prelude::*, zend::ModuleEntry};
 
 use crate::config;
-use status::{shown, Status};
+use in_effect::shown;
+use status::Status;
 
 /// `php --ri joinblock` and `phpinfo()`. Never shows a password or an API key.
 extern "C" fn module_info(_module: *mut ModuleEntry) {
@@ -65,7 +67,7 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     for problem in crate::action_network::site_state::warnings() {
         info_table_row!("shared state warning", problem.as_str());
     }
-    match action_network::shared_dir() {
+    match in_effect::shared_dir() {
         None => info_table_row!("shared state (tag map, pacing)", "off (joinblock.shared_state = 0, or no lock directory)"),
         Some(dir) => {
             let (files, entries, mut problems) = crate::action_network::shared::inspect(&dir);

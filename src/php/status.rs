@@ -5,20 +5,14 @@
 use ext_php_rs::{prelude::*, types::ZendHashTable, boxed::ZBox};
 
 use super::{
-    action_network,
     exceptions::{guarded, LOCK_EXCEPTION},
-    lock,
+    in_effect::{lock_dir, shared_dir, shown, site_db},
 };
 use crate::{
     action_network::{requests_sent, site_state::{self, Tables}, DEFAULT_BASE_URL},
     config,
     lock::{counters, Counters},
 };
-
-/// A value as PHP strings carry it to `php --ri` (its C strings stop at NUL).
-pub fn shown(text: impl AsRef<[u8]>) -> String {
-    String::from_utf8_lossy(text.as_ref()).replace('\0', "")
-}
 
 /// The settings in effect and the counters, read once.
 pub struct Status {
@@ -44,7 +38,7 @@ impl Status {
         };
         Status {
             backend: config::lock_backend().map(|b| b.name()).map_err(shown),
-            lock_dir: lock::lock_dir().map(shown).map_err(|_| "sys_get_temp_dir() could not be read".into()),
+            lock_dir: lock_dir().map(shown).map_err(|_| "sys_get_temp_dir() could not be read".into()),
             mysql,
             action_network_url: shown(config::ini_bytes(config::ACTION_NETWORK_URL).unwrap_or_else(|| DEFAULT_BASE_URL.into())),
             shared_state: shared_state(),
@@ -59,11 +53,11 @@ impl Status {
 /// or "off"; `Err` when the site-wide store cannot be used (tried now: connected, tables made
 /// if missing, counted), saying that each host's files stand in.
 fn shared_state() -> Result<String, String> {
-    let files = || match action_network::shared_dir() {
+    let files = || match shared_dir() {
         Some(dir) => format!("this host's lock directory {}", dir.display()),
         None => "off".into(),
     };
-    match action_network::site_db() {
+    match site_db() {
         Ok(None) => Ok(shown(files())),
         Ok(Some(site)) => {
             let server = site.target.describe();
