@@ -879,6 +879,7 @@ final class TagCheck
         } finally {
             // Whatever was learned stays useful, even when this call failed.
             $knowledge->save();
+            $shared?->tidyWhenDue();
         }
     }
 

@@ -21,9 +21,10 @@
  * ends by the call's deadline, and the server is told the same limit per statement; the
  * statements run on a connection of their own, apart from the locks'. Every row is untrusted
  * input, checked as the extension checks it (usableTag(), saneTime()); a bad one is ignored,
- * counted and replaced. At most once a minute site-wide, a request of any group removes the
- * expired tag rows and the pace rows of groups idle for a day (tidyWhenDue()). Texts travel as hexadecimal literals over a utf8mb4 connection. No
- * API key (only its hash) and no email reaches the server.
+ * counted and replaced. At most once a minute site-wide, the end of a call of any group removes
+ * expired tag rows and the pace rows of groups idle for a day, by key (tidyWhenDue()). Texts
+ * travel as hexadecimal literals over a utf8mb4 connection. No API key (only its hash) and
+ * no email reaches the server.
  */
 
 declare(strict_types=1);
@@ -48,6 +49,8 @@ final class SiteState
     private const TIDY_EVERY = 60;
     private const TIDY_TAG_ROWS = 4096;
     private const TIDY_PACE_ROWS = 1024;
+    private const TIDY_KEYS_PER_DELETE = 512;
+    private const TIDY_BUDGET = 1.0;
     private const IDLE_PACE_ROW = 24 * 3600;
     private const TIDY_ROW = 'tidy';
     private const MAX_SLOT_AHEAD_MICROS = self::MAX_BLOCK_SECONDS * 1_000_000;
@@ -61,6 +64,8 @@ final class SiteState
     public static int $fallbacks = 0;
     public static int $badRows = 0;
     public static ?string $lastBadRow = null;
+    /** Why this process's last tidy failed, if it did. */
+    public static ?string $tidyFailure = null;
 
     /** This process's connection for the shared state (apart from the locks'), its server, and whether that is MariaDB. */
     private static ?\mysqli $db = null;
@@ -132,6 +137,7 @@ final class SiteState
                 self::query($db, "UPDATE $pace SET last_slot = last_slot WHERE FALSE", $giveUp);
                 self::query($db, "INSERT INTO $tags SELECT * FROM $tags WHERE FALSE", $giveUp);
                 self::query($db, "DELETE FROM $tags WHERE FALSE", $giveUp);
+                self::query($db, "DELETE FROM $pace WHERE FALSE", $giveUp);
                 $row = self::query($db, 'SELECT COUNT(*), (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() '
                     . "AND TABLE_NAME = '$tags') FROM $pace WHERE " . self::saneTime('last_slot', self::MAX_SLOT_AHEAD_MICROS + 1_000_000) . ' IS NULL OR '
                     . self::saneTime('blocked_until', (self::MAX_BLOCK_SECONDS + 1) * 1_000_000) . ' IS NULL', $giveUp)->fetch_row();
@@ -148,6 +154,9 @@ final class SiteState
         }
         if (self::$badRows > 0) {
             $faults[] = sprintf('this process ignored %d unusable row(s) of the site-wide tables (last: %s)', self::$badRows, self::$lastBadRow);
+        }
+        if (self::$tidyFailure !== null) {
+            $faults[] = sprintf("this process's last tidy of the tables failed (%s); expired rows stay until a tidy works", self::$tidyFailure);
         }
         if (self::$fallbacks > 0) {
             $faults[] = sprintf("this process fell back to the host's files %d time(s) (last: %s)", self::$fallbacks, end(self::$warnings));
@@ -327,8 +336,7 @@ final class SiteState
                     break;
                 }
                 // The group's first request on this server.
-                self::query($db, "INSERT IGNORE INTO $pace (grp, last_slot, blocked_until) VALUES ('{$this->hash}', '1970-01-02', '1970-01-02'), "
-                    . "('" . self::TIDY_ROW . "', '1970-01-02', '1970-01-02')", $giveUp);
+                self::query($db, "INSERT IGNORE INTO $pace (grp, last_slot, blocked_until) VALUES ('{$this->hash}', '1970-01-02', '1970-01-02')", $giveUp);
             }
             if ($reported < 2) {
                 throw new \mysqli_sql_exception('the pace row of the group could not be made');
@@ -344,7 +352,6 @@ final class SiteState
             return $wait > $step ? [false, $at - $interval] : [true, $at];
         });
         if ($taken !== null) {
-            $this->tidyWhenDue();
             return $taken[0];
         }
         // Not `?? false`: the files' null (the slot falls past the deadline) must stay null.
@@ -352,11 +359,12 @@ final class SiteState
     }
 
     /**
-     * As site_state.rs tidy_when_due(): when this process has not tried for a minute and the
-     * tidy row says nobody has, removes expired tag rows of any group and pace rows idle for
-     * a day. Best effort: its failures cost the call nothing and are not fallbacks.
+     * As site_state.rs tidy_when_due(), for the end of a call: when this process (under
+     * PHP-FPM: this request) has not tried for a minute and the tidy row says nobody has,
+     * removes expired tag rows of any group and pace rows idle for a day, by key. Its failure
+     * costs the call nothing and is kept for joinblock_status().
      */
-    private function tidyWhenDue(): void
+    public function tidyWhenDue(): void
     {
         if ($this->site === null || $this->siteFailure !== null || Clock::now() < self::$nextTidy) {
             return;
@@ -364,20 +372,56 @@ final class SiteState
         self::$nextTidy = Clock::now() + self::TIDY_EVERY;
         [$pace, $tags] = $this->site[2];
         try {
-            self::run($this->site, $this->giveUp, static function (\mysqli $db, float $giveUp) use ($pace, $tags): void {
-                $now = self::NOW;
-                self::query($db, "UPDATE $pace SET last_slot = $now WHERE grp = '" . self::TIDY_ROW . "' AND last_slot < $now - INTERVAL " . self::TIDY_EVERY . ' SECOND', $giveUp);
-                if ($db->affected_rows !== 1) {
-                    return;
-                }
-                self::query($db, "DELETE FROM $tags WHERE expires < $now OR expires > $now + INTERVAL " . (self::MAX_LIFETIME + self::FUTURE_TOLERANCE)
-                    . ' SECOND LIMIT ' . self::TIDY_TAG_ROWS, $giveUp);
-                self::query($db, "DELETE FROM $pace WHERE last_slot < $now - INTERVAL " . self::IDLE_PACE_ROW . " SECOND AND blocked_until < $now AND grp <> '"
-                    . self::TIDY_ROW . "' LIMIT " . self::TIDY_PACE_ROWS, $giveUp);
-            });
-        } catch (LockException) {
-            // Best effort, as documented above.
+            self::run($this->site, min($this->giveUp, Clock::now() + self::TIDY_BUDGET), static fn (\mysqli $db, float $giveUp) => self::tidy($db, $giveUp, $pace, $tags));
+            self::$tidyFailure = null;
+        } catch (LockException $e) {
+            self::$tidyFailure = $e->getMessage();
         }
+    }
+
+    /** One tidy, if it is this process's turn (as site_state.rs tidy()). */
+    private static function tidy(\mysqli $db, float $giveUp, string $pace, string $tags): void
+    {
+        $now = self::NOW;
+        $recent = "$now - INTERVAL " . self::TIDY_EVERY . " SECOND AND $now + INTERVAL 1 SECOND";
+        $row = self::query($db, "SELECT last_slot BETWEEN $recent FROM $pace WHERE grp = '" . self::TIDY_ROW . "'", $giveUp)->fetch_row();
+        if ($row !== null && $row[0] === '1') {
+            return;
+        }
+        self::query($db, $row === null
+            ? "INSERT IGNORE INTO $pace (grp, last_slot, blocked_until) VALUES ('" . self::TIDY_ROW . "', $now, '1970-01-02')"
+            // Due, or a time no tidy could have left (a zero date, a clock stepped back): claimed.
+            : "UPDATE $pace SET last_slot = $now WHERE grp = '" . self::TIDY_ROW . "' AND NOT COALESCE(last_slot BETWEEN $recent, FALSE)", $giveUp);
+        if ($db->affected_rows !== 1) {
+            return;
+        }
+        $byGroup = [];
+        foreach (self::query($db, "SELECT grp, href_sha1 FROM $tags WHERE expires < $now LIMIT " . self::TIDY_TAG_ROWS, $giveUp)->fetch_all(MYSQLI_NUM) as [$group, $key]) {
+            if (self::isSha1($group) && self::isSha1($key)) {
+                $byGroup[$group][] = "'$key'";
+            }
+        }
+        foreach ($byGroup as $group => $keys) {
+            foreach (array_chunk($keys, self::TIDY_KEYS_PER_DELETE) as $chunk) {
+                self::query($db, "DELETE FROM $tags WHERE grp = '$group' AND href_sha1 IN (" . implode(', ', $chunk) . ") AND expires < $now", $giveUp);
+            }
+        }
+        $idle = "last_slot < $now - INTERVAL " . self::IDLE_PACE_ROW . " SECOND AND blocked_until < $now";
+        $groups = [];
+        foreach (self::query($db, "SELECT grp FROM $pace WHERE $idle LIMIT " . self::TIDY_PACE_ROWS, $giveUp)->fetch_all(MYSQLI_NUM) as [$group]) {
+            if (self::isSha1($group)) {
+                $groups[] = "'$group'";
+            }
+        }
+        foreach (array_chunk($groups, self::TIDY_KEYS_PER_DELETE) as $chunk) {
+            self::query($db, "DELETE FROM $pace WHERE grp IN (" . implode(', ', $chunk) . ") AND $idle", $giveUp);
+        }
+    }
+
+    /** A key of ours: only such text from a row goes back into SQL (as site_state.rs sha1_cell()). */
+    private static function isSha1(mixed $text): bool
+    {
+        return \is_string($text) && preg_match('/^[0-9a-fA-F]{40}$/D', $text) === 1;
     }
 
     /** As SharedStore::pushBack(): $until in this host's Unix seconds. */
@@ -479,7 +523,7 @@ final class SiteState
             // The expired, and whatever another tool left that fails the readers' test.
             self::query($db, "DELETE FROM $tags WHERE grp = '{$this->hash}' AND NOT COALESCE(expires > $nowSql AND learned BETWEEN '1970-01-02' AND $nowSql + INTERVAL "
                 . self::FUTURE_TOLERANCE . ' SECOND AND expires <= learned + INTERVAL ' . self::MAX_LIFETIME
-                . ' SECOND AND CAST(href_sha1 AS BINARY) = CAST(SHA1(href) AS BINARY) AND href <> \'\' AND name <> \'\' AND LENGTH(href) + LENGTH(name) <= '
+                . ' SECOND AND expires > learned AND CAST(href_sha1 AS BINARY) = CAST(SHA1(href) AS BINARY) AND LENGTH(href) > 0 AND LENGTH(name) > 0 AND LENGTH(href) + LENGTH(name) <= '
                 . self::MAX_ENTRY_BYTES . ', FALSE)', $giveUp);
             $count = (int) self::query($db, "SELECT COUNT(*) FROM $tags WHERE grp = '{$this->hash}'", $giveUp)->fetch_row()[0];
             if ($count > self::MAX_ENTRIES) {

@@ -200,6 +200,9 @@ pub fn person_has_tag(email: &str, tag: &str, api_key: &str, settings: &Settings
     let answer = check(&session, settings, email, &normalize_name(tag), &mut knowledge);
     // Whatever was learned stays useful, even when this call failed.
     knowledge.save();
+    if let Some(state) = &state {
+        state.tidy_when_due();
+    }
     answer
 }
 

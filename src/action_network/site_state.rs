@@ -12,7 +12,8 @@
 //! - `<prefix>joinblock_an_pace`: one row per group `h = sha1("<base_url> <sha1(api key)>")`:
 //!   `last_slot`, the latest request slot taken by any host, and `blocked_until`, until when
 //!   Action Network asked every process to wait (`Retry-After`). UTC, the server's clock. The
-//!   row `grp = 'tidy'` holds when the tables were last tidied instead.
+//!   row `grp = 'tidy'` holds when the tables were last tidied instead (no group's hash is
+//!   that word).
 //! - `<prefix>joinblock_an_tags`: `(group, sha1(href))` -> href, folded name, learned,
 //!   expires; at most [`MAX_ENTRIES`] per group, the oldest learned going first.
 //!
@@ -52,11 +53,15 @@
 //! - Texts travel as hexadecimal literals of their UTF-8 bytes over a utf8mb4 connection, so
 //!   neither the server's charset nor quoting can change them.
 //! - Bounded without anyone's care: a group's publish keeps its rows to [`MAX_ENTRIES`], and
-//!   at most once per [`TIDY_EVERY`] site-wide (the `tidy` row, claimed by one `UPDATE`) a
-//!   request of any group removes up to [`TIDY_TAG_ROWS`] tag rows that expired or can never
-//!   be used, and the pace rows of groups idle for [`IDLE_PACE_ROW`]: so the rows of groups
-//!   nobody uses any more (a changed API key, a moved site) go too. An idle pace row holds no
-//!   information (its slot and block lie in the past), so removing one changes no pace.
+//!   at most once per [`TIDY_EVERY`] site-wide (the `tidy` row, read without a lock, then
+//!   claimed by one `UPDATE`, or made when missing) the end of a call of any group removes up
+//!   to [`TIDY_TAG_ROWS`] expired tag rows of any group and the pace rows of groups idle for
+//!   [`IDLE_PACE_ROW`]: so the rows of groups nobody uses any more (a changed API key, a
+//!   moved site) go too. An idle pace row holds no information (its slot and block lie in the
+//!   past), so removing one changes no pace. The rows are found by a plain `SELECT` (which
+//!   locks nothing) and deleted by key, so a tidy locks only the rows it removes, never a
+//!   range a publisher inserts into; it runs after the call's answer, within [`TIDY_BUDGET`],
+//!   and a failure of it is kept for the status, not counted as a fallback.
 
 use std::{
     cell::RefCell,
@@ -86,6 +91,10 @@ pub const TIDY_EVERY: Duration = Duration::from_secs(60);
 pub const TIDY_TAG_ROWS: usize = MAX_ENTRIES;
 /// Pace rows removed per tidy.
 const TIDY_PACE_ROWS: usize = 1024;
+/// Keys per `DELETE` of a tidy.
+const TIDY_KEYS_PER_DELETE: usize = 512;
+/// The longest a tidy takes, on top of the call it follows (never past the call's deadline).
+pub const TIDY_BUDGET: Duration = Duration::from_secs(1);
 /// How long a group's pace row outlives its last request.
 pub const IDLE_PACE_ROW: Duration = Duration::from_secs(24 * 3600);
 /// The pace row that holds when the tables were last tidied (not a SHA-1, so no group's).
@@ -93,8 +102,9 @@ const TIDY_ROW: &str = "tidy";
 /// The latest a slot lies ahead, whatever the caller's `max_rps` (a slower caller's slot must
 /// not look bad to a faster one): as long as the longest `Retry-After` honoured.
 const MAX_SLOT_AHEAD_MICROS: i64 = MAX_BLOCK_SECONDS as i64 * 1_000_000;
-/// When this process may next try to tidy.
+/// When this process may next try to tidy, and why its last tidy failed.
 static NEXT_TIDY: Mutex<Option<Instant>> = Mutex::new(None);
+static TIDY_FAILURE: Mutex<Option<String>> = Mutex::new(None);
 /// Rows sent per `INSERT` when publishing.
 const ROWS_PER_INSERT: usize = 64;
 /// MySQL's "table doesn't exist".
@@ -137,6 +147,11 @@ fn warn(text: String) {
     warnings.push(text);
 }
 
+/// Why this process's last tidy of the tables failed, if it did (cleared by one that works).
+pub fn tidy_failure() -> Option<String> {
+    TIDY_FAILURE.lock().clone()
+}
+
 fn bad_row(table: &str, fault: &str) {
     BAD_ROWS.fetch_add(1, Ordering::Relaxed);
     *LAST_BAD_ROW.lock() = Some(format!("a row of {table} {fault}"));
@@ -164,8 +179,8 @@ fn sane_time(column: &str, ahead: i64) -> String {
 fn usable_tag_row() -> String {
     format!(
         "COALESCE(expires > {NOW} AND learned BETWEEN '1970-01-02' AND {NOW} + INTERVAL {} SECOND \
-         AND expires <= learned + INTERVAL {} SECOND AND CAST(href_sha1 AS BINARY) = CAST(SHA1(href) AS BINARY) \
-         AND href <> '' AND name <> '' AND LENGTH(href) + LENGTH(name) <= {MAX_ENTRY_BYTES}, FALSE)",
+         AND expires > learned AND expires <= learned + INTERVAL {} SECOND AND CAST(href_sha1 AS BINARY) = CAST(SHA1(href) AS BINARY) \
+         AND LENGTH(href) > 0 AND LENGTH(name) > 0 AND LENGTH(href) + LENGTH(name) <= {MAX_ENTRY_BYTES}, FALSE)",
         FUTURE_TOLERANCE.as_secs(),
         MAX_LIFETIME.as_secs()
     )
@@ -247,6 +262,7 @@ impl SiteDb {
                 format!("UPDATE {pace} SET last_slot = last_slot WHERE FALSE"),
                 format!("INSERT INTO {tags} SELECT * FROM {tags} WHERE FALSE"),
                 format!("DELETE FROM {tags} WHERE FALSE"),
+                format!("DELETE FROM {pace} WHERE FALSE"),
             ] {
                 session.run(&probe)?;
             }
@@ -310,35 +326,65 @@ impl SharedState {
     }
 
     /// Tidies the tables when this process has not tried for [`TIDY_EVERY`] and the `tidy`
-    /// row says nobody has (see the module's invariants). Best effort: its failures cost the
-    /// call nothing and are not fallbacks.
-    fn tidy_when_due(&self) {
+    /// row says nobody has (see the module's invariants): for the end of a call, after its
+    /// answer. Its failure costs the call nothing and is kept for the status.
+    pub fn tidy_when_due(&self) {
         let Some(site) = self.site.as_ref().filter(|_| self.site_failed.borrow().is_none()) else { return };
+        let now = Instant::now();
         {
             let mut next = NEXT_TIDY.lock();
-            let now = Instant::now();
             if next.is_some_and(|at| now < at) {
                 return;
             }
             *next = Some(now + TIDY_EVERY);
         }
-        let Tables { pace, tags } = &site.tables;
-        let _ = site.run(self.deadline, |session| {
-            let every = TIDY_EVERY.as_secs();
-            session.run(&format!("UPDATE {pace} SET last_slot = {NOW} WHERE grp = '{TIDY_ROW}' AND last_slot < {NOW} - INTERVAL {every} SECOND"))?;
-            if session.affected_rows() != 1 {
-                return Ok(());
-            }
-            let longest = (MAX_LIFETIME + FUTURE_TOLERANCE).as_secs();
-            session.run(&format!(
-                "DELETE FROM {tags} WHERE expires < {NOW} OR expires > {NOW} + INTERVAL {longest} SECOND LIMIT {TIDY_TAG_ROWS}"
-            ))?;
-            session.run(&format!(
-                "DELETE FROM {pace} WHERE last_slot < {NOW} - INTERVAL {} SECOND AND blocked_until < {NOW} AND grp <> '{TIDY_ROW}' LIMIT {TIDY_PACE_ROWS}",
-                IDLE_PACE_ROW.as_secs()
-            ))
-        });
+        let give_up = self.deadline.min(now + TIDY_BUDGET);
+        let tidied = site.run(give_up, |session| tidy(session, &site.tables));
+        *TIDY_FAILURE.lock() = tidied.err().map(|problem| format!("on MySQL server {}: {problem}", site.target.describe()));
     }
+}
+
+/// One tidy, if it is this process's turn: claims the `tidy` row, then removes expired tag
+/// rows and idle pace rows by key.
+fn tidy(session: &mut StateSession, Tables { pace, tags }: &Tables) -> Result<(), mysql::Error> {
+    let every = TIDY_EVERY.as_secs();
+    let recent = format!("{NOW} - INTERVAL {every} SECOND AND {NOW} + INTERVAL 1 SECOND");
+    let claim = match session.first(&format!("SELECT last_slot BETWEEN {recent} FROM {pace} WHERE grp = '{TIDY_ROW}'"))? {
+        None => format!("INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{TIDY_ROW}', {NOW}, '1970-01-02')"),
+        row if int_cell(&row, 0) == Some(1) => return Ok(()),
+        // Due, or a time no tidy could have left (a zero date, a clock stepped back): claimed.
+        Some(_) => format!("UPDATE {pace} SET last_slot = {NOW} WHERE grp = '{TIDY_ROW}' AND NOT COALESCE(last_slot BETWEEN {recent}, FALSE)"),
+    };
+    session.run(&claim)?;
+    if session.affected_rows() != 1 {
+        return Ok(());
+    }
+    let expired = session.rows(&format!("SELECT grp, href_sha1 FROM {tags} WHERE expires < {NOW} LIMIT {TIDY_TAG_ROWS}"))?;
+    let mut by_group: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for row in expired.into_iter().map(Some) {
+        if let (Some(group), Some(key)) = (sha1_cell(&row, 0), sha1_cell(&row, 1)) {
+            by_group.entry(group).or_default().push(key);
+        }
+    }
+    for (group, keys) in &by_group {
+        for chunk in keys.chunks(TIDY_KEYS_PER_DELETE) {
+            let keys = chunk.iter().map(|key| format!("'{key}'")).collect::<Vec<_>>().join(", ");
+            session.run(&format!("DELETE FROM {tags} WHERE grp = '{group}' AND href_sha1 IN ({keys}) AND expires < {NOW}"))?;
+        }
+    }
+    let idle = format!("last_slot < {NOW} - INTERVAL {} SECOND AND blocked_until < {NOW}", IDLE_PACE_ROW.as_secs());
+    let groups = session.rows(&format!("SELECT grp FROM {pace} WHERE {idle} LIMIT {TIDY_PACE_ROWS}"))?;
+    let groups: Vec<String> = groups.into_iter().map(Some).filter_map(|row| sha1_cell(&row, 0)).map(|g| format!("'{g}'")).collect();
+    for chunk in groups.chunks(TIDY_KEYS_PER_DELETE) {
+        session.run(&format!("DELETE FROM {pace} WHERE grp IN ({}) AND {idle}", chunk.join(", ")))?;
+    }
+    Ok(())
+}
+
+/// A cell that is a SHA-1 in hex, as every key of ours is: only such text goes back into SQL
+/// (a row another tool left with anything else is its group's publish's to remove).
+fn sha1_cell(row: &Option<Row>, index: usize) -> Option<String> {
+    text_cell(row, index).filter(|text| text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The server first; for the rest of the call the files, from its first failure on.
@@ -374,10 +420,7 @@ impl GroupStore for SharedState {
                     break;
                 }
                 // The group's first request on this server.
-                let add = format!(
-                    "INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{hash}', '1970-01-02', '1970-01-02'), \
-                     ('{TIDY_ROW}', '1970-01-02', '1970-01-02')"
-                );
+                let add = format!("INSERT IGNORE INTO {pace} (grp, last_slot, blocked_until) VALUES ('{hash}', '1970-01-02', '1970-01-02')");
                 session.run(&add)?;
             }
             if reported < 2 {
@@ -398,10 +441,7 @@ impl GroupStore for SharedState {
             })
         });
         match taken {
-            Some(slot) => {
-                self.tidy_when_due();
-                Ok(slot)
-            }
+            Some(slot) => Ok(slot),
             None => self.files.as_ref().ok_or(())?.reserve(interval, latest),
         }
     }

@@ -75,6 +75,9 @@ fn shared_state() -> Result<String, String> {
             if let (bad @ 1.., Some(last)) = site_state::bad_rows() {
                 faults.push(format!("this process ignored {bad} unusable row(s) of the site-wide tables (last: {last})"));
             }
+            if let Some(failure) = site_state::tidy_failure() {
+                faults.push(format!("this process's last tidy of the tables failed ({failure}); expired rows stay until a tidy works"));
+            }
             let fallbacks = site_state::fallbacks();
             if let (1.., Some(last)) = (fallbacks, site_state::warnings().pop()) {
                 faults.push(format!("this process fell back to the host's files {fallbacks} time(s) (last: {last})"));
