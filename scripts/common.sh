@@ -91,3 +91,19 @@ clean_ini_scan_dir() {
     done
     echo "$dir"
 }
+
+# Runs a PHPUnit command ("$@") under a time limit ($JOINBLOCK_SUITE_LIMIT seconds, 1500 by
+# default; a whole run takes 5 to 10 minutes), so that a test that hangs ends the run naming
+# itself rather than using up CI's time. The name comes from PHPUnit's TeamCity log, which
+# PHPUnit 9 to 13 write as each test starts.
+run_suite() {
+    local limit=${JOINBLOCK_SUITE_LIMIT:-1500} log rc=0 running
+    log=$(mktemp /tmp/joinblock-suite.XXXXXX)
+    timeout --kill-after=20 "$limit" "$@" --log-teamcity "$log" || rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        running=$(grep "testStarted " "$log" | tail -n 1 | sed "s/.* locationHint='php_qn:\/\/[^:]*::\\\\//; s/' flowId=.*//")
+        echo "error: PHPUnit did not end within $limit s (JOINBLOCK_SUITE_LIMIT) and was stopped; the test running then: ${running:-none had started}" >&2
+    fi
+    rm -f "$log"
+    return "$rc"
+}

@@ -5,8 +5,14 @@ declare(strict_types=1);
 namespace JoinBlock\Tests;
 
 use PHPUnit\Framework\Attributes\DataProvider;
+use PHPUnit\Framework\Attributes\Group;
 
-/** Several real PHP processes on one key: mutual exclusion under contention and in bursts. */
+/**
+ * Several real PHP processes on one key: mutual exclusion under contention and in bursts.
+ *
+ * @group load
+ */
+#[Group('load')]
 final class LockConcurrencyTest extends JoinBlockTestCase
 {
     /** A worker process with the implementation under test, or the one named. */

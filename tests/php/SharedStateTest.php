@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace JoinBlock\Tests;
 
 use PHPUnit\Framework\Attributes\DataProvider;
+use PHPUnit\Framework\Attributes\Group;
 
 /**
  * The host's shared state of joinblock_person_has_tag (docs/configuration.md, "The host's shared state"): a
@@ -129,8 +130,10 @@ final class SharedStateTest extends JoinBlockTestCase
      * server counts.
      *
      * @dataProvider rateLimits
+     * @group load
      */
     #[DataProvider('rateLimits')]
+    #[Group('load')]
     public function testEightProcessesTogetherKeepTheHostWideLimit(string $limiter): void
     {
         $asks = self::$server->loadPacingMembers();
