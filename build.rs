@@ -138,12 +138,12 @@ fn run(program: &Path, args: &[&str]) -> Result<String, String> {
                   (a PHP built from source: PHP=<prefix>/bin/php PHP_CONFIG=<prefix>/bin/php-config)";
     let output = Command::new(program).args(args).output().map_err(|e| format!("cannot run {ran}: {e}. {advice}."))?;
     let said = |bytes: &[u8]| {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim();
+        // One line, for a one-paragraph message.
+        let text = String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
         // Enough to recognise a usage text, not a page of it.
         match text.char_indices().nth(600) {
             Some((cut, _)) => format!("{}…", &text[..cut]),
-            None => text.to_owned(),
+            None => text,
         }
     };
     let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();

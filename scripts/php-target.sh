@@ -42,7 +42,7 @@ ask_php() {
         rm -f "$err"
         [ "$status" -ne 0 ] && outcome="failed (exit status $status)" || outcome="printed nothing"
         die "\`$*\` $outcome; ${said:+it printed: }${said:-no output}
-  Is $1 the PHP you mean? Set PHP_CONFIG to the php-config of the PHP to install for
+  Is $1 part of the PHP you mean? Set PHP_CONFIG to the php-config of the PHP to install for
   (a PHP built from source, as the official php:* images have it: PHP_CONFIG=/usr/local/bin/php-config)."
     fi
     rm -f "$err"
