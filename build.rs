@@ -5,9 +5,15 @@
 //! headers it compiles against. When they belong to two PHPs (php8.3's php-config beside
 //! php8.2, a ZTS build's headers with Debian's NTS CLI), the build succeeds and the `.so` fails
 //! only later, when some PHP refuses to load it or, worse, loads it with the wrong struct
-//! layouts. So the build stops here, naming both PHPs, unless the CLI, `php-config`'s own
-//! answers and the headers it points at agree on the module API number, thread safety and
-//! debug mode, and the PHP is 8.1 or newer.
+//! layouts. So the build stops here, naming both PHPs, unless the CLI and the headers
+//! `php-config` points at agree on the module API number, thread safety and debug mode, and
+//! the PHP is 8.1 or newer.
+//!
+//! It asks only what every PHP's programs answer, as php.net builds them (the official
+//! `php:*` images, PIE's users, any source build), not only Debian's: `php -n -i`'s rows, and
+//! `php-config --version` and `--include-dir`; the rest is read from the headers themselves
+//! (Debian's `php-config --phpapi` exists nowhere else). When a program fails, the message
+//! says what ran, what it printed and what to do.
 //!
 //! It also stamps the build (crate version, plus the git commit when built from this
 //! repository's own checkout) for `php --ri joinblock`, and lets a macOS build link: PHP's
@@ -33,11 +39,10 @@ struct Described {
     build: Build,
 }
 
-/// `php-config`'s side, plus the module API number its headers define.
+/// `php-config`'s side, as its headers define it.
 struct PhpConfig {
     described: Described,
     include_dir: PathBuf,
-    header_api: String,
 }
 
 fn main() {
@@ -67,20 +72,10 @@ fn check_one_php() -> Result<(), String> {
     if config.described.build != cli.build {
         return Err(format!(
             "PHP and php-config name two different PHPs: ext-php-rs would build for {} but compile \
-             against {}; the extension would load in neither. {how}.",
+             against {} (headers in {}); the extension would load in neither. {how}.",
             cli.line(),
-            config.described.line()
-        ));
-    }
-    if config.header_api != cli.build.api {
-        return Err(format!(
-            "{} names headers ({}) of module API {}, not {}'s API {}: that php-config and its headers \
-             belong to different PHPs. {how}.",
-            config.described.what,
-            config.include_dir.display(),
-            config.header_api,
-            cli.what,
-            cli.build.api
+            config.described.line(),
+            config.include_dir.display()
         ));
     }
     let version_id: u32 = cli.version_id()?;
@@ -135,20 +130,30 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// What `program args` prints; an empty answer is a failure too. A failure says what ran,
+/// what came back and what to do.
 fn run(program: &Path, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {} {}: {e}", program.display(), args.join(" ")))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} {} failed: {}",
-            program.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+    let ran = format!("`{} {}`", program.display(), args.join(" "));
+    let advice = "Point PHP and PHP_CONFIG at the CLI and the php-config of the PHP to build for \
+                  (a PHP built from source: PHP=<prefix>/bin/php PHP_CONFIG=<prefix>/bin/php-config)";
+    let output = Command::new(program).args(args).output().map_err(|e| format!("cannot run {ran}: {e}. {advice}."))?;
+    let said = |bytes: &[u8]| {
+        // One line, for a one-paragraph message.
+        let text = String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
+        // Enough to recognise a usage text, not a page of it.
+        match text.char_indices().nth(600) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text,
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if output.status.success() && !stdout.is_empty() {
+        return Ok(stdout);
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    let printed = [said(&output.stderr), said(&output.stdout)].into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" / ");
+    let outcome = if output.status.success() { "printed nothing".to_owned() } else { format!("failed ({})", output.status) };
+    let printed = if printed.is_empty() { "no output".to_owned() } else { format!("it printed: {printed}") };
+    Err(format!("{ran} {outcome}; {printed}. {advice}."))
 }
 
 fn describe_cli(php: &Path) -> Result<Described, String> {
@@ -172,11 +177,10 @@ fn describe_cli(php: &Path) -> Result<Described, String> {
     })
 }
 
-/// What `php-config` says: its module API number, and thread safety and debug mode as the
-/// headers it points at define them (read from the files, as the compiler will).
+/// What `php-config` names: its version, and the module API number, thread safety and debug
+/// mode as the headers it points at define them (read from the files, as the compiler will).
 fn describe_php_config(php_config: &Path) -> Result<PhpConfig, String> {
     let what = format!("php-config {}", php_config.display());
-    let api = run(php_config, &["--phpapi"])?;
     let dir = PathBuf::from(run(php_config, &["--include-dir"])?);
     let read = |file: &str| {
         let path = dir.join(file);
@@ -190,7 +194,7 @@ fn describe_php_config(php_config: &Path) -> Result<PhpConfig, String> {
                 .then(|| words.next().unwrap_or("").trim_matches('"').to_owned())
         })
     };
-    let header_api = defined(&read("Zend/zend_modules.h")?, "ZEND_MODULE_API_NO")
+    let api = defined(&read("Zend/zend_modules.h")?, "ZEND_MODULE_API_NO")
         .ok_or_else(|| format!("the headers in {} define no ZEND_MODULE_API_NO", dir.display()))?;
     let config = read("main/php_config.h")?;
     let described = Described {
@@ -202,7 +206,7 @@ fn describe_php_config(php_config: &Path) -> Result<PhpConfig, String> {
             debug: defined(&config, "ZEND_DEBUG").as_deref() == Some("1"),
         },
     };
-    Ok(PhpConfig { described, include_dir: dir, header_api })
+    Ok(PhpConfig { described, include_dir: dir })
 }
 
 /// `JOINBLOCK_BUILD`: "0.1.0", or "0.1.0 (git 1a2b3c4d5e6f)" when built from this repository's

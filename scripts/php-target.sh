@@ -30,10 +30,30 @@ ensure_php_config() {
     fi
 }
 
+# Prints what "$@" (one of the PHP's own programs) prints on stdout; when it fails or prints
+# nothing, stops with what ran, what came back, and what to do.
+ask_php() {
+    local out status=0 err
+    err=$(mktemp)
+    out=$("$@" 2>"$err") || status=$?
+    if [ "$status" -ne 0 ] || [ -z "$out" ]; then
+        local said outcome
+        said=$( { head -c 600 "$err"; printf '%s' "$out" | head -c 600; } | tr '\n' ' ')
+        rm -f "$err"
+        [ "$status" -ne 0 ] && outcome="failed (exit status $status)" || outcome="printed nothing"
+        die "\`$*\` $outcome; ${said:+it printed: }${said:-no output}
+  Is $1 part of the PHP you mean? Set PHP_CONFIG to the php-config of the PHP to install for
+  (a PHP built from source, as the official php:* images have it: PHP_CONFIG=/usr/local/bin/php-config)."
+    fi
+    rm -f "$err"
+    printf '%s\n' "$out"
+}
+
 # Finds the target PHP through `php-config` ($PHP_CONFIG, else the one on PATH) and sets:
 # PHP_CONFIG_BIN, PHP_BIN (its CLI), PHP_FULL_VERSION (8.2.36), PHP_VERSION (8.2), PHP_API,
 # PHP_EXT_DIR, PHP_ZTS (0/1), PHP_DEBUG_BUILD (0/1) and PHP_BUILD_ID (API20220829,NTS): the
-# build ID an extension must carry for this PHP to load it.
+# build ID an extension must carry for this PHP to load it. It asks only what every PHP's
+# php-config and CLI answer (php.net's too: no Debian-only --phpapi); each failure says why.
 find_target_php() {
     if [ -n "${PHP_CONFIG:-}" ]; then
         [ -x "$PHP_CONFIG" ] || die "PHP_CONFIG=$PHP_CONFIG is not an executable php-config"
@@ -41,20 +61,22 @@ find_target_php() {
     elif ! PHP_CONFIG_BIN=$(command -v php-config); then
         die "php-config not found: install the -dev package of the PHP to build for (here: php$DEBIAN_PHP-dev), or set PHP_CONFIG=/path/to/php-configX.Y"
     fi
-    PHP_FULL_VERSION=$("$PHP_CONFIG_BIN" --version)
+    PHP_FULL_VERSION=$(ask_php "$PHP_CONFIG_BIN" --version)
     PHP_VERSION=$(echo "$PHP_FULL_VERSION" | cut -d. -f1,2)
-    PHP_API=$("$PHP_CONFIG_BIN" --phpapi)
-    PHP_EXT_DIR=$("$PHP_CONFIG_BIN" --extension-dir)
-    PHP_BIN=$("$PHP_CONFIG_BIN" --php-binary)
-    [ -x "$PHP_BIN" ] || die "$PHP_CONFIG_BIN names $PHP_BIN as its PHP, which is missing: install php$PHP_VERSION-cli"
-    local cli_version
-    cli_version=$("$PHP_BIN" -n -r 'echo PHP_VERSION;')
+    PHP_EXT_DIR=$(ask_php "$PHP_CONFIG_BIN" --extension-dir)
+    PHP_BIN=$(ask_php "$PHP_CONFIG_BIN" --php-binary)
+    [ -x "$PHP_BIN" ] || die "$PHP_CONFIG_BIN names $PHP_BIN as its PHP, which is missing: install php$PHP_VERSION-cli (a PHP built from source: its make install)"
+    local cli_version info
+    cli_version=$(ask_php "$PHP_BIN" -n -r 'echo PHP_VERSION;')
     [ "$cli_version" = "$PHP_FULL_VERSION" ] ||
         die "$PHP_CONFIG_BIN is PHP $PHP_FULL_VERSION but $PHP_BIN is PHP $cli_version: install matching phpX.Y-cli and phpX.Y-dev versions"
-    PHP_ZTS=$("$PHP_BIN" -n -r 'echo PHP_ZTS;')
-    PHP_DEBUG_BUILD=$("$PHP_BIN" -n -r 'echo PHP_DEBUG;')
-    PHP_BUILD_ID=$("$PHP_BIN" -n -i | sed -n 's/^PHP Extension Build => //p')
-    [ -n "$PHP_BUILD_ID" ] || die "cannot read the extension build ID of $PHP_BIN (php -i)"
+    PHP_ZTS=$(ask_php "$PHP_BIN" -n -r 'echo PHP_ZTS;')
+    PHP_DEBUG_BUILD=$(ask_php "$PHP_BIN" -n -r 'echo PHP_DEBUG;')
+    info=$(ask_php "$PHP_BIN" -n -i)
+    PHP_API=$(sed -n 's/^PHP API => //p' <<<"$info")
+    PHP_BUILD_ID=$(sed -n 's/^PHP Extension Build => //p' <<<"$info")
+    [ -n "$PHP_API" ] && [ -n "$PHP_BUILD_ID" ] ||
+        die "\`$PHP_BIN -n -i\` shows no \"PHP API\" or \"PHP Extension Build\" row: is $PHP_BIN a PHP CLI?"
 }
 
 # Sets DEBIAN_LAYOUT: 1 for Debian's and Ubuntu's PHP packages (/usr/lib/php/<api>,
