@@ -70,8 +70,8 @@ find_target_php() {
     cli_version=$(ask_php "$PHP_BIN" -n -r 'echo PHP_VERSION;')
     [ "$cli_version" = "$PHP_FULL_VERSION" ] ||
         die "$PHP_CONFIG_BIN is PHP $PHP_FULL_VERSION but $PHP_BIN is PHP $cli_version: install matching phpX.Y-cli and phpX.Y-dev versions"
-    PHP_ZTS=$(ask_php "$PHP_BIN" -n -r 'echo PHP_ZTS;')
-    PHP_DEBUG_BUILD=$(ask_php "$PHP_BIN" -n -r 'echo PHP_DEBUG;')
+    PHP_ZTS=$(ask_php "$PHP_BIN" -n -r 'echo (int) PHP_ZTS;')
+    PHP_DEBUG_BUILD=$(ask_php "$PHP_BIN" -n -r 'echo (int) PHP_DEBUG;')
     info=$(ask_php "$PHP_BIN" -n -i)
     PHP_API=$(sed -n 's/^PHP API => //p' <<<"$info")
     PHP_BUILD_ID=$(sed -n 's/^PHP Extension Build => //p' <<<"$info")
