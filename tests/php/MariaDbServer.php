@@ -126,9 +126,19 @@ final class MariaDbServer
     {
         $proc = proc_open(['mariadb', '--no-defaults', "--socket={$this->dir}/sock", '-uroot', '-N', '-B', '--unbuffered'],
             [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes);
-        fwrite($pipes[0], "BEGIN; $select; SELECT 'locked';\n");
+        // Its own waits end within 10 s (the server's defaults are 50 s and a day), and so
+        // does ours for its answer: a lock it cannot get fails the test, never hangs it.
+        fwrite($pipes[0], "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10; BEGIN; $select; SELECT 'locked';\n");
         fflush($pipes[0]);
-        while (($line = fgets($pipes[1])) !== false && trim($line) !== 'locked') {
+        stream_set_timeout($pipes[1], 15);
+        $locked = false;
+        while (!$locked && ($line = fgets($pipes[1])) !== false) {
+            $locked = trim($line) === 'locked';
+        }
+        if (!$locked) {
+            proc_terminate($proc, SIGKILL);
+            proc_close($proc);
+            throw new \RuntimeException("the session meant to hold locks did not get them within 15 s: $select");
         }
         return static function () use ($proc, $pipes): void {
             fwrite($pipes[0], "ROLLBACK;\n");
