@@ -241,6 +241,12 @@ final class FpmTest extends JoinBlockTestCase
                 $this->assertStringNotContainsString('LockException', $said, "round $round: the worker still claimed a lock of an earlier request");
                 $this->assertMatchesRegularExpression("~Allowed memory size of \\d+ bytes exhausted .* in (\\S+/lock_until_fatal\\.php on line $callLine|\\S+/polyfill/\\S+\\.php on line \\d+)\\b~", $said, "round $round: the fatal struck at the lock call");
                 for ($i = 0; $i < $max; $i++) {
+                    // A key the worker never reached has no file, so nothing can hold it; and root
+                    // must not make one in www-data's directory: the polyfill, as root, leaves
+                    // it root's, which the worker then refuses (docs/integration.md).
+                    if ($backend === 'file' && !file_exists(self::pluginLockPath($query['dir'], "fatal-$i@example.org"))) {
+                        continue;
+                    }
                     try {
                         joinblock_acquire_lock("fatal-$i@example.org", $options + ['timeout' => 0])->release();
                     } catch (\JoinBlock\LockTimeoutException $e) {
