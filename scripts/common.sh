@@ -45,6 +45,29 @@ write_deb_src_entries() {
         { echo "error: no Debian entry in $etc/sources.list or $etc/sources.list.d/debian.sources to take the source from" >&2; return 1; }
 }
 
+# Downloads Debian's source package of php$DEBIAN_PHP into the directory $1 (further arguments
+# go to `apt-get source`: --download-only) and prints its version. The deb-src entries it needs
+# are added for the download (twins of the machine's entries) and removed after. It takes the
+# newest version Debian lists whose files the mirror holds: a security update's files are
+# sometimes listed before the mirror has them.
+fetch_php_source() {
+    local dir=$1 entries=joinblock-php-source candidate version=
+    shift
+    write_deb_src_entries /etc/apt /etc/apt/sources.list.d "$entries"
+    apt-get update -qq
+    for candidate in $(apt-cache showsrc "php$DEBIAN_PHP" | sed -n 's/^Version: //p' | sort -rV | uniq); do
+        if (cd "$dir" && apt-get source -qq "$@" "php$DEBIAN_PHP=$candidate" >/dev/null 2>&1); then
+            version=$candidate
+            break
+        fi
+        rm -rf "${dir:?}"/*
+    done
+    rm -f "/etc/apt/sources.list.d/$entries".{sources,list}
+    apt-get update -qq || true
+    [ -n "$version" ] || { echo "error: apt-get source php$DEBIAN_PHP failed for every version Debian lists" >&2; return 1; }
+    echo "$version"
+}
+
 # The PHP this Debian release ships (8.2 on Debian 12, 8.4 on Debian 13): the one its php-cli,
 # php-fpm and the .deb are for. Another release: the version its php-cli package depends on.
 debian_php_version() {
