@@ -9,8 +9,8 @@
 //!
 //! The signal reaches only the thread that armed the alarm, at most once, and never after the
 //! alarm is dropped:
-//! - the timer is this thread's (`SIGEV_THREAD_ID`), and the signal is unblocked in this
-//!   thread while the alarm lives (a server's worker threads may block signals: Apache's do);
+//! - the timer is this thread's (`SIGEV_THREAD_ID`), and an alarm is armed only while this
+//!   thread does not block the signal (below);
 //! - [`Alarm::arm`] fires once (no interval), so a call that retries on `EINTR` is
 //!   interrupted once and then ends by its own timeout; [`Alarm::arm_repeating`] fires again
 //!   every interval after that, for a caller that checks its own deadline after each `EINTR`;
@@ -21,6 +21,12 @@
 //!   default disposition, and an alarm is armed only while the handler is still ours, so no
 //!   other code's handler is ever run by it (nor the default action, which ends the process).
 //!
+//! And the signal stays the script's whenever the script (or its server) shows it uses it:
+//! no alarm is armed while the thread blocks the signal. A script that blocks it may have one
+//! pending, to collect with `sigtimedwait`, and unblocking it for a wait would hand that one to
+//! the do-nothing handler; so would a signal sent to it while the wait had it unblocked. The
+//! caller then waits another way (a lock polls) or as it would have (a connect).
+//!
 //! The one gap: a signal that comes while the thread is not yet blocked interrupts nothing.
 //! The alarm fires a whole bound after arming, so that needs the thread kept off the CPU for
 //! that long between arming and the call; a repeating alarm closes it at the next interval.
@@ -29,31 +35,51 @@ use std::{mem, ptr, time::Duration};
 
 extern "C" fn do_nothing(_: libc::c_int) {}
 
-/// The signal, with [`do_nothing`] as its handler; `None` when other code handles it.
-fn signal() -> Option<libc::c_int> {
+/// Why no alarm can be armed in this process or thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Other code (the script's `pcntl_signal`, another extension) handles the signal.
+    HandledElsewhere,
+    /// The calling thread blocks the signal (the script's `pcntl_sigprocmask`, a server's
+    /// worker thread).
+    Blocked,
+}
+
+/// The signal, with [`do_nothing`] as its handler, when this thread may use it.
+fn signal() -> Result<libc::c_int, Unavailable> {
     let signo = libc::SIGRTMAX();
-    // SAFETY: sigaction reads and writes the structs it is given; the handler is async-signal-safe.
+    // SAFETY: sigaction and pthread_sigmask read and write the structs they are given; the
+    // handler is async-signal-safe.
     unsafe {
+        let mut mask: libc::sigset_t = mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, ptr::null(), &mut mask) != 0 || libc::sigismember(&mask, signo) != 0 {
+            return Err(Unavailable::Blocked);
+        }
         let mut current: libc::sigaction = mem::zeroed();
         if libc::sigaction(signo, ptr::null(), &mut current) != 0 {
-            return None;
+            return Err(Unavailable::HandledElsewhere);
         }
         if current.sa_sigaction == do_nothing as *const () as libc::sighandler_t {
-            return Some(signo);
+            return Ok(signo);
         }
         if current.sa_sigaction != libc::SIG_DFL {
-            return None;
+            return Err(Unavailable::HandledElsewhere);
         }
         let mut action: libc::sigaction = mem::zeroed();
         action.sa_sigaction = do_nothing as *const () as libc::sighandler_t;
         libc::sigemptyset(&mut action.sa_mask);
-        (libc::sigaction(signo, &action, ptr::null_mut()) == 0).then_some(signo)
+        if libc::sigaction(signo, &action, ptr::null_mut()) == 0 {
+            Ok(signo)
+        } else {
+            Err(Unavailable::HandledElsewhere)
+        }
     }
 }
 
-/// Whether an alarm can be armed in this process: its signal is free or already ours.
-pub fn available() -> bool {
-    signal().is_some()
+/// Whether an alarm can be armed in this thread: its signal is free or already ours, and
+/// not blocked here.
+pub fn available() -> Result<(), Unavailable> {
+    signal().map(|_| ())
 }
 
 fn timespec(d: Duration) -> libc::timespec {
@@ -64,12 +90,11 @@ fn timespec(d: Duration) -> libc::timespec {
 /// Not `Send`: it belongs to the thread that armed it.
 pub struct Alarm {
     timer: libc::timer_t,
-    /// This thread's signal mask before the alarm unblocked its signal.
-    mask: libc::sigset_t,
 }
 
 impl Alarm {
-    /// `None` when no alarm can be set (the signal is another handler's, or no timer is left):
+    /// `None` when no alarm can be set (the signal is another handler's or this thread blocks
+    /// it, or no timer is left):
     /// the call then waits as it would have.
     pub fn arm(after: Duration) -> Option<Alarm> {
         Alarm::arm_repeating(after, Duration::ZERO)
@@ -77,7 +102,7 @@ impl Alarm {
 
     /// As [`Alarm::arm`], then again every `every` (zero: never again).
     pub fn arm_repeating(after: Duration, every: Duration) -> Option<Alarm> {
-        let signo = signal()?;
+        let signo = signal().ok()?;
         // SAFETY: timer calls on a timer created here, with structs they only read or fill.
         unsafe {
             let mut event: libc::sigevent = mem::zeroed();
@@ -88,15 +113,7 @@ impl Alarm {
             if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
                 return None;
             }
-            let mut unblock: libc::sigset_t = mem::zeroed();
-            let mut mask: libc::sigset_t = mem::zeroed();
-            libc::sigemptyset(&mut unblock);
-            libc::sigaddset(&mut unblock, signo);
-            if libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, &mut mask) != 0 {
-                libc::timer_delete(timer);
-                return None;
-            }
-            let alarm = Alarm { timer, mask };
+            let alarm = Alarm { timer };
             let when = libc::itimerspec { it_interval: timespec(every), it_value: timespec(after.max(Duration::from_nanos(1))) };
             (libc::timer_settime(timer, 0, &when, ptr::null_mut()) == 0).then_some(alarm)
         }
@@ -105,11 +122,10 @@ impl Alarm {
 
 impl Drop for Alarm {
     fn drop(&mut self) {
-        // SAFETY: the timer created by `arm`, deleted once; then the thread's own mask again (a
-        // signal still pending stays pending where it was blocked, for the do-nothing handler).
+        // SAFETY: the timer created by `arm`, deleted once (a signal still pending is
+        // delivered to the do-nothing handler before the call returns).
         unsafe {
             libc::timer_delete(self.timer);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, ptr::null_mut());
         }
     }
 }

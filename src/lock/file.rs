@@ -18,9 +18,10 @@
 //!    its lock (the sweep, [`super::sweep`]), so if the name still points at our inode once we
 //!    hold it, no other party can hold it. If it does not (a sweep removed it while we waited
 //!    on it, and maybe a third party made a new one), we hold a lock on an orphan: close it and
-//!    start again. A lock file has no other name, so its link count under the lock says it
-//!    without a lookup of the path ([`still_named`]); a count above 1 is checked with
-//!    `lstat(path)`.
+//!    start again. The path is looked up (`lstat`) and must name the inode we locked
+//!    ([`still_named`]): the file's link count alone would not do, as a directory renamed
+//!    while we waited (`mv /run/joinblock /run/joinblock.old`, then a new one) leaves our file
+//!    its one name, in the old directory, while a third party locks a new file at the path.
 //! 4. Release unlocks and closes the descriptor, and leaves the file for the next
 //!    acquisition.
 //!
@@ -359,11 +360,12 @@ pub(super) fn remove_if_idle(path: &Path) -> Removal {
     let Ok(meta) = stat(&file, path) else {
         return Removal::Stays;
     };
-    // Under the lock a link count of 1 is the path itself, 0 a file removed since the open
-    // (`still_named`); a file with a second name is left alone.
+    // Under the lock a count of 0 is a file removed since the open; a file with a second name
+    // is left alone, and so is one the path no longer names (its directory renamed since the
+    // listing: the name would be another file's, which we do not hold).
     match meta.nlink() {
         0 => Removal::Gone,
-        1 if check_opened(&file, path, &meta).is_ok()
+        1 if check_opened(&file, path, &meta).is_ok_and(|id| std::fs::symlink_metadata(path).is_ok_and(|named| file_id(&named) == id))
             && turn::inspect(&file, meta.len(), None) != Found::Other
             && std::fs::remove_file(path).is_ok() =>
         {
@@ -376,25 +378,23 @@ pub(super) fn remove_if_idle(path: &Path) -> Removal {
 
 /// The locked file's metadata while `path` still names it (step 3); `None` when it does not.
 ///
-/// `fresh` is an fstat taken under the lock already. A link count of 1 is proof enough: a lock
-/// file's only name is its path. It is made there (`O_CREAT|O_EXCL`), or by the polyfill under
-/// a temporary name that it links to the path and then unlinks, holding the new file's lock
-/// all the while; and a name is removed only by a holder of its lock (the sweep, after it saw
-/// the path name the file with a count of 1). So under our lock a count of 1 is the path, 0
-/// is a file removed (by the sweep, or by hand), and 2 or more is looked up by the path.
+/// `fresh` is an fstat taken under the lock already. A count of 0 is a file removed (by the
+/// sweep, or by hand), with no lookup needed. Otherwise the path is looked up: a count of 1
+/// says the file has one name, not that the name is still the path, which a renamed directory
+/// moved elsewhere (measured before this lookup: a waiter on the old inode entered while a
+/// third party held the key in the new directory).
 fn still_named(file: &File, path: &Path, id: &LockId, fresh: Option<Metadata>) -> Result<Option<Metadata>, LockError> {
     let meta = match fresh {
         Some(meta) => meta,
         None => stat(file, path)?,
     };
-    match meta.nlink() {
-        0 => Ok(None),
-        1 => Ok(Some(meta)),
-        _ => match std::fs::symlink_metadata(path) {
-            Ok(named) => Ok((file_id(&named) == *id).then_some(named)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(path, "inspect", e)),
-        },
+    if meta.nlink() == 0 {
+        return Ok(None);
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(named) => Ok((file_id(&named) == *id).then_some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path, "inspect", e)),
     }
 }
 

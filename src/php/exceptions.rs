@@ -135,11 +135,13 @@ pub fn catch_panic<T>(body: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// The last resort at the boundary to PHP: a panic in `body`, which would be a bug of ours
-/// (nothing from outside may cause one), becomes `class`'s documented exception rather than
-/// PHP's generic "Rust panic" `Error`.
+/// The boundary to PHP of every call: a panic in `body`, which would be a bug of ours (nothing
+/// from outside may cause one), becomes `class`'s documented exception rather than PHP's
+/// generic "Rust panic" `Error`; and before any exception leaves, the script's queued signal
+/// handlers run ([`super::script_signals`]).
 pub fn guarded<T>(class: &ExceptionClass, body: impl FnOnce() -> ext_php_rs::prelude::PhpResult<T>) -> ext_php_rs::prelude::PhpResult<T> {
-    catch_panic(body).unwrap_or_else(|panic| Err(class.with(format!("joinblock failed inside: {panic}; this is a bug, please report it"))))
+    let result = catch_panic(body).unwrap_or_else(|panic| Err(class.with(format!("joinblock failed inside: {panic}; this is a bug, please report it"))));
+    super::script_signals::handlers_before_exception(result)
 }
 
 #[cfg(test)]

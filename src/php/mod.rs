@@ -6,11 +6,12 @@ mod exceptions;
 mod in_effect;
 mod lock;
 mod options;
+mod script_signals;
 mod status;
 
 use ext_php_rs::{info_table_end, info_table_row, info_table_start, prelude::*, zend::ModuleEntry};
 
-use crate::config;
+use crate::{config, lock::alarm::Unavailable};
 use in_effect::shown;
 use status::Status;
 
@@ -40,10 +41,10 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_row!("MySQL server for locks", mysql.as_str());
     let connect = config::mysql_connect_timeout().map_or_else(shown, |bound| format!("{} s", bound.as_secs_f64()));
     info_table_row!("MySQL connect timeout", connect.as_str());
-    let waits = if crate::lock::alarm::available() {
-        "in the kernel, handed the lock at the unlock (a timer signal, SIGRTMAX, ends them at the deadline)"
-    } else {
-        "polled: SIGRTMAX is handled by other code, so no timer can end a waiting flock"
+    let waits = match crate::lock::alarm::available() {
+        Ok(()) => "in the kernel, handed the lock at the unlock (a timer signal, SIGRTMAX, ends them at the deadline)",
+        Err(Unavailable::HandledElsewhere) => "polled: SIGRTMAX is handled by other code, so no timer can end a waiting flock",
+        Err(Unavailable::Blocked) => "polled: this thread blocks SIGRTMAX, which stays the script's, so no timer can end a waiting flock",
     };
     info_table_row!("timed lock waits", waits);
     info_table_row!("lock files", files.as_str());

@@ -239,6 +239,21 @@ abstract class JoinBlockTestCase extends TestCase
         return [PHP_BINARY, ...static::phpArgs(), ...$ini, '-r', $require . $code];
     }
 
+    /** A single-process lock scenario of fixtures/lock_scenarios.php, run by the implementation under test. */
+    protected static function scenario(string $name, string $dir, string $key, string ...$extra): array
+    {
+        return self::phpCommand(self::fixture('lock_scenarios.php'), $name, $dir, $key, ...$extra);
+    }
+
+    /** Starts a scenario and waits until it prints HELD. */
+    protected static function startHolding(array $command): array
+    {
+        $child = self::startPhp($command);
+        $line = fgets($child['pipes'][1]);
+        self::assertSame("HELD\n", $line, 'the holder reports that it holds the lock');
+        return $child;
+    }
+
     protected static function fixture(string $name): string
     {
         return __DIR__ . '/fixtures/' . $name;

@@ -13,20 +13,6 @@ use JoinBlock\LockTimeoutException;
  */
 final class LockEnvironmentTest extends JoinBlockTestCase
 {
-    private static function scenario(string $name, string $dir, string $key, string ...$extra): array
-    {
-        return self::phpCommand(self::fixture('lock_scenarios.php'), $name, $dir, $key, ...$extra);
-    }
-
-    /** Starts a scenario and waits until it prints HELD. */
-    private static function startHolding(array $command): array
-    {
-        $child = self::startPhp($command);
-        $line = fgets($child['pipes'][1]);
-        self::assertSame("HELD\n", $line, 'the holder reports that it holds the lock');
-        return $child;
-    }
-
     /** @return array<string, array{string}> */
     public static function timerSignalDispositions(): array
     {
@@ -38,9 +24,10 @@ final class LockEnvironmentTest extends JoinBlockTestCase
 
     /**
      * A timed wait blocks in flock, and a timer signal (SIGRTMAX) ends it at the deadline.
-     * Where the thread blocks that signal (a server's worker threads may: Apache's do), the
-     * wait unblocks it for itself; where the script handles it, the wait polls instead. Either
-     * way it ends at its deadline, and it gets the lock once the holder lets go.
+     * Where the thread blocks that signal (the script may, to collect it with sigtimedwait; a
+     * server's worker threads do) or the script handles it, the wait polls instead: the
+     * signal stays the script's (LockAmongOtherCodeTest). Either way it ends at its deadline,
+     * and it gets the lock once the holder lets go.
      *
      * @dataProvider timerSignalDispositions
      */
