@@ -98,6 +98,9 @@ final class FpmTest extends JoinBlockTestCase
             $query = ['email' => 't@example.org', 'tag' => 'Member', 'key' => StandInServer::API_KEY, 'base' => $server->baseUrl()];
             $stuck = $fpm->request('tag_timeout.php', $query);
             $this->assertMatchesRegularExpression('~^tag check: JoinBlock\\\\ActionNetworkException: Action Network person lookup timed out~m', $stuck['body']);
+            // Two seconds of waiting on the network, nearly none of it CPU time: PHP's limit of
+            // 1 s CPU ends the request only in the busy loop after it.
+            $this->assertMatchesRegularExpression('~^tag check CPU: 0\.[0-2]\d\d s$~m', $stuck['body']);
             $this->assertStringContainsString('Maximum execution time of 1 second exceeded', $stuck['body'] . $stuck['stderr'] . $fpm->log());
             // The one worker serves the next request, with the same HTTP client.
             $next = $fpm->request('tag.php', $query);
