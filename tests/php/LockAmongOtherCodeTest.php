@@ -60,28 +60,40 @@ final class LockAmongOtherCodeTest extends JoinBlockTestCase
         $this->assertSame(['exit' => 0, 'out' => "$outcome; handler runs: 1, then 1\n", 'err' => ''], $result);
     }
 
+    /** @return array<string, array{string, string}> the wait's timeout, and how long the holder holds */
+    public static function waitsAHandlerEnds(): array
+    {
+        return [
+            'a wait that then succeeds' => ['30', '2.5'],
+            'a wait that then times out' => ['2', '4'],
+        ];
+    }
+
     /**
-     * A handler that throws (a job runner's time limit) ends the wait with its own exception,
+     * A handler that throws (a job runner's time limit) ends the call with its own exception,
      * not the lock's, and leaves nothing held or claimed: the key is free for the next call.
+     *
+     * @dataProvider waitsAHandlerEnds
      */
-    public function testAnExceptionFromASignalHandlerEndsTheWaitAndLeavesNothingBehind(): void
+    #[DataProvider('waitsAHandlerEnds')]
+    public function testAnExceptionFromASignalHandlerEndsTheCallAndLeavesNothingBehind(string $timeout, string $held): void
     {
         $dir = $this->scratchDir();
-        $holder = self::startHolding(self::scenario('plain-flock-hold', $dir, self::KEY, '2.5'));
+        $holder = self::startHolding(self::scenario('plain-flock-hold', $dir, self::KEY, $held));
         $out = self::runPhpOk(self::phpCode(sprintf(<<<'PHP'
             pcntl_async_signals(true);
             pcntl_signal(SIGALRM, function (): void { throw new RuntimeException('time is up'); });
             pcntl_alarm(1);
-            $options = ["dir" => %s, "timeout" => 30];
+            $options = ["dir" => %s, "timeout" => %s];
             try {
-                joinblock_acquire_lock(%2$s, $options);
+                joinblock_acquire_lock(%3$s, $options);
                 echo "acquired\n";
             } catch (Throwable $e) {
                 echo get_class($e), ': ', $e->getMessage(), "\n";
             }
-            joinblock_acquire_lock(%2$s, $options)->release();
+            joinblock_acquire_lock(%3$s, ["timeout" => 30] + $options)->release();
             echo "then acquired and released\n";
-            PHP, var_export($dir, true), var_export(self::KEY, true))), 30);
+            PHP, var_export($dir, true), $timeout, var_export(self::KEY, true))), 30);
         self::finish($holder);
         $this->assertSame("RuntimeException: time is up\nthen acquired and released\n", $out);
     }
