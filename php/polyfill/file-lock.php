@@ -36,8 +36,8 @@ final class Claims
 
     private static bool $hooked = false;
 
-    /** @throws LockException when this process already claimed $id; $lock names it */
-    public static function take(string $id, string $lock): void
+    /** @throws LockException when this process already claimed $id; $lock names it, $held is the lock if made already */
+    public static function take(string $id, string $lock, ?Held $held = null): void
     {
         $pid = getmypid();
         // Claims inherited across fork belong to the parent.
@@ -45,7 +45,7 @@ final class Claims
         if (isset(self::$claims[$id])) {
             throw new LockException("$lock is already held by this thread; release it before acquiring it again");
         }
-        self::$claims[$id] = [$pid, null];
+        self::$claims[$id] = [$pid, $held];
         if (!self::$hooked) {
             register_shutdown_function([self::class, 'releaseAfterFatal']);
             self::$hooked = true;
@@ -57,9 +57,12 @@ final class Claims
         self::$claims[$id][1] = $lock;
     }
 
-    public static function drop(string $id): void
+    /** Drops the claim on $id; only if it is $held's when given (not another's, which refused $held). */
+    public static function drop(string $id, ?Held $held = null): void
     {
-        unset(self::$claims[$id]);
+        if ($held === null || (self::$claims[$id][1] ?? null) === $held) {
+            unset(self::$claims[$id]);
+        }
     }
 
     /** After a fatal error PHP calls no destructor (it only closes files): release here. */
@@ -207,45 +210,73 @@ final class FileLock implements Held
     /** $keep: how many idle lock files the directory keeps (joinblock.lock_files_kept). */
     public static function acquire(string $path, ?float $timeout, int $keep): self
     {
+        Os::kept();
+        try {
+            return self::take($path, $timeout, $keep);
+        } finally {
+            Os::unkept();
+        }
+    }
+
+    private static function take(string $path, ?float $timeout, int $keep): self
+    {
         $started = Clock::now();
         $deadline = $timeout === null ? null : $started + $timeout;
         $waiter = new Waiter(new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF));
         while (true) {
             [$lock, $created] = self::open($path);
-            $lock->keep = $keep;
-            if ($created) {
-                Sweep::created(\dirname($path));
-            }
-            $waiter->newFile();
-            // Takes this inode's lock, and keeps it unless it is another waiter's turn.
-            while (true) {
-                if (!$lock->flock($deadline === null) && !$lock->poll($waiter, $started, $deadline)) {
-                    $waiter->withdraw($lock->handle);
-                    $holder = Holder::of($lock->handle);
-                    $lock->close();
-                    throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', Clock::now() - $started, $path)
-                        . ($holder === null ? '' : ", held by $holder"));
+            // Whatever ends this attempt, a timeout or an exception from anywhere (a signal
+            // handler's, say), takes back what it took: the token, the claim, the descriptor.
+            try {
+                $lock->keep = $keep;
+                if ($created) {
+                    Sweep::created(\dirname($path));
                 }
-                $named = self::lstat($path);
-                if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $lock->id) {
-                    break;
+                $waiter->newFile();
+                if ($lock->lockInTurn($path, $waiter, $started, $deadline)) {
+                    return $lock;
                 }
-                $found = Turn::inspect($lock->handle, $named['size'], $waiter->token);
-                if ($found === Turn::OTHER && $waiter->token === null) {
-                    $remaining = $deadline === null ? Turn::YIELD : $deadline - Clock::now();
-                    if ($remaining > 0) {
-                        flock($lock->handle, LOCK_UN);
-                        Clock::sleep(min(Turn::YIELD, $remaining));
-                        continue;
-                    }
-                } elseif ($found !== Turn::OTHER && $named['size'] > 0) {
-                    Turn::clear($lock->handle);
-                }
-                self::keepYoung($lock->handle, $named['mtime']);
-                return $lock;
+            } catch (\Throwable $e) {
+                $waiter->withdraw($lock->handle);
+                $lock->close();
+                throw $e;
             }
             // A sweep removed the file we locked: start again.
             $lock->close();
+        }
+    }
+
+    /**
+     * Takes this inode's lock, and keeps it unless it is another waiter's turn; false when
+     * the path no longer names the file (a sweep removed it).
+     *
+     * @throws LockTimeoutException past $deadline
+     */
+    private function lockInTurn(string $path, Waiter $waiter, float $started, ?float $deadline): bool
+    {
+        while (true) {
+            if (!$this->flock($deadline === null) && !$this->poll($waiter, $started, $deadline)) {
+                $holder = Holder::of($this->handle);
+                throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', Clock::now() - $started, $path)
+                    . ($holder === null ? '' : ", held by $holder"));
+            }
+            $named = self::lstat($path);
+            if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $this->id) {
+                return false;
+            }
+            $found = Turn::inspect($this->handle, $named['size'], $waiter->token);
+            if ($found === Turn::OTHER && $waiter->token === null) {
+                $remaining = $deadline === null ? Turn::YIELD : $deadline - Clock::now();
+                if ($remaining > 0) {
+                    flock($this->handle, LOCK_UN);
+                    Clock::sleep(min(Turn::YIELD, $remaining));
+                    continue;
+                }
+            } elseif ($found !== Turn::OTHER && $named['size'] > 0) {
+                Turn::clear($this->handle);
+            }
+            self::keepYoung($this->handle, $named['mtime']);
+            return true;
         }
     }
 
@@ -273,7 +304,12 @@ final class FileLock implements Held
         // alone would leave the lock held by its copy.
         $unlocked = flock($this->handle, LOCK_UN);
         $this->close();
-        Sweep::afterRelease(\dirname($this->file), $this->keep);
+        Os::kept();
+        try {
+            Sweep::afterRelease(\dirname($this->file), $this->keep);
+        } finally {
+            Os::unkept();
+        }
         if (!$unlocked) {
             throw new LockException("cannot unlock lock file {$this->file}: flock() failed");
         }
@@ -367,7 +403,8 @@ final class FileLock implements Held
             // looked for again, not made anew with the process's umask.
             $created = $before === false;
             $mode = $created && !Os::createPrivateAt($path) ? 'c+en' : 'r+en';
-            [$handle, $reason] = Os::attempt(static fn () => fopen($path, $mode));
+            $handle = fopen($path, $mode);
+            $reason = $handle === false ? Os::reason() : null;
             if ($handle !== false || $mode !== 'r+en' || Os::errno($reason) !== Os::ENOENT || $round === 100) {
                 break;
             }
@@ -382,34 +419,32 @@ final class FileLock implements Held
                 default => self::ioError('open', $path, $reason),
             };
         }
-        $stat = fstat($handle);
-        $id = "file {$stat['dev']}:{$stat['ino']}";
-        if (($kind = self::kind($stat['mode'])) !== null) {
-            fclose($handle);
-            throw self::notRegular($path, $kind);
-        }
-        if (($fs = self::networkFileSystem(\dirname($path))) !== null) {
-            fclose($handle);
-            throw new LockException("refusing lock file $path: the lock directory is on $fs, where flock is emulated with"
-                . ' locks that closing any descriptor of the file drops; use a local directory, or the mysql backend'
-                . ' to share locks between hosts');
-        }
-        // Only PHP's user and the lock directory's owner may have files here.
-        if (!self::ours($path, $stat['uid'])) {
-            fclose($handle);
-            throw self::foreignOwner($path, $stat['uid']);
-        }
+        // Closed again on every way out but the lock's, an exception thrown meanwhile too.
+        $lock = null;
         try {
-            Claims::take($id, "lock file $path");
-        } catch (LockException $e) {
-            fclose($handle);
+            $stat = fstat($handle);
+            $id = "file {$stat['dev']}:{$stat['ino']}";
+            if (($kind = self::kind($stat['mode'])) !== null) {
+                throw self::notRegular($path, $kind);
+            }
+            if (($fs = self::networkFileSystem(\dirname($path))) !== null) {
+                throw new LockException("refusing lock file $path: the lock directory is on $fs, where flock is emulated with"
+                    . ' locks that closing any descriptor of the file drops; use a local directory, or the mysql backend'
+                    . ' to share locks between hosts');
+            }
+            // Only PHP's user and the lock directory's owner may have files here.
+            if (!self::ours($path, $stat['uid'])) {
+                throw self::foreignOwner($path, $stat['uid']);
+            }
+            $lock = new self($path, $handle, $id, getmypid());
+            Claims::take($id, "lock file $path", $lock);
+            // Tokens are read after writes by others: never from a stale buffer.
+            stream_set_read_buffer($handle, 0);
+            return [$lock, $created];
+        } catch (\Throwable $e) {
+            $lock === null ? fclose($handle) : $lock->close();
             throw $e;
         }
-        // Tokens are read after writes by others: never from a stale buffer.
-        stream_set_read_buffer($handle, 0);
-        $lock = new self($path, $handle, $id, getmypid());
-        Claims::taken($id, $lock);
-        return [$lock, $created];
     }
 
     /**
@@ -452,22 +487,32 @@ final class FileLock implements Held
         ));
     }
 
-    /** One flock(LOCK_EX), blocking or not; false when another party holds it. */
+    /** One flock(LOCK_EX), blocking (until it has the lock) or not; false when another party holds it. */
     private function flock(bool $block): bool
     {
-        if (flock($this->handle, $block ? LOCK_EX : LOCK_EX | LOCK_NB, $busy)) {
-            return true;
+        while (!flock($this->handle, $block ? LOCK_EX : LOCK_EX | LOCK_NB, $busy)) {
+            if ($block) {
+                // PHP's flock() hides errno: a blocking one fails when a signal whose handler
+                // does not restart calls interrupts it (EINTR), or on a real error. A try
+                // without blocking tells them apart: it takes the lock, finds it busy (we were
+                // interrupted: wait again, as the extension does), or fails as well.
+                if (flock($this->handle, LOCK_EX | LOCK_NB, $busy)) {
+                    return true;
+                }
+                if ($busy) {
+                    continue;
+                }
+            } elseif ($busy) {
+                return false;
+            }
+            throw new LockException("cannot lock lock file {$this->file}: flock() failed");
         }
-        if ($busy) {
-            return false;
-        }
-        $this->close();
-        throw new LockException("cannot lock lock file {$this->file}: flock() failed");
+        return true;
     }
 
     private function close(): void
     {
-        Claims::drop($this->id);
+        Claims::drop($this->id, $this);
         fclose($this->handle);
         $this->handle = null;
     }
@@ -476,7 +521,7 @@ final class FileLock implements Held
     private static function lstat(string $path): array|false
     {
         clearstatcache();
-        return Os::attempt(static fn () => lstat($path))[0];
+        return @lstat($path);
     }
 
     /** What a file that is not a regular file is; null for a regular file. */

@@ -53,12 +53,15 @@ final class Turn
         return sprintf('%08x%08x', getmypid(), random_int(0, 0xffffffff));
     }
 
-    /** Writes (or rewrites) the token of waiter $id with the time now. @param resource $handle */
-    public static function write($handle, string $id): void
+    /**
+     * Writes (or rewrites) the token of waiter $id with the time now; false when it could not
+     * (a full file system): the waiter then polls without a turn, as the extension's does.
+     *
+     * @param resource $handle
+     */
+    public static function write($handle, string $id): bool
     {
-        if (fseek($handle, 0) === 0) {
-            fwrite($handle, $id . sprintf('%08x', self::nowMs()));
-        }
+        return fseek($handle, 0) === 0 && fwrite($handle, $id . sprintf('%08x', self::nowMs())) === self::LENGTH;
     }
 
     /** Empties the file, under its lock. @param resource $handle */
@@ -112,9 +115,11 @@ final class Waiter
     public function pause($handle, float $waited, float $remaining): void
     {
         if ($waited >= Turn::MARK_AFTER && ($this->marked === null || Clock::now() - $this->marked >= Turn::MARK_REFRESH)) {
-            $this->token ??= Turn::newId();
-            Turn::write($handle, $this->token);
-            $this->marked = Clock::now();
+            // Unwritten, it is no token: tried again at the next look.
+            $token = $this->token ?? Turn::newId();
+            if (Turn::write($handle, $token)) {
+                [$this->token, $this->marked] = [$token, Clock::now()];
+            }
         }
         Clock::sleep(min($this->token === null ? $this->backoff->next($remaining) : Turn::MARKED_POLL, $remaining));
     }
