@@ -10,18 +10,6 @@ namespace JoinBlock\Tests;
  */
 final class LockErrorHandlerTest extends JoinBlockTestCase
 {
-    /** @var list<string> */
-    private array $unmountAfter = [];
-
-    protected function tearDown(): void
-    {
-        foreach ($this->unmountAfter as $mount) {
-            exec('umount ' . escapeshellarg($mount));
-        }
-        $this->unmountAfter = [];
-        parent::tearDown();
-    }
-
     /** A PHP process that holds $key in $dir for $seconds, started once it holds it. */
     private static function startHolder(string $dir, string $key, float $seconds): array
     {
@@ -50,7 +38,7 @@ final class LockErrorHandlerTest extends JoinBlockTestCase
         if ($exit !== 0) {
             $this->markTestSkipped('cannot mount a tmpfs here: ' . implode(' ', $out));
         }
-        $this->unmountAfter[] = $dir;
+        $this->unmountAfter($dir);
         $key = 'full@example.org';
         // The lock file exists (it stays after a release); then nothing more fits.
         self::runPhpOk(self::phpCode(sprintf('joinblock_acquire_lock(%s, ["dir" => %s])->release();', var_export($key, true), var_export($dir, true))));
