@@ -241,7 +241,6 @@ final class Os
             }
             return self::$displaced !== null && (bool) (self::$displaced)($type, $message, $file, $line);
         };
-        self::$warning = null;
         self::$displaced = set_error_handler(self::$keeper);
     }
 
@@ -249,7 +248,6 @@ final class Os
     {
         if (--self::$keeping === 0) {
             restore_error_handler();
-            self::$displaced = null;
         }
     }
 
