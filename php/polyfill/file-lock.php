@@ -64,6 +64,12 @@ final class Claims
         return true;
     }
 
+    /** Whether this process claims nothing (claims inherited across fork count until the next take()). */
+    public static function none(): bool
+    {
+        return self::$claims === [];
+    }
+
     /** Why a second claim of $lock fails. */
     public static function refusal(string $lock): LockException
     {
@@ -207,7 +213,7 @@ final class Users
  * (src/lock/file.rs), so that both exclude each other:
  * 1. open without truncating, mode 0600, close-on-exec, and never a FIFO's blocking open;
  *    refuse a link before opening (fopen follows them), and anything but a regular file of
- *    PHP's user or the directory's owner once locked at the first try, or before waiting;
+ *    PHP's user or the directory's owner once locked (another user's also before waiting);
  * 2. flock(LOCK_EX|LOCK_NB) first; then flock(LOCK_EX), or LOCK_NB polled up to the deadline,
  *    asking for a turn once it has waited a while (Turn: waiters blocked in the kernel would
  *    win every race);
@@ -268,8 +274,9 @@ final class FileLock implements Held
     /**
      * Takes this inode's lock, and keeps it unless it is another waiter's turn; false when
      * the path no longer names the file (a sweep removed it). $waiter is made once a timed
-     * wait first polls. Uncontended, the lock is one try, and the file's checks follow under
-     * it; a wait checks first what it waits on.
+     * wait first polls. Uncontended, the lock is one try, and the file's checks and claim
+     * follow under it; a wait refuses a file of another user first, and claims first where
+     * this process holds locks.
      *
      * @throws LockTimeoutException past $deadline
      */
@@ -280,21 +287,19 @@ final class FileLock implements Held
             if (!$locked && !$busy) {
                 throw $this->flockFailed();
             }
-            $stat = fstat($this->handle);
-            if ($this->id === '') {
-                // Checked once: a regular file of PHP's user or the lock directory's owner.
-                if (($stat['mode'] & 0170000) !== 0100000) {
-                    throw self::notRegular($this->file, self::kind($stat['mode']));
-                }
-                if (!self::ours($this->dir, $stat['uid'])) {
-                    throw self::foreignOwner($this->file, $stat['uid']);
-                }
-                // Claimed before any wait: a second lock of it in this process would wait for
-                // itself forever. Locked at once, no other claim here can name it.
-                [$this->pid, $this->id] = [getmypid(), "file {$stat['dev']}:{$stat['ino']}"];
-                Claims::take($this->id, $this, $this->pid) || throw Claims::refusal("lock file {$this->file}");
-            }
             if (!$locked) {
+                if ($this->id === '' && Claims::none()) {
+                    // With no lock held here, a wait cannot be for this process itself: the
+                    // checks and the claim wait for the lock's fstat(). Only a file of another
+                    // user (planted, maybe held forever) is refused now rather than waited for.
+                    clearstatcache();
+                    $owner = fileowner($this->file);
+                    if ($owner !== false && !self::ours($this->dir, $owner)) {
+                        throw self::foreignOwner($this->file, $owner);
+                    }
+                } elseif ($this->id === '') {
+                    $this->claim(fstat($this->handle));
+                }
                 if ($deadline === null) {
                     $this->block();
                 } elseif (!$this->poll($waiter ??= new Waiter(new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF)), $started, $deadline)) {
@@ -302,7 +307,11 @@ final class FileLock implements Held
                     throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', Clock::now() - $started, $this->file)
                         . ($holder === null ? '' : ", held by $holder"));
                 }
-                $stat = fstat($this->handle);
+            }
+            $stat = fstat($this->handle);
+            if ($this->id === '') {
+                // Locked: no other claim of this process can name it.
+                $this->claim($stat);
             }
             // Does the path still name the file? As src/lock/file.rs's still_named: a lock
             // file's only name is its path (made there, or linked there by
@@ -343,6 +352,24 @@ final class FileLock implements Held
             }
             return true;
         }
+    }
+
+    /**
+     * Refuses the file unless it is a regular file of PHP's user or the lock directory's owner,
+     * and claims it for this process: a second lock of it here would wait for itself forever.
+     *
+     * @param array<string, int> $stat its fstat()
+     */
+    private function claim(array $stat): void
+    {
+        if (($stat['mode'] & 0170000) !== 0100000) {
+            throw self::notRegular($this->file, self::kind($stat['mode']));
+        }
+        if (!self::ours($this->dir, $stat['uid'])) {
+            throw self::foreignOwner($this->file, $stat['uid']);
+        }
+        [$this->pid, $this->id] = [getmypid(), "file {$stat['dev']}:{$stat['ino']}"];
+        Claims::take($this->id, $this, $this->pid) || throw Claims::refusal("lock file {$this->file}");
     }
 
     public function path(): string
