@@ -36,20 +36,44 @@ final class Claims
 
     private static bool $hooked = false;
 
-    /** @throws LockException when this process already claimed $id; $lock names it */
-    public static function take(string $id, string $lock): void
+    /** The process the claims are of. */
+    private static ?int $pid = null;
+
+    /**
+     * Claims $id for this process; false when it claimed it already (refusal() says so).
+     *
+     * @param ?Held $held the lock, if made already
+     * @param ?int $pid getmypid(), if the caller has it
+     */
+    public static function take(string $id, ?Held $held = null, ?int $pid = null): bool
     {
-        $pid = getmypid();
-        // Claims inherited across fork belong to the parent.
-        self::$claims = array_filter(self::$claims, static fn (array $claim): bool => $claim[0] === $pid);
-        if (isset(self::$claims[$id])) {
-            throw new LockException("$lock is already held by this thread; release it before acquiring it again");
+        $pid ??= getmypid();
+        if ($pid !== self::$pid) {
+            // Claims inherited across fork belong to the parent.
+            self::$claims = array_filter(self::$claims, static fn (array $claim): bool => $claim[0] === $pid);
+            self::$pid = $pid;
         }
-        self::$claims[$id] = [$pid, null];
+        if (isset(self::$claims[$id])) {
+            return false;
+        }
+        self::$claims[$id] = [$pid, $held];
         if (!self::$hooked) {
             register_shutdown_function([self::class, 'releaseAfterFatal']);
             self::$hooked = true;
         }
+        return true;
+    }
+
+    /** Whether this process claims nothing (claims inherited across fork count until the next take()). */
+    public static function none(): bool
+    {
+        return self::$claims === [];
+    }
+
+    /** Why a second claim of $lock fails. */
+    public static function refusal(string $lock): LockException
+    {
+        return new LockException("$lock is already held by this thread; release it before acquiring it again");
     }
 
     public static function taken(string $id, Held $lock): void
@@ -57,9 +81,12 @@ final class Claims
         self::$claims[$id][1] = $lock;
     }
 
-    public static function drop(string $id): void
+    /** Drops the claim on $id; only if it is $held's when given (not another's, which refused $held). */
+    public static function drop(string $id, ?Held $held = null): void
     {
-        unset(self::$claims[$id]);
+        if ($held === null || (self::$claims[$id][1] ?? null) === $held) {
+            unset(self::$claims[$id]);
+        }
     }
 
     /** After a fatal error PHP calls no destructor (it only closes files): release here. */
@@ -185,11 +212,13 @@ final class Users
  * The file backend: flock on the plugin's own lock files, with the extension's protocol
  * (src/lock/file.rs), so that both exclude each other:
  * 1. open without truncating, mode 0600, close-on-exec, and never a FIFO's blocking open;
- *    refuse anything but a regular file (a link, also before opening: fopen follows them);
- * 2. flock(LOCK_EX), or LOCK_NB polled up to the deadline, asking for a turn once it has
- *    waited a while (Turn: waiters blocked in the kernel would win every race);
- * 3. check that the path still names the locked file; if not, a sweep removed it while we
- *    waited on it: close and start again;
+ *    refuse a link before opening (fopen follows them), and anything but a regular file of
+ *    PHP's user or the directory's owner once locked (another user's also before waiting);
+ * 2. flock(LOCK_EX|LOCK_NB) first; then flock(LOCK_EX), or LOCK_NB polled up to the deadline,
+ *    asking for a turn once it has waited a while (Turn: waiters blocked in the kernel would
+ *    win every race);
+ * 3. check that the path still names the locked file (lockInTurn() says how); if not, a
+ *    sweep removed it while we waited on it: close and start again;
  * 4. release unlocks and closes, and leaves the file for the next acquisition; idle files
  *    go in sweeps (Sweep), each removed by a holder of its lock.
  * After fork only the process that took the lock unlocks it; a child only closes its copy of
@@ -201,52 +230,146 @@ final class FileLock implements Held
     private const MAX_BACKOFF = 0.05;
     private const KEEP_YOUNG_AFTER = 3600;
 
-    /** @param resource|null $handle null once closed */
-    private function __construct(private string $file, public $handle, private string $id, private int $pid, private int $keep = 0) {}
+    /** The locked file's "file <dev>:<ino>" and the process that took it, once lockInTurn() claimed it. */
+    private string $id = '';
+    private int $pid = 0;
 
-    /** $keep: how many idle lock files the directory keeps (joinblock.lock_files_kept). */
-    public static function acquire(string $path, ?float $timeout, int $keep): self
+    /** Users::me(), which never changes. */
+    private static ?int $me = null;
+
+    /** @param resource|null $handle null once closed; $made: the path named no file when open() looked */
+    private function __construct(private string $file, private string $dir, public $handle, private int $keep, private bool $made) {}
+
+    /** $path is in $dir; $keep: how many idle lock files the directory keeps (joinblock.lock_files_kept). */
+    public static function acquire(string $path, string $dir, ?float $timeout, int $keep): self
     {
-        $started = Clock::now();
-        $deadline = $timeout === null ? null : $started + $timeout;
-        $waiter = new Waiter(new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF));
-        while (true) {
-            [$lock, $created] = self::open($path);
-            $lock->keep = $keep;
-            if ($created) {
-                Sweep::created(\dirname($path));
-            }
-            $waiter->newFile();
-            // Takes this inode's lock, and keeps it unless it is another waiter's turn.
+        Os::kept();
+        try {
+            // Only a timed wait needs the clock, and only a wait that polls a waiter.
+            $started = $timeout === null ? 0.0 : Clock::now();
+            $deadline = $timeout === null ? null : $started + $timeout;
+            $waiter = null;
             while (true) {
-                if (!$lock->flock($deadline === null) && !$lock->poll($waiter, $started, $deadline)) {
-                    $waiter->withdraw($lock->handle);
-                    $holder = Holder::of($lock->handle);
+                $lock = self::open($path, $dir, $keep);
+                // Whatever ends this attempt, a timeout or an exception from anywhere (a signal
+                // handler's, say), takes back what it took: the token, the claim, the descriptor.
+                try {
+                    $waiter?->newFile();
+                    if ($lock->lockInTurn($waiter, $started, $deadline)) {
+                        return $lock;
+                    }
+                } catch (\Throwable $e) {
+                    $waiter?->withdraw($lock->handle);
                     $lock->close();
-                    throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', Clock::now() - $started, $path)
+                    throw $e;
+                }
+                // A sweep removed the file we locked: start again.
+                $lock->close();
+            }
+        } finally {
+            Os::unkept();
+        }
+    }
+
+    /**
+     * Takes this inode's lock, and keeps it unless it is another waiter's turn; false when
+     * the path no longer names the file (a sweep removed it). $waiter is made once a timed
+     * wait first polls. Uncontended, the lock is one try, and the file's checks and claim
+     * follow under it; a wait refuses a file of another user first, and claims first where
+     * this process holds locks.
+     *
+     * @throws LockTimeoutException past $deadline
+     */
+    private function lockInTurn(?Waiter &$waiter, float $started, ?float $deadline): bool
+    {
+        while (true) {
+            $locked = flock($this->handle, LOCK_EX | LOCK_NB, $busy);
+            if (!$locked && !$busy) {
+                throw $this->flockFailed();
+            }
+            if (!$locked) {
+                if ($this->id === '' && Claims::none()) {
+                    // With no lock held here, a wait cannot be for this process itself: the
+                    // checks and the claim wait for the lock's fstat(). Only a file of another
+                    // user (planted, maybe held forever) is refused now rather than waited for.
+                    clearstatcache();
+                    $owner = fileowner($this->file);
+                    if ($owner !== false && !self::ours($this->dir, $owner)) {
+                        throw self::foreignOwner($this->file, $owner);
+                    }
+                } elseif ($this->id === '') {
+                    $this->claim(fstat($this->handle));
+                }
+                if ($deadline === null) {
+                    $this->block();
+                } elseif (!$this->poll($waiter ??= new Waiter(new Backoff(self::FIRST_BACKOFF, self::MAX_BACKOFF)), $started, $deadline)) {
+                    $holder = Holder::of($this->handle);
+                    throw new LockTimeoutException(sprintf('timed out after %.3f s waiting for lock file %s', Clock::now() - $started, $this->file)
                         . ($holder === null ? '' : ", held by $holder"));
                 }
-                $named = self::lstat($path);
-                if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $lock->id) {
-                    break;
+            }
+            $stat = fstat($this->handle);
+            if ($this->id === '') {
+                // Locked: no other claim of this process can name it.
+                $this->claim($stat);
+            }
+            // Does the path still name the file? As src/lock/file.rs's still_named: a lock
+            // file's only name is its path (made there, or linked there by
+            // Os::createPrivateAt() under the new file's lock), and only a holder of its lock
+            // removes it; so under our lock a link count of 1 is the path, 0 a file removed,
+            // and more is looked up. But fopen() follows a symbolic link, so the path is looked
+            // up too where one may have been planted between open()'s look and its fopen(): a
+            // name that was free (no one but the owners may replace an existing file in a
+            // sticky directory, or in one of PHP's user's own); and before anything is
+            // written to the file, so that a link's target is never truncated.
+            $stale = time() - $stat['mtime'] > self::KEEP_YOUNG_AFTER;
+            if ($stat['nlink'] !== 1 || $this->made || $stat['size'] > 0 || $stale) {
+                $named = $stat['nlink'] === 0 ? false : self::lstat($this->file);
+                if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $this->id) {
+                    return false;
                 }
-                $found = Turn::inspect($lock->handle, $named['size'], $waiter->token);
-                if ($found === Turn::OTHER && $waiter->token === null) {
+            }
+            if ($stat['size'] > 0) {
+                $found = Turn::inspect($this->handle, $stat['size'], $waiter?->token);
+                if ($found === Turn::OTHER && $waiter?->token === null) {
                     $remaining = $deadline === null ? Turn::YIELD : $deadline - Clock::now();
                     if ($remaining > 0) {
-                        flock($lock->handle, LOCK_UN);
+                        flock($this->handle, LOCK_UN);
                         Clock::sleep(min(Turn::YIELD, $remaining));
                         continue;
                     }
-                } elseif ($found !== Turn::OTHER && $named['size'] > 0) {
-                    Turn::clear($lock->handle);
+                } elseif ($found !== Turn::OTHER) {
+                    Turn::clear($this->handle);
                 }
-                self::keepYoung($lock->handle, $named['mtime']);
-                return $lock;
             }
-            // A sweep removed the file we locked: start again.
-            $lock->close();
+            // Keeps a kept file in use from looking abandoned to cleaners of temporary
+            // directories, which delete files by age (src/lock/file.rs's keep_young): once its
+            // modification time is an hour old, the lock sets it to now. ftruncate() to its own
+            // size sets it on Linux through the locked handle; touch() by path would make a new
+            // file where a cleaner had just deleted this one.
+            if ($stale) {
+                ftruncate($this->handle, $stat['size']);
+            }
+            return true;
         }
+    }
+
+    /**
+     * Refuses the file unless it is a regular file of PHP's user or the lock directory's owner,
+     * and claims it for this process: a second lock of it here would wait for itself forever.
+     *
+     * @param array<string, int> $stat its fstat()
+     */
+    private function claim(array $stat): void
+    {
+        if (($stat['mode'] & 0170000) !== 0100000) {
+            throw self::notRegular($this->file, self::kind($stat['mode']));
+        }
+        if (!self::ours($this->dir, $stat['uid'])) {
+            throw self::foreignOwner($this->file, $stat['uid']);
+        }
+        [$this->pid, $this->id] = [getmypid(), "file {$stat['dev']}:{$stat['ino']}"];
+        Claims::take($this->id, $this, $this->pid) || throw Claims::refusal("lock file {$this->file}");
     }
 
     public function path(): string
@@ -273,7 +396,7 @@ final class FileLock implements Held
         // alone would leave the lock held by its copy.
         $unlocked = flock($this->handle, LOCK_UN);
         $this->close();
-        Sweep::afterRelease(\dirname($this->file), $this->keep);
+        Sweep::afterRelease($this->dir, $this->keep);
         if (!$unlocked) {
             throw new LockException("cannot unlock lock file {$this->file}: flock() failed");
         }
@@ -292,14 +415,13 @@ final class FileLock implements Held
         if ($before === false) {
             return self::GONE;
         }
-        if (self::kind($before['mode']) !== null || !self::ours($path, $before['uid'])) {
+        if (self::kind($before['mode']) !== null || !self::ours(\dirname($path), $before['uid'])) {
             return self::STAYS;
         }
         $handle = @fopen($path, 'r+en');
         if ($handle === false) {
             return self::lstat($path) === false ? self::GONE : self::STAYS;
         }
-        stream_set_read_buffer($handle, 0);
         $removal = self::STAYS;
         if (flock($handle, LOCK_EX | LOCK_NB)) {
             // Under the lock a link count of 1 is the path itself, 0 a file removed since (FileLock's rule).
@@ -316,58 +438,54 @@ final class FileLock implements Held
         return $removal;
     }
 
-    /**
-     * Keeps a kept file in use from looking abandoned to cleaners of temporary directories,
-     * which delete files by age (src/lock/file.rs's keep_young): once its modification time is
-     * an hour old, the lock sets it to now. ftruncate() to its own size, which sets it on Linux
-     * through the locked handle; touch() by path would make a new file where a cleaner had
-     * just deleted this one.
-     *
-     * @param resource $handle
-     */
-    private static function keepYoung($handle, int $mtime): void
-    {
-        if (time() - $mtime > self::KEEP_YOUNG_AFTER) {
-            ftruncate($handle, fstat($handle)['size']);
-        }
-    }
-
     /** Polls for the lock until $deadline; false when it passed. */
     private function poll(Waiter $waiter, float $started, float $deadline): bool
     {
         while (($now = Clock::now()) < $deadline) {
             // PHP has no timed flock: timed waits poll (docs/integration.md).
             $waiter->pause($this->handle, $now - $started, $deadline - $now);
-            if ($this->flock(false)) {
+            if (flock($this->handle, LOCK_EX | LOCK_NB, $busy)) {
                 return true;
+            }
+            if (!$busy) {
+                throw $this->flockFailed();
             }
         }
         return false;
     }
 
-    /** Whether a file of $uid may be in the lock directory of $path: PHP's user's, or the directory owner's. */
-    private static function ours(string $path, int $uid): bool
+    /** Whether a file of $uid may be in the lock directory $dir: PHP's user's, or the directory owner's. */
+    private static function ours(string $dir, int $uid): bool
     {
-        return $uid === Users::me() || $uid === @fileowner(\dirname($path));
+        return $uid === (self::$me ??= Users::me()) || $uid === @fileowner($dir);
     }
 
-    /** @return array{self, bool} the lock, and whether there was no file to open */
-    private static function open(string $path): array
+    /** The lock on $path in $dir, not taken yet. */
+    private static function open(string $path, string $dir, int $keep): self
     {
+        if (($fs = self::$fileSystems[$dir] ??= self::networkFileSystem($dir)) !== '') {
+            throw new LockException("refusing lock file $path: the lock directory is on $fs, where flock is emulated with"
+                . ' locks that closing any descriptor of the file drops; use a local directory, or the mysql backend'
+                . ' to share locks between hosts');
+        }
         // A holder may remove the path between our link and our open: look again (a few
         // times: each round is one such release, and each release lets a waiter in).
         for ($round = 1; ; $round++) {
-            $before = self::lstat($path);
-            if ($before !== false && ($kind = self::kind($before['mode'])) !== null) {
-                throw self::notRegular($path, $kind);
+            // Looked at before the open, as fopen() follows a symbolic link: filetype() is
+            // lstat()'s answer without the array lstat() builds, which costs more than the open.
+            clearstatcache();
+            $type = filetype($path);
+            if ($type !== false && $type !== 'file') {
+                throw self::notRegular($path, self::TYPES[$type] ?? 'special file');
             }
             // 'e' is O_CLOEXEC, 'n' O_NONBLOCK (a FIFO must not block the open). Never O_CREAT
             // ('c', which never truncates) where private files can be linked into place
             // (Os::createPrivateAt()): a path removed by a releasing holder since we looked is
             // looked for again, not made anew with the process's umask.
-            $created = $before === false;
+            $created = $type === false;
             $mode = $created && !Os::createPrivateAt($path) ? 'c+en' : 'r+en';
-            [$handle, $reason] = Os::attempt(static fn () => fopen($path, $mode));
+            $handle = fopen($path, $mode);
+            $reason = $handle === false ? Os::reason() : null;
             if ($handle !== false || $mode !== 'r+en' || Os::errno($reason) !== Os::ENOENT || $round === 100) {
                 break;
             }
@@ -382,46 +500,22 @@ final class FileLock implements Held
                 default => self::ioError('open', $path, $reason),
             };
         }
-        $stat = fstat($handle);
-        $id = "file {$stat['dev']}:{$stat['ino']}";
-        if (($kind = self::kind($stat['mode'])) !== null) {
-            fclose($handle);
-            throw self::notRegular($path, $kind);
+        if ($created) {
+            Sweep::created($dir);
         }
-        if (($fs = self::networkFileSystem(\dirname($path))) !== null) {
-            fclose($handle);
-            throw new LockException("refusing lock file $path: the lock directory is on $fs, where flock is emulated with"
-                . ' locks that closing any descriptor of the file drops; use a local directory, or the mysql backend'
-                . ' to share locks between hosts');
-        }
-        // Only PHP's user and the lock directory's owner may have files here.
-        if (!self::ours($path, $stat['uid'])) {
-            fclose($handle);
-            throw self::foreignOwner($path, $stat['uid']);
-        }
-        try {
-            Claims::take($id, "lock file $path");
-        } catch (LockException $e) {
-            fclose($handle);
-            throw $e;
-        }
-        // Tokens are read after writes by others: never from a stale buffer.
-        stream_set_read_buffer($handle, 0);
-        $lock = new self($path, $handle, $id, getmypid());
-        Claims::taken($id, $lock);
-        return [$lock, $created];
+        // Checked and claimed by lockInTurn().
+        return new self($path, $dir, $handle, $keep, $created);
     }
 
+    /** @var array<string, string> lock directory => networkFileSystem()'s answer: looked up once a process */
+    private static array $fileSystems = [];
+
     /**
-     * The network file system $dir lives on, if it does (from /proc/self/mounts): there
+     * The network file system $dir lives on, '' if none (from /proc/self/mounts): there
      * flock is emulated with POSIX locks, which closing any descriptor of the file drops.
      */
-    private static function networkFileSystem(string $dir): ?string
+    private static function networkFileSystem(string $dir): string
     {
-        static $known = [];
-        if (\array_key_exists($dir, $known)) {
-            return $known[$dir];
-        }
         $real = realpath($dir) ?: $dir;
         [$best, $type] = ['', null];
         foreach (@file('/proc/self/mounts', FILE_IGNORE_NEW_LINES) ?: [] as $line) {
@@ -432,13 +526,13 @@ final class FileLock implements Held
                 [$best, $type] = [$mountPoint, $fsType];
             }
         }
-        return $known[$dir] = match (true) {
-            $type === null => null,
+        return match (true) {
+            $type === null => '',
             str_starts_with($type, 'nfs') => 'NFS',
             $type === 'cifs' => 'CIFS',
             $type === 'smb3' || $type === 'smbfs' => 'SMB',
             $type === '9p' => '9P',
-            default => null,
+            default => '',
         };
     }
 
@@ -452,22 +546,32 @@ final class FileLock implements Held
         ));
     }
 
-    /** One flock(LOCK_EX), blocking or not; false when another party holds it. */
-    private function flock(bool $block): bool
+    /**
+     * Waits in flock(LOCK_EX) until it has the lock. PHP's flock() hides errno: a blocking one
+     * fails when a signal whose handler does not restart calls interrupts it (EINTR), or on a
+     * real error. A try without blocking tells them apart: it takes the lock, finds it busy
+     * (we were interrupted: wait again, as the extension does), or fails as well.
+     */
+    private function block(): void
     {
-        if (flock($this->handle, $block ? LOCK_EX : LOCK_EX | LOCK_NB, $busy)) {
-            return true;
+        while (!flock($this->handle, LOCK_EX)) {
+            if (flock($this->handle, LOCK_EX | LOCK_NB, $busy)) {
+                return;
+            }
+            if (!$busy) {
+                throw $this->flockFailed();
+            }
         }
-        if ($busy) {
-            return false;
-        }
-        $this->close();
-        throw new LockException("cannot lock lock file {$this->file}: flock() failed");
+    }
+
+    private function flockFailed(): LockException
+    {
+        return new LockException("cannot lock lock file {$this->file}: flock() failed");
     }
 
     private function close(): void
     {
-        Claims::drop($this->id);
+        Claims::drop($this->id, $this);
         fclose($this->handle);
         $this->handle = null;
     }
@@ -476,8 +580,11 @@ final class FileLock implements Held
     private static function lstat(string $path): array|false
     {
         clearstatcache();
-        return Os::attempt(static fn () => lstat($path))[0];
+        return @lstat($path);
     }
+
+    /** What filetype() says, as kind() words it. */
+    private const TYPES = ['link' => 'symbolic link', 'dir' => 'directory', 'fifo' => 'FIFO', 'socket' => 'socket', 'char' => 'device', 'block' => 'device'];
 
     /** What a file that is not a regular file is; null for a regular file. */
     private static function kind(int $mode): ?string

@@ -53,12 +53,15 @@ final class Turn
         return sprintf('%08x%08x', getmypid(), random_int(0, 0xffffffff));
     }
 
-    /** Writes (or rewrites) the token of waiter $id with the time now. @param resource $handle */
-    public static function write($handle, string $id): void
+    /**
+     * Writes (or rewrites) the token of waiter $id with the time now; false when it could not
+     * (a full file system): the waiter then polls without a turn, as the extension's does.
+     *
+     * @param resource $handle
+     */
+    public static function write($handle, string $id): bool
     {
-        if (fseek($handle, 0) === 0) {
-            fwrite($handle, $id . sprintf('%08x', self::nowMs()));
-        }
+        return fseek($handle, 0) === 0 && fwrite($handle, $id . sprintf('%08x', self::nowMs())) === self::LENGTH;
     }
 
     /** Empties the file, under its lock. @param resource $handle */
@@ -79,6 +82,8 @@ final class Turn
     /** @param resource $handle */
     private static function read($handle): ?string
     {
+        // Tokens are read after writes by others: never from a stale buffer.
+        stream_set_read_buffer($handle, 0);
         if (fseek($handle, 0) !== 0) {
             return null;
         }
@@ -112,9 +117,11 @@ final class Waiter
     public function pause($handle, float $waited, float $remaining): void
     {
         if ($waited >= Turn::MARK_AFTER && ($this->marked === null || Clock::now() - $this->marked >= Turn::MARK_REFRESH)) {
-            $this->token ??= Turn::newId();
-            Turn::write($handle, $this->token);
-            $this->marked = Clock::now();
+            // Unwritten, it is no token: tried again at the next look.
+            $token = $this->token ?? Turn::newId();
+            if (Turn::write($handle, $token)) {
+                [$this->token, $this->marked] = [$token, Clock::now()];
+            }
         }
         Clock::sleep(min($this->token === null ? $this->backoff->next($remaining) : Turn::MARKED_POLL, $remaining));
     }
@@ -143,7 +150,7 @@ final class Sweep
     public const BUDGET = 0.05;
     public const KEEP_DEFAULT = 1024;
 
-    /** @var array<string, array{float, int, bool}> directory => [when last swept, files made since, last sweep cut short by its budget] */
+    /** @var array<string, array{int, int, int}> directory => [when it is due (hrtime ns; 0 after a sweep cut short by its budget), files made since the last sweep, how many make it due] */
     private static array $seen = [];
 
     /** Files a process makes in a directory between two sweeps of it. */
@@ -161,19 +168,27 @@ final class Sweep
 
     public static function afterRelease(string $dir, int $keep): void
     {
-        $now = Clock::now();
-        [$swept, $share, $unfinished] = self::$seen[$dir] ?? [null, 0, false];
-        if ($swept !== null && !$unfinished && $share < self::period($keep) && $now - $swept < self::INTERVAL) {
+        // Every release asks, and almost every one is not due: that answer costs one lookup.
+        $now = hrtime(true);
+        $seen = self::$seen[$dir] ?? null;
+        if ($seen !== null && $now < $seen[0] && $seen[1] < $seen[2]) {
             return;
         }
-        if ($swept === null && \count(self::$seen) >= 16) {
+        if ($seen === null && \count(self::$seen) >= 16) {
             self::$seen = [];
         }
-        self::$seen[$dir] = [$now, 0, false];
+        self::$seen[$dir] = [$now + (int) (self::INTERVAL * 1e9), 0, self::period($keep)];
+        Os::kept();
+        try {
+            [, $removed, , $cutShort] = self::sweep($dir, $keep, $seen[1] ?? 0);
+        } finally {
+            Os::unkept();
+        }
         // Cut short by its budget above the bound while removing: the next release sweeps
         // again. Not a sweep that found the files it tried held: src/lock/sweep.rs says why.
-        [, $removed, , $cutShort] = self::sweep($dir, $keep, $share);
-        self::$seen[$dir][2] = $cutShort && $removed > 0;
+        if ($cutShort && $removed > 0) {
+            self::$seen[$dir][0] = 0;
+        }
     }
 
     /**

@@ -22,19 +22,26 @@ final class Locking
 
     private static ?\WeakMap $locks = null;
 
+    /** @var array{array, array{?float, ?string, ?string}}|null the last options array acquire() took, and what it read in it */
+    private static ?array $checked = null;
+
+    /** What stays for the process: INI settings (get_cfg_var() reads php.ini and -d only) and a reflection. */
+    private static ?string $iniBackend = null;
+    private static ?int $filesKept = null;
+    private static ?\ReflectionClass $lockClass = null;
+
+    /** The last key acquire() took, and its name(): a request mostly locks one key, maybe twice. */
+    private static ?string $lastKey = null;
+    private static string $lastName = '';
+
     public static function acquire(string $key, array $options): Lock
     {
-        $options = new Options('joinblock_acquire_lock', '#2 ($options)', $options, ['dir', 'timeout', 'backend']);
-        $timeout = $options->seconds('timeout');
-        $dir = $options->bytes('dir');
-        $backend = $options->bytes('backend');
-        if ($backend !== null) {
-            $backend = self::backendNamed($backend, static fn (string $problem) => $options->valueError('backend', $problem));
-            if ($backend === 'mysql' && $dir !== null) {
-                throw $options->valueError('dir', 'applies to the file backend only, and this call asks for mysql');
-            }
+        // Callers pass the same options call after call: an identical array is checked once.
+        if (self::$checked === null || self::$checked[0] !== $options) {
+            self::$checked = [$options, self::checkOptions($options)];
         }
-        $backend ??= self::backend();
+        [$timeout, $dir, $backend] = self::$checked[1];
+        $backend ??= self::$backend ?? self::$iniBackend ?? self::backend();
         if ($backend === 'file') {
             $dir ??= Options::ini('joinblock.lock_dir') ?? sys_get_temp_dir();
             // A relative directory is under getcwd() (a thread-safe PHP's request thread has its
@@ -46,12 +53,31 @@ final class Locking
                 }
                 $dir = rtrim($cwd, '/') . "/$dir";
             }
+            if ($key !== self::$lastKey) {
+                [self::$lastName, self::$lastKey] = [self::name($key), $key];
+            }
             // PathBuf::join, as the extension builds the path: one "/" between.
-            $path = (str_ends_with($dir, '/') ? $dir : "$dir/") . self::name($key);
-            return self::wrap(FileLock::acquire($path, $timeout, self::filesKept()));
+            $path = (str_ends_with($dir, '/') ? $dir : "$dir/") . self::$lastName;
+            return self::wrap(FileLock::acquire($path, $dir, $timeout, self::$filesKept ??= self::filesKept()));
         }
         // A `dir` from a caller written for files is ignored: the site chose mysql.
         return self::wrap(DbLock::acquire(self::mysqlTarget(), self::name($key), $timeout, self::connectTimeout()));
+    }
+
+    /** @return array{?float, ?string, ?string} timeout, dir and backend of joinblock_acquire_lock()'s $options */
+    private static function checkOptions(array $given): array
+    {
+        $options = new Options('joinblock_acquire_lock', '#2 ($options)', $given, ['dir', 'timeout', 'backend']);
+        $timeout = $options->seconds('timeout');
+        $dir = $options->bytes('dir');
+        $backend = $options->bytes('backend');
+        if ($backend !== null) {
+            $backend = self::backendNamed($backend, static fn (string $problem) => $options->valueError('backend', $problem));
+            if ($backend === 'mysql' && $dir !== null) {
+                throw $options->valueError('dir', 'applies to the file backend only, and this call asks for mysql');
+            }
+        }
+        return [$timeout, $dir, $backend];
     }
 
     public static function configure(array $settings): void
@@ -93,10 +119,16 @@ final class Locking
     /** JoinBlock\Lock has no constructor PHP code may call: the lock rides in a WeakMap. */
     private static function wrap(Held $held): Lock
     {
-        $lock = (new \ReflectionClass(Lock::class))->newInstanceWithoutConstructor();
-        self::$locks ??= new \WeakMap();
-        self::$locks[$lock] = $held;
-        return $lock;
+        try {
+            $lock = (self::$lockClass ??= new \ReflectionClass(Lock::class))->newInstanceWithoutConstructor();
+            self::$locks ??= new \WeakMap();
+            self::$locks[$lock] = $held;
+            return $lock;
+        } catch (\Throwable $e) {
+            // Never a lock taken that no one can release.
+            $held->release();
+            throw $e;
+        }
     }
 
     /** `join-lock-<sha1>` of the key as the plugin normalises it, byte for byte. */
@@ -122,7 +154,7 @@ final class Locking
     /** joinblock_configure()'s backend, else INI. */
     private static function backend(): string
     {
-        return self::$backend ?? self::backendNamed(
+        return self::$backend ?? self::$iniBackend ??= self::backendNamed(
             Options::ini('joinblock.lock_backend') ?? 'file',
             static fn (string $problem) => new LockException("INI joinblock.lock_backend $problem")
         );

@@ -413,7 +413,7 @@ final class DbLock implements Held
     {
         $lock = "MySQL lock $name on {$target->describe()}";
         $id = "mysql {$target->describe()} $name";
-        Claims::take($id, $lock);
+        Claims::take($id) || throw Claims::refusal($lock);
         try {
             $started = Clock::now();
             $deadline = $timeout === null ? null : $started + $timeout;

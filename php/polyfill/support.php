@@ -213,6 +213,52 @@ final class Os
         return [$result, $at === false ? $warning : substr($warning, $at + 2)];
     }
 
+    /** The last warning kept() caught from the polyfill's own calls. */
+    private static ?string $warning = null;
+    /** How many kept() spans are open, and the handler the outermost one displaced. */
+    private static int $keeping = 0;
+    private static mixed $displaced = null;
+    private static ?\Closure $keeper = null;
+
+    /**
+     * Opens a span, up to unkept(), in which warnings and notices raised by the polyfill's own
+     * calls come here (reason() has the last one), never to the caller's error handler: `@`
+     * does not keep a warning from a handler, and one that throws (an ErrorException for every
+     * notice) would leave a lock half-taken. The polyfill tests every result instead. What
+     * the caller's code run meanwhile raises (a signal handler, a destructor) still goes to
+     * the caller's handler. One handler for the whole span: setting one per call costs more
+     * than the calls.
+     */
+    public static function kept(): void
+    {
+        if (self::$keeping++ > 0) {
+            return;
+        }
+        self::$keeper ??= static function (int $type, string $message, string $file = '', int $line = 0): bool {
+            if (str_starts_with($file, __DIR__ . '/')) {
+                self::$warning = $message;
+                return true;
+            }
+            return self::$displaced !== null && (bool) (self::$displaced)($type, $message, $file, $line);
+        };
+        self::$displaced = set_error_handler(self::$keeper);
+    }
+
+    public static function unkept(): void
+    {
+        if (--self::$keeping === 0) {
+            restore_error_handler();
+        }
+    }
+
+    /** The OS reason of the last warning kept since the last call (`fopen(…): Failed to open stream: <reason>`), and forgets it. */
+    public static function reason(): ?string
+    {
+        [$warning, self::$warning] = [self::$warning, null];
+        $at = $warning === null ? false : strrpos($warning, ': ');
+        return $at === false ? $warning : substr($warning, $at + 2);
+    }
+
     public static function errno(?string $reason): ?int
     {
         $errno = $reason === null ? false : array_search($reason, self::MESSAGES, true);

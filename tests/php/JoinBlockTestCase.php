@@ -27,8 +27,16 @@ abstract class JoinBlockTestCase extends TestCase
     /** @var list<string> */
     private array $scratchDirs = [];
 
+    /** @var list<string> */
+    private array $mounts = [];
+
     protected function tearDown(): void
     {
+        // Unmounted first: what is mounted in a scratch directory would keep it.
+        foreach ($this->mounts as $mount) {
+            exec('umount ' . escapeshellarg($mount));
+        }
+        $this->mounts = [];
         foreach ($this->scratchDirs as $dir) {
             exec('rm -rf ' . escapeshellarg($dir));
         }
@@ -43,6 +51,12 @@ abstract class JoinBlockTestCase extends TestCase
         chmod($dir, $mode);
         $this->scratchDirs[] = $dir;
         return $dir;
+    }
+
+    /** Unmounts $mount after the test, before its scratch directories go. */
+    protected function unmountAfter(string $mount): void
+    {
+        $this->mounts[] = $mount;
     }
 
     /** A fresh directory WEB_USER owns when we are root: a lock directory PHP may write to, as a site's. */

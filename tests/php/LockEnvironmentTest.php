@@ -113,20 +113,8 @@ final class LockEnvironmentTest extends JoinBlockTestCase
             // A container or chroot without loop devices, or a kernel without btrfs.
             $this->markTestSkipped('cannot loop-mount a btrfs image here: ' . implode(' ', $out));
         }
-        $this->unmountAfter[] = $mount;
+        $this->unmountAfter($mount);
         return $mount;
-    }
-
-    /** @var list<string> */
-    private array $unmountAfter = [];
-
-    protected function tearDown(): void
-    {
-        foreach ($this->unmountAfter as $mount) {
-            exec('umount ' . escapeshellarg($mount));
-        }
-        $this->unmountAfter = [];
-        parent::tearDown();
     }
 
     public function testPlainFlockCannotTakeALockTheExtensionHolds(): void
