@@ -237,8 +237,8 @@ final class FileLock implements Held
     /** Users::me(), which never changes. */
     private static ?int $me = null;
 
-    /** @param resource|null $handle null once closed; $made: the path named no file when open() looked */
-    private function __construct(private string $file, private string $dir, public $handle, private int $keep, private bool $made) {}
+    /** @param resource|null $handle null once closed */
+    private function __construct(private string $file, private string $dir, public $handle, private int $keep) {}
 
     /** $path is in $dir; $keep: how many idle lock files the directory keeps (joinblock.lock_files_kept). */
     public static function acquire(string $path, string $dir, ?float $timeout, int $keep): self
@@ -313,21 +313,17 @@ final class FileLock implements Held
                 // Locked: no other claim of this process can name it.
                 $this->claim($stat);
             }
-            // Does the path still name the file? As src/lock/file.rs's still_named: a lock
-            // file's only name is its path (made there, or linked there by
-            // Os::createPrivateAt() under the new file's lock), and only a holder of its lock
-            // removes it; so under our lock a link count of 1 is the path, 0 a file removed,
-            // and more is looked up. But fopen() follows a symbolic link, so the path is looked
-            // up too where one may have been planted between open()'s look and its fopen(): a
-            // name that was free (no one but the owners may replace an existing file in a
-            // sticky directory, or in one of PHP's user's own); and before anything is
-            // written to the file, so that a link's target is never truncated.
+            // Does the path still name the file? As src/lock/file.rs's still_named: a count
+            // of 0 is a file removed (only a holder of its lock removes a name: a sweep);
+            // otherwise the path is looked up, on every acquisition. A count of 1 says the file
+            // has one name, not which: a lock directory renamed while we waited leaves our file
+            // its name in the old directory while another party locks a new file at the path
+            // (LockAmongOtherCodeTest). The lookup also catches a link planted in a free name
+            // between open()'s look and its fopen(), before anything is written to the file.
             $stale = time() - $stat['mtime'] > self::KEEP_YOUNG_AFTER;
-            if ($stat['nlink'] !== 1 || $this->made || $stat['size'] > 0 || $stale) {
-                $named = $stat['nlink'] === 0 ? false : self::lstat($this->file);
-                if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $this->id) {
-                    return false;
-                }
+            $named = $stat['nlink'] === 0 ? false : self::lstat($this->file);
+            if ($named === false || "file {$named['dev']}:{$named['ino']}" !== $this->id) {
+                return false;
             }
             if ($stat['size'] > 0) {
                 $found = Turn::inspect($this->handle, $stat['size'], $waiter?->token);
@@ -504,7 +500,7 @@ final class FileLock implements Held
             Sweep::created($dir);
         }
         // Checked and claimed by lockInTurn().
-        return new self($path, $dir, $handle, $keep, $created);
+        return new self($path, $dir, $handle, $keep);
     }
 
     /** @var array<string, string> lock directory => networkFileSystem()'s answer: looked up once a process */
