@@ -7,7 +7,7 @@
 //! only later, when some PHP refuses to load it or, worse, loads it with the wrong struct
 //! layouts. So the build stops here, naming both PHPs, unless the CLI and the headers
 //! `php-config` points at agree on the module API number, thread safety and debug mode, and
-//! the PHP is 8.1 or newer.
+//! both name a PHP joinblock supports: 8.2 through 8.6 ([`SUPPORTED`]).
 //!
 //! It asks only what every PHP's programs answer, as php.net builds them (the official
 //! `php:*` images, PIE's users, any source build), not only Debian's: `php -n -i`'s rows, and
@@ -24,6 +24,11 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
 };
+
+/// The oldest and newest PHP (major, minor) joinblock builds for. ext-php-rs 0.16.4 knows 8.0
+/// (module API 20200930) to 8.6 (20260924) and no later one; 8.0 and 8.1 are past their end of
+/// life and run by none of our tests.
+const SUPPORTED: ((u32, u32), (u32, u32)) = ((8, 2), (8, 6));
 
 /// What one side says about the PHP: where it came from and the three things that must agree.
 #[derive(PartialEq)]
@@ -78,9 +83,24 @@ fn check_one_php() -> Result<(), String> {
             config.include_dir.display()
         ));
     }
-    let version_id: u32 = cli.version_id()?;
-    if version_id < 80100 {
-        return Err(format!("{} is older than PHP 8.1, the oldest PHP joinblock supports. {how}.", cli.line()));
+    // Both sides: php-config's version is that of the headers compiled against, the CLI's is
+    // the PHP that will load the build.
+    let (oldest, newest) = SUPPORTED;
+    for side in [&config.described, &cli] {
+        let found = side.minor_version()?;
+        if found < oldest || found > newest {
+            return Err(format!(
+                "{} is PHP {}.{}, and joinblock supports PHP {}.{} through {}.{}. Build for a PHP in that \
+                 range. {how}.",
+                side.line(),
+                found.0,
+                found.1,
+                oldest.0,
+                oldest.1,
+                newest.0,
+                newest.1
+            ));
+        }
     }
     Ok(())
 }
@@ -92,11 +112,12 @@ impl Described {
         format!("{} (PHP {}, module API {}, {zts}{debug})", self.what, self.version, self.build.api)
     }
 
-    fn version_id(&self) -> Result<u32, String> {
+    /// (major, minor) of "8.5.7", "8.6.0RC3", "8.4.27-1+deb13u1".
+    fn minor_version(&self) -> Result<(u32, u32), String> {
         let mut parts = self.version.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>());
         match (parts.next(), parts.next()) {
-            (Some(Ok(major)), Some(Ok(minor))) => Ok(major * 10000 + minor * 100),
-            _ => Err(format!("cannot read a PHP version from {}", self.what)),
+            (Some(Ok(major)), Some(Ok(minor))) => Ok((major, minor)),
+            _ => Err(format!("cannot read a PHP version from {} (it says \"{}\")", self.what, self.version)),
         }
     }
 }

@@ -5,7 +5,7 @@
  *
  * `require_once` it (or name it in `auto_prepend_file`): it defines the functions and classes of
  * php-stubs/joinblock.stub.php only when they are not defined yet, so a process with the
- * extension keeps the extension. PHP 8.1+, no Composer. The lock's file backend needs nothing
+ * extension keeps the extension. PHP 8.2 through 8.6, no Composer. The lock's file backend needs nothing
  * more; its mysql backend needs the mysqli extension (which WordPress needs too); the tag check
  * needs curl and mbstring (tag names compare without regard to case, non-ASCII ones too), and
  * throws an ActionNetworkException saying which is missing rather than answer without it.

@@ -80,7 +80,19 @@ debian_php_version() {
             grep . || { echo "error: no Debian PHP known for release '$codename' (Debian 12 and 13 are tested)" >&2; return 1; } ;;
     esac
 }
-DEBIAN_PHP=$(debian_php_version)
+# The PHP the scripts install, build for and run: JOINBLOCK_PHP_VERSION=X.Y names one of Debian's
+# phpX.Y-* (a release may carry several, as sid with experimental's 8.5 beside its own 8.4, and
+# which one `php` and `php-config` name then depends on Debian's alternatives and on what else
+# is installed), else the release's own. When named, PHP and PHP_CONFIG are set to its versioned
+# programs unless already set: build.rs and ext-php-rs read them, and scripts run "$PHP".
+if [ -n "${JOINBLOCK_PHP_VERSION:-}" ]; then
+    [[ $JOINBLOCK_PHP_VERSION =~ ^[0-9]+\.[0-9]+$ ]] ||
+        { echo "error: JOINBLOCK_PHP_VERSION=$JOINBLOCK_PHP_VERSION is no X.Y (8.5 names php8.5-cli, php-config8.5 ...)" >&2; exit 2; }
+    DEBIAN_PHP=$JOINBLOCK_PHP_VERSION
+    export PHP=${PHP:-/usr/bin/php$DEBIAN_PHP} PHP_CONFIG=${PHP_CONFIG:-/usr/bin/php-config$DEBIAN_PHP}
+else
+    DEBIAN_PHP=$(debian_php_version)
+fi
 
 # Debian's package names of the system's PHP and the named PHP extensions: php8.4-fpm ...
 php_packages() {

@@ -242,7 +242,6 @@ final class ApacheServer
             $code = (int) curl_getinfo($handle, CURLINFO_RESPONSE_CODE);
             $answers[$i] = ['status' => $code, 'body' => $code === 0 ? 'no answer: ' . curl_error($handle) : (string) $body];
             curl_multi_remove_handle($multi, $handle);
-            curl_close($handle);
         }
         curl_multi_close($multi);
         return $answers;

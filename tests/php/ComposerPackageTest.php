@@ -32,7 +32,7 @@ final class ComposerPackageTest extends JoinBlockTestCase
         $manifest = json_decode((string) file_get_contents(dirname(__DIR__, 2) . '/composer.json'), true, 16, JSON_THROW_ON_ERROR);
         $this->assertSame(ComposerProject::PACKAGE, $manifest['name']);
         $this->assertSame('library', $manifest['type'], 'a library: Composer refuses to install a php-ext (PIE) package as one');
-        $this->assertSame(['php' => '>=8.1'], $manifest['require']);
+        $this->assertSame(['php' => '>=8.2 <8.7'], $manifest['require']);
         $this->assertSame(['ext-joinblock', 'ext-curl', 'ext-mysqli', 'ext-mbstring'], array_keys($manifest['suggest']));
         $this->assertSame(['php/joinblock.php', 'php/site-health.php'], $manifest['autoload']['files']);
         foreach ($manifest['autoload']['files'] as $file) {

@@ -253,7 +253,6 @@ final class WordPressSite
         $raw = (string) curl_exec($handle);
         $headerSize = curl_getinfo($handle, CURLINFO_HEADER_SIZE);
         $status = curl_getinfo($handle, CURLINFO_RESPONSE_CODE);
-        curl_close($handle);
         return [$status, substr($raw, $headerSize), substr($raw, 0, $headerSize)];
     }
 
