@@ -15,11 +15,8 @@
  * the same `GET_LOCK` names, the same tag algorithm, request budget, errors and security rules.
  * What PHP code cannot do the same way:
  * - PHP's fopen() cannot refuse to follow a symbolic link: a link at the lock path is refused
- *   before opening, and the path is looked up again under the lock wherever a link could have
- *   been planted unseen (a name that was free; in a sticky directory or PHP's user's own, no
- *   one else can replace an existing file) and before anything is written to the file, so a
- *   link's target is never kept locked nor truncated; but one planted in between can make
- *   fopen() create an empty file where it points.
+ *   before opening and after locking, so it is never locked nor truncated, but one planted in
+ *   between can make fopen() create an empty file where it points.
  * - Nothing outlives a PHP-FPM request: the tag cache, the HTTP connection and the MySQL
  *   connection last one request (a CLI process is one request). A MySQL lock therefore always
  *   ends with its request.
