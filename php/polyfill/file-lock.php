@@ -420,11 +420,14 @@ final class FileLock implements Held
         }
         $removal = self::STAYS;
         if (flock($handle, LOCK_EX | LOCK_NB)) {
-            // Under the lock a link count of 1 is the path itself, 0 a file removed since (FileLock's rule).
+            // Under the lock a count of 0 is a file removed since; a second name is left alone,
+            // and so is a file the path no longer names (its directory renamed since the listing:
+            // the name would be another file's, not held by us), looked up again as FileLock does.
             $stat = fstat($handle);
+            $named = $stat['nlink'] === 1 ? self::lstat($path) : false;
             if ($stat['nlink'] === 0) {
                 $removal = self::GONE;
-            } elseif ($stat['nlink'] === 1 && $stat['dev'] === $before['dev'] && $stat['ino'] === $before['ino']
+            } elseif ($named !== false && $stat['dev'] === $named['dev'] && $stat['ino'] === $named['ino']
                 && Turn::inspect($handle, $stat['size'], null) !== Turn::OTHER && @unlink($path)) {
                 $removal = self::REMOVED;
             }
