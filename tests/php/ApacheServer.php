@@ -150,15 +150,7 @@ final class ApacheServer
             return;
         }
         $children = $this->childPids();
-        proc_terminate($this->process, SIGTERM);
-        $deadline = microtime(true) + 15;
-        while (proc_get_status($this->process)['running'] && microtime(true) < $deadline) {
-            usleep(20000);
-        }
-        if (proc_get_status($this->process)['running']) {
-            proc_terminate($this->process, SIGKILL);
-        }
-        proc_close($this->process);
+        ChildProcess::stop($this->process, SIGTERM, 15);
         $this->process = null;
         // A child the parent could not stop (a thread stuck in PHP) must not outlive the test;
         // orphaned, it is no longer the parent's child, but still Apache.

@@ -74,13 +74,7 @@ final class FpmServer
 
     public function stop(): void
     {
-        proc_terminate($this->process, SIGQUIT);
-        $deadline = microtime(true) + 10;
-        while (proc_get_status($this->process)['running'] && microtime(true) < $deadline) {
-            usleep(20000);
-        }
-        proc_terminate($this->process, SIGKILL);
-        proc_close($this->process);
+        ChildProcess::stop($this->process, SIGQUIT);
     }
 
     /** @return list<int> the pids of the pool's workers */

@@ -4,6 +4,9 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+// The benchmarks load this file alone.
+require_once __DIR__ . '/ChildProcess.php';
+
 /**
  * A private MariaDB from Debian's mariadb-server: its own data directory, socket and port on
  * 127.0.0.1, a user `joinblock` with a password and a database `wordpress`.
@@ -56,13 +59,7 @@ final class MariaDbServer
         if ($this->process === null) {
             return;
         }
-        proc_terminate($this->process, SIGTERM);
-        $deadline = microtime(true) + 30;
-        while (proc_get_status($this->process)['running'] && microtime(true) < $deadline) {
-            usleep(20000);
-        }
-        proc_terminate($this->process, SIGKILL);
-        proc_close($this->process);
+        ChildProcess::stop($this->process, SIGTERM, 30);
         $this->process = null;
     }
 

@@ -4,6 +4,9 @@ declare(strict_types=1);
 
 namespace JoinBlock\Tests;
 
+// The benchmarks load this file alone.
+require_once __DIR__ . '/ChildProcess.php';
+
 /** The stand-in Action Network server (tests/an_server.py), run on 127.0.0.1 for a test class. */
 final class StandInServer
 {
@@ -40,8 +43,8 @@ final class StandInServer
     public function stop(): void
     {
         if ($this->process !== null) {
-            proc_terminate($this->process);
-            proc_close($this->process);
+            ChildProcess::stop($this->process);
+            $this->process = null;
         }
     }
 

@@ -161,13 +161,7 @@ final class WordPressSite
         $this->fpm?->stop();
         $this->fpm = null;
         if ($this->nginx !== null) {
-            proc_terminate($this->nginx, SIGTERM);
-            $deadline = microtime(true) + 10;
-            while (proc_get_status($this->nginx)['running'] && microtime(true) < $deadline) {
-                usleep(20000);
-            }
-            proc_terminate($this->nginx, SIGKILL);
-            proc_close($this->nginx);
+            ChildProcess::stop($this->nginx);
             $this->nginx = null;
         }
         $this->db?->destroy();

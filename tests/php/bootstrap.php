@@ -40,6 +40,7 @@ if (!getenv('JOINBLOCK_SO') || !is_file(getenv('JOINBLOCK_SO'))) {
 }
 
 require __DIR__ . '/JoinBlockTestCase.php';
+require_once __DIR__ . '/ChildProcess.php';
 require __DIR__ . '/StandInServer.php';
 require __DIR__ . '/FpmServer.php';
 require __DIR__ . '/ApacheServer.php';
