@@ -131,10 +131,21 @@ clean_ini_scan_dir() {
 # default; a whole run takes 5 to 10 minutes), so that a test that hangs ends the run naming
 # itself rather than using up CI's time. The name comes from PHPUnit's TeamCity log, which
 # PHPUnit 9 to 13 write as each test starts.
+# PHPUnit 10 and later count deprecations (PHP's, and PHPUnit's own about our tests) and notices,
+# but pass despite them: these options make each one fail the run, so that what a newer PHP or
+# PHPUnit deprecates is seen the day it comes. PHPUnit 9 has no such options; it prints PHP's
+# deprecations on stderr.
+phpunit_strict_options() {
+    local major
+    major=$("${PHP:-php}" /usr/bin/phpunit --version | sed -n 's/^PHPUnit \([0-9]*\)\..*/\1/p')
+    [ "${major:-9}" -lt 10 ] || echo --fail-on-deprecation --fail-on-phpunit-deprecation --fail-on-notice \
+        --display-deprecations --display-phpunit-deprecations --display-notices
+}
+
 run_suite() {
     local limit=${JOINBLOCK_SUITE_LIMIT:-1500} log rc=0 running
     log=$(mktemp /tmp/joinblock-suite.XXXXXX)
-    timeout --kill-after=20 "$limit" "$@" --log-teamcity "$log" || rc=$?
+    timeout --kill-after=20 "$limit" "$@" $(phpunit_strict_options) --log-teamcity "$log" || rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         running=$(grep "testStarted " "$log" | tail -n 1 | sed "s/.* locationHint='php_qn:\/\/[^:]*::\\\\//; s/' flowId=.*//")
         echo "error: PHPUnit did not end within $limit s (JOINBLOCK_SUITE_LIMIT) and was stopped; the test running then: ${running:-none had started}" >&2

@@ -11,6 +11,7 @@ use JoinBlock\LockException;
 use JoinBlock\Polyfill\Api;
 use JoinBlock\Polyfill\Locking;
 use JoinBlock\Polyfill\Options;
+use JoinBlock\Polyfill\Os;
 use JoinBlock\Polyfill\Settings;
 use JoinBlock\Polyfill\SiteState;
 use JoinBlock\Polyfill\TagCheck;
@@ -33,28 +34,43 @@ function joinblock_release_lock(?Lock $lock = null): void
     }
 }
 
+// The lock keeps its own calls' warnings from the caller's error handler where it makes them
+// (Os::kept()); the other functions keep them for the whole call, since their file and state
+// calls are spread through it: a state file not made yet is no error of the caller's.
+
 function joinblock_configure(array $settings): void
 {
+    Os::kept();
     try {
         Locking::configure($settings);
     } catch (\ValueError | \TypeError $e) {
         throw Api::raised($e, __FUNCTION__);
+    } finally {
+        Os::unkept();
     }
 }
 
 function joinblock_person_has_tag(string $email, string $tag, string $apiKey, array $options = []): ?bool
 {
+    Os::kept();
     try {
         return TagCheck::run($email, $tag, $apiKey, $options);
     } catch (ActionNetworkException | \ValueError | \TypeError $e) {
         throw Api::raised($e, __FUNCTION__);
+    } finally {
+        Os::unkept();
     }
 }
 
 function joinblock_status(): array
 {
-    $lock = Locking::status();
-    [$shared, $problem] = SiteState::status();
+    Os::kept();
+    try {
+        $lock = Locking::status();
+        [$shared, $problem] = SiteState::status();
+    } finally {
+        Os::unkept();
+    }
     return [
         'implementation' => 'polyfill',
         'version' => Api::VERSION,

@@ -205,12 +205,23 @@ abstract class JoinBlockTestCase extends TestCase
      */
     protected static function polyfillArgs(array $extensions, ?string $polyfill = null): array
     {
+        return [...self::bareWith($extensions), '-d', 'auto_prepend_file=' . ($polyfill ?? self::polyfillFile())];
+    }
+
+    /**
+     * A bare PHP (no php.ini) with only the PHP extensions named, and no implementation.
+     *
+     * @param list<string> $extensions
+     * @return list<string>
+     */
+    protected static function bareWith(array $extensions): array
+    {
         $args = ['-n'];
         // A PHP built from source has them built in, and loading one again only warns.
         foreach (array_diff($extensions, self::builtInExtensions()) as $extension) {
             array_push($args, '-d', "extension=$extension");
         }
-        return [...$args, '-d', 'auto_prepend_file=' . ($polyfill ?? self::polyfillFile())];
+        return $args;
     }
 
     /** @return list<string> the extensions PHP_BINARY has without any php.ini, lowercase */

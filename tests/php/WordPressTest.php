@@ -81,8 +81,9 @@ final class WordPressTest extends JoinBlockTestCase
         $site = self::$site;
         $site->configure(self::settings($run, $override));
         // The lock directory and the Action Network URL come from the ini (-d), as on a site:
-        // the guide's calls pass neither.
-        $args = ['-d', 'joinblock.action_network_url=' . self::$actionNetwork->baseUrl(), '-d', 'joinblock.lock_dir=' . ($lockDir ?? $site->tempDir())];
+        // the guide's calls pass neither. Assertions on, as on a developer's site (Debian's
+        // php.ini has them off): with WP_DEBUG's E_ALL, the logs then show whatever our code raises.
+        $args = ['-d', 'joinblock.action_network_url=' . self::$actionNetwork->baseUrl(), '-d', 'joinblock.lock_dir=' . ($lockDir ?? $site->tempDir()), '-d', 'zend.assertions=1'];
         if ($run !== 'polyfill') {
             array_unshift($args, '-d', 'extension=' . getenv('JOINBLOCK_SO'));
         }
