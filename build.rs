@@ -59,14 +59,23 @@ fn main() {
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-undefined,dynamic_lookup");
     }
-    if let Err(problem) = check_one_php() {
-        // Cargo shows a failing build script's stderr; one paragraph, no backtrace.
-        eprintln!("\nerror: {problem}\n");
-        std::process::exit(1);
+    println!("cargo:rustc-check-cfg=cfg(php_trim_strips_form_feed)");
+    match check_one_php() {
+        // PHP 8.6's trim() strips a form feed too; the lock's name follows the PHP it runs in,
+        // as the plugin's own computation does (src/lock/mod.rs).
+        Ok(version) if version >= (8, 6) => println!("cargo:rustc-cfg=php_trim_strips_form_feed"),
+        Ok(_) => {}
+        Err(problem) => {
+            // Cargo shows a failing build script's stderr; one paragraph, no backtrace.
+            eprintln!("\nerror: {problem}\n");
+            std::process::exit(1);
+        }
     }
 }
 
-fn check_one_php() -> Result<(), String> {
+/// The PHP to build for, checked: one PHP on both sides, in the supported range. Returns its
+/// major and minor version.
+fn check_one_php() -> Result<(u32, u32), String> {
     let php = program("PHP", "php")?;
     let php_config = program("PHP_CONFIG", "php-config")?;
     let cli = describe_cli(&php)?;
@@ -102,7 +111,7 @@ fn check_one_php() -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    config.described.minor_version()
 }
 
 impl Described {

@@ -113,6 +113,14 @@ build_extension() {
     # CARGO_TARGET_DIR (cargo's own variable) keeps builds for other PHPs apart.
     JOINBLOCK_SO="${CARGO_TARGET_DIR:-$JOINBLOCK_ROOT/target}/release/libjoinblock.so"
     export JOINBLOCK_SO
+    # What needs the network ends here: with JOINBLOCK_PREPARE_ONLY=1 the calling script stops
+    # once its packages are in and the crate is built, with the test build's crates fetched
+    # too (scripts/test-debian-root's first step when the root gets a loopback of its own).
+    if [ "${JOINBLOCK_PREPARE_ONLY:-0}" = 1 ]; then
+        (cd "$JOINBLOCK_ROOT" && cargo fetch --locked --quiet)
+        echo "==> prepared (JOINBLOCK_PREPARE_ONLY=1): packages installed, extension built" >&2
+        exit 0
+    fi
 }
 
 # A php.ini scan directory with the system's CLI settings but without any installed copy

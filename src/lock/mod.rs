@@ -23,8 +23,12 @@ use std::{
 
 use parking_lot::Mutex;
 
-/// Bytes PHP 8's `trim()` strips by default.
+/// Bytes `trim()` strips by default in the PHP built for: PHP 8.6 added the form feed
+/// (build.rs sets the cfg). The plugin computes its lock names with that PHP's trim().
+#[cfg(not(php_trim_strips_form_feed))]
 const PHP_TRIM_BYTES: &[u8] = b" \t\n\r\0\x0B";
+#[cfg(php_trim_strips_form_feed)]
+const PHP_TRIM_BYTES: &[u8] = b" \t\n\r\0\x0B\x0C";
 
 /// Both backends name a lock `join-lock-<sha1 hex of the normalised key>`.
 const NAME_PREFIX: &str = "join-lock-";
@@ -225,8 +229,8 @@ pub fn counters() -> Counters {
     }
 }
 
-/// `strtolower(trim($key))` as PHP 8.2 computes it: the bytes PHP trims by default, and
-/// ASCII-only lowercasing. `None` when nothing is left.
+/// `strtolower(trim($key))` as PHP 8.2 and later compute it: the bytes PHP trims by default,
+/// and ASCII-only lowercasing. `None` when nothing is left.
 pub fn normalize_key(key: &[u8]) -> Option<Vec<u8>> {
     let start = key.iter().position(|b| !PHP_TRIM_BYTES.contains(b))?;
     let end = key.iter().rposition(|b| !PHP_TRIM_BYTES.contains(b))? + 1;
@@ -304,7 +308,8 @@ mod tests {
         assert_eq!(normalize_key(b"\xffX\xfe").unwrap(), b"\xffx\xfe");
         assert_eq!(normalize_key(b" \t\0 "), None);
         assert_eq!(normalize_key(b""), None);
-        // \f is not in PHP's default trim list.
-        assert_eq!(normalize_key(b"\x0cA").unwrap(), b"\x0ca");
+        // \f is in PHP's default trim list from PHP 8.6 on.
+        let expected: &[u8] = if cfg!(php_trim_strips_form_feed) { b"a" } else { b"\x0ca\x0c" };
+        assert_eq!(normalize_key(b"\x0cA\x0c").unwrap(), expected);
     }
 }
