@@ -102,10 +102,11 @@ final class Claims
     /** After a fatal error PHP calls no destructor (it only closes files): release here. */
     public static function releaseAfterFatal(): void
     {
+        self::$reserve = null;
         if (((error_get_last()['type'] ?? 0) & self::FATAL) === 0) {
             return;
         }
-        self::$reserve = null;
+        Sweep::stop();
         // Taken out first: a release drops its claim, and dropping one from the array being
         // iterated would copy it whole (80 KiB for some 2,000 locks: a second fatal).
         [$claims, self::$claims] = [self::$claims, []];

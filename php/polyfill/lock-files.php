@@ -153,6 +153,14 @@ final class Sweep
     /** @var array<string, array{int, int, int}> directory => [when it is due (hrtime ns; 0 after a sweep cut short by its budget), files made since the last sweep, how many make it due] */
     private static array $seen = [];
 
+    /** Set by releases after a fatal error: a sweep reads the whole directory, and memory may be out. */
+    private static bool $stopped = false;
+
+    public static function stop(): void
+    {
+        self::$stopped = true;
+    }
+
     /** Files a process makes in a directory between two sweeps of it. */
     public static function period(int $keep): int
     {
@@ -171,7 +179,7 @@ final class Sweep
         // Every release asks, and almost every one is not due: that answer costs one lookup.
         $now = hrtime(true);
         $seen = self::$seen[$dir] ?? null;
-        if ($seen !== null && $now < $seen[0] && $seen[1] < $seen[2]) {
+        if (($seen !== null && $now < $seen[0] && $seen[1] < $seen[2]) || self::$stopped) {
             return;
         }
         if ($seen === null && \count(self::$seen) >= 16) {

@@ -350,14 +350,18 @@ final class MysqlConnection
 
     /**
      * Runs $call with mysqli throwing its errors, whatever report mode the site chose, and
-     * without the warnings mysqlnd adds on a dead connection: the exception says it all.
+     * without the warnings mysqlnd adds on a dead connection: the exception says it all. Other
+     * warnings (a mistake in our code) go on to the handler before this one.
      */
     public static function quietly(callable $call): mixed
     {
         $driver = new \mysqli_driver();
         $mode = $driver->report_mode;
         $driver->report_mode = MYSQLI_REPORT_ERROR | MYSQLI_REPORT_STRICT;
-        set_error_handler(static fn (): bool => true, E_WARNING | E_NOTICE);
+        $before = null;
+        $before = set_error_handler(static function (int $type, string $message, string $file = '', int $line = 0) use (&$before): bool {
+            return Os::failedCall($message) || ($before !== null && (bool) $before($type, $message, $file, $line));
+        }, E_WARNING | E_NOTICE);
         try {
             return $call();
         } finally {

@@ -203,7 +203,7 @@ final class Os
         set_error_handler(static function (int $type, string $message) use (&$warning): bool {
             $warning = $message;
             return true;
-        });
+        }, E_WARNING | E_NOTICE);
         try {
             $result = $call();
         } finally {
@@ -215,20 +215,24 @@ final class Os
 
     /** The last warning kept() caught from the polyfill's own calls. */
     private static ?string $warning = null;
+    /** Deprecations the polyfill's own code raised in the open span, raised again when it closes. */
+    private static array $deferred = [];
     /** How many kept() spans are open, and the handler the outermost one displaced. */
     private static int $keeping = 0;
     private static mixed $displaced = null;
     private static ?\Closure $keeper = null;
 
     /**
-     * Opens a span, up to unkept(), in which warnings and notices raised by the polyfill's own
-     * calls come here (reason() has the last one), never to the caller's error handler: `@`
-     * does not keep a warning from a handler, and one that throws (an ErrorException for every
-     * notice) would leave a lock half-taken. The polyfill tests every result instead. What
-     * the caller's code run meanwhile raises (a signal handler, a destructor) still goes to
-     * the caller's handler, and so does a deprecation, wherever it comes from: it is news for
-     * the caller (and for our tests), not a failed call. One handler for the whole span: setting
-     * one per call costs more than the calls.
+     * Opens a span, up to unkept(), in which the warnings and notices of the polyfill's own
+     * failing calls (`fopen(…): Failed to open stream: …`) come here (reason() has the last
+     * one), never to the caller's error handler: `@` does not keep a warning from a handler,
+     * and one that throws (an ErrorException for every notice) would leave a lock half-taken.
+     * The polyfill tests every result instead. Anything else still reaches the caller's
+     * handler: what the caller's code run meanwhile raises (a signal handler, a destructor),
+     * and a mistake of ours ("Undefined array key"), which tests must see. A deprecation in our
+     * code is news for the caller too, but one that a handler may turn into an exception: it
+     * is raised again once the span has closed, when nothing is half-done. One handler for the
+     * whole span: setting one per call costs more than the calls.
      */
     public static function kept(): void
     {
@@ -236,19 +240,38 @@ final class Os
             return;
         }
         self::$keeper ??= static function (int $type, string $message, string $file = '', int $line = 0): bool {
-            if (($type & (E_WARNING | E_NOTICE)) !== 0 && str_starts_with($file, __DIR__ . '/')) {
-                self::$warning = $message;
-                return true;
+            if (str_starts_with($file, __DIR__ . '/')) {
+                if (($type & (E_WARNING | E_NOTICE)) !== 0 && self::failedCall($message)) {
+                    self::$warning = $message;
+                    return true;
+                }
+                if (($type & (E_DEPRECATED | E_USER_DEPRECATED)) !== 0) {
+                    self::$deferred[] = "$message (in $file on line $line)";
+                    return true;
+                }
             }
             return self::$displaced !== null && (bool) (self::$displaced)($type, $message, $file, $line);
         };
-        self::$displaced = set_error_handler(self::$keeper);
+        $displaced = set_error_handler(self::$keeper);
+        // A caller's handler that set a handler of its own during a span leaves ours in place
+        // (unkept() then restored theirs): never displace the keeper by itself.
+        self::$displaced = $displaced === self::$keeper ? null : $displaced;
+    }
+
+    /** Whether a warning is a PHP function's about its own failure (`fopen(…): …`), not a mistake in our code. */
+    public static function failedCall(string $message): bool
+    {
+        return preg_match('/^[\w\\\\:]+\(/', $message) === 1;
     }
 
     public static function unkept(): void
     {
         if (--self::$keeping === 0) {
             restore_error_handler();
+            [$deferred, self::$deferred] = [self::$deferred, []];
+            foreach ($deferred as $deprecation) {
+                trigger_error($deprecation, E_USER_DEPRECATED);
+            }
         }
     }
 

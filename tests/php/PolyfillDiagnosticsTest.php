@@ -70,26 +70,30 @@ final class PolyfillDiagnosticsTest extends JoinBlockTestCase
     }
 
     /**
-     * The polyfill keeps the warnings of its own failing file calls from the caller's error
-     * handler (it tests each result instead), but never a deprecation: that is news for the
-     * caller, and the test above could not see one otherwise. Shown with a copy of the polyfill
-     * that has one more file raising a deprecation inside a kept span.
+     * The polyfill keeps the warnings of its own failing calls from the caller's error handler
+     * (it tests each result instead), but nothing else: a mistake of its own ("Undefined
+     * variable") reaches the handler at once, and a deprecation once the span is over (when a
+     * handler that throws leaves nothing half-done). Shown with a copy of the polyfill that has
+     * one more file raising all three inside a kept span.
      */
-    public function testADeprecationInsideTheLockReachesTheCallersHandler(): void
+    public function testOnlyTheWarningsOfFailingCallsAreKeptFromTheCallersHandler(): void
     {
         $copy = $this->scratchDir(0755);
         exec('cp -R ' . escapeshellarg(\dirname(self::polyfillFile())) . '/. ' . escapeshellarg($copy));
-        file_put_contents("$copy/polyfill/raises.php", "<?php\ntrigger_error('a deprecation in the polyfill', E_USER_DEPRECATED);\nfopen('/nonexistent/file', 'r');\n");
+        file_put_contents("$copy/polyfill/raises.php", "<?php\ntrigger_error('a deprecation in the polyfill', E_USER_DEPRECATED);\nfopen('/nonexistent/file', 'r');\necho \$undefined;\n");
         $code = sprintf(<<<'PHP'
             require %s;
             $raised = [];
             set_error_handler(function (int $type, string $message) use (&$raised): bool { $raised[] = $message; return true; });
             JoinBlock\Polyfill\Os::kept();
             require %s;
+            $during = $raised;
             JoinBlock\Polyfill\Os::unkept();
-            echo json_encode(['caller' => $raised, 'kept' => JoinBlock\Polyfill\Os::reason()]), "\n";
+            echo json_encode(['during' => $during, 'after' => $raised, 'kept' => JoinBlock\Polyfill\Os::reason()]), "\n";
             PHP, var_export("$copy/joinblock.php", true), var_export("$copy/polyfill/raises.php", true));
-        $out = self::runPhpOk([PHP_BINARY, ...self::bareWith(self::POLYFILL_EXTENSIONS), ...self::STRICTEST, '-r', $code]);
-        $this->assertSame(['caller' => ['a deprecation in the polyfill'], 'kept' => 'No such file or directory'], json_decode($out, true));
+        $out = json_decode(self::runPhpOk([PHP_BINARY, ...self::bareWith(self::POLYFILL_EXTENSIONS), ...self::STRICTEST, '-r', $code]), true);
+        $this->assertSame(['Undefined variable $undefined'], $out['during'], 'our own mistake, at once; the deprecation not yet');
+        $this->assertSame(['Undefined variable $undefined', "a deprecation in the polyfill (in $copy/polyfill/raises.php on line 2)"], $out['after'], 'the deprecation once the span closed');
+        $this->assertSame('No such file or directory', $out['kept'], 'the failing call\'s warning kept, its reason known');
     }
 }
