@@ -235,6 +235,10 @@ final class FpmTest extends JoinBlockTestCase
             $query['dir'] = $this->webUserScratchDir();
             $options = ['dir' => $query['dir']];
         }
+        // Free at once, but for one case: the polyfill's MySQL connection cut mid-reply by the
+        // fatal cannot release (its next query is out of sync), so it is closed, and the server
+        // frees its locks when it sees the disconnect, a moment after the response.
+        $wait = $backend === 'mysql' && self::implementation() === 'polyfill' ? 1 : 0;
         $fpm = FpmServer::start($this->scratchDir(), 1, $args);
         try {
             $callLine = 1 + substr_count(strstr(file_get_contents(__DIR__ . '/fixtures/fpm/lock_until_fatal.php'), '// THE LOCK CALL', true), "\n");
@@ -254,7 +258,7 @@ final class FpmTest extends JoinBlockTestCase
                         continue;
                     }
                     try {
-                        joinblock_acquire_lock("fatal-$i@example.org", $options + ['timeout' => 0])->release();
+                        joinblock_acquire_lock("fatal-$i@example.org", $options + ['timeout' => $wait])->release();
                     } catch (\JoinBlock\LockTimeoutException $e) {
                         $this->fail("round $round: fatal-$i@example.org is still held after the request died: {$e->getMessage()}; the request and php-fpm said: " . substr($said, -1500));
                     }

@@ -175,13 +175,18 @@ final class LockConcurrencyTest extends JoinBlockTestCase
             $this->assertSame(0, $exits[$n] ?? null, $err);
         }
         $left = \count(glob("$dir/join-lock-*"));
-        joinblock_acquire_lock('one-more@example.org', ['dir' => $dir])->release();
-        $afterOneMore = \count(glob("$dir/join-lock-*"));
-        fwrite(STDERR, sprintf("\n[%d members locked once, 2 processes, %s, %s] %.1f s; most lock files seen at once: %d; left: %d; after one more lock in a fresh process: %d\n",
-            $members, self::implementation(), trim((string) shell_exec('stat -f -c %T ' . escapeshellarg($dir))), microtime(true) - $started, $most, $left, $afterOneMore));
+        // A sweep has a time budget (50 ms); one cut short leaves the rest to the next release,
+        // which on a busy machine may need a few.
+        [$releases, $afterMore] = [0, $left];
+        while ($releases < 20 && ($releases === 0 || $afterMore > 1024)) {
+            joinblock_acquire_lock('one-more@example.org', ['dir' => $dir])->release();
+            [$releases, $afterMore] = [$releases + 1, \count(glob("$dir/join-lock-*"))];
+        }
+        fwrite(STDERR, sprintf("\n[%d members locked once, 2 processes, %s, %s] %.1f s; most lock files seen at once: %d; left: %d; after %d more lock(s) in this process: %d\n",
+            $members, self::implementation(), trim((string) shell_exec('stat -f -c %T ' . escapeshellarg($dir))), microtime(true) - $started, $most, $left, $releases, $afterMore));
         $this->assertLessThanOrEqual(1024 + 2 * 256, $most, 'the directory stayed within its bound while members were locked');
         $this->assertLessThanOrEqual(1024 + 2 * 256, $left);
-        $this->assertLessThanOrEqual(1024, $afterOneMore, 'the next release swept the rest');
+        $this->assertLessThanOrEqual(1024, $afterMore, 'the next releases swept the rest');
         $this->assertNoLockHeld($dir, 'all released');
     }
 

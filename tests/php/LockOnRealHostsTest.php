@@ -123,11 +123,13 @@ final class LockOnRealHostsTest extends JoinBlockTestCase
         $this->assertSame(self::WEB_USER, posix_getpwuid(fileowner($lock->path()))['name']);
         $waiter = self::startPhp($this->lockOnceAs(self::WEB_USER, ['key' => 'shared@example.org', 'options' => ['dir' => $dir, 'timeout' => 10]]));
         usleep(300000);
+        // When it got the lock, not how long it waited: a busy machine may start it late.
+        $releasing = microtime(true);
         $lock->release();
         $result = self::finish($waiter);
         $answer = json_decode($result['out'], true) ?? self::fail($result['out'] . $result['err']);
         $this->assertSame(self::pluginLockPath($dir, 'shared@example.org'), $answer['path'] ?? $answer['error']);
-        $this->assertGreaterThan(0.2, $answer['seconds'], 'it waited for root');
+        $this->assertGreaterThanOrEqual($releasing, $answer['acquired'], 'it waited for root');
     }
 
     /**
