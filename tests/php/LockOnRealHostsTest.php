@@ -95,7 +95,8 @@ final class LockOnRealHostsTest extends JoinBlockTestCase
             . ' to a directory only PHP\'s user can enter (scripts/install makes /run/joinblock)',
             $answer['error'] ?? $result['out']
         );
-        $this->assertLessThan(0.1, $answer['seconds'], 'at once, not after the timeout');
+        // Well under the 5 s timeout; a busy machine stretched the refusal to 0.16 s once.
+        $this->assertLessThan(1.0, $answer['seconds'], 'at once, not after the timeout');
         if ($how !== 'a nobody holder killed mid-lock') {
             $this->assertSame(self::PLANTED, file_get_contents($path), 'the planted file is untouched');
         }
