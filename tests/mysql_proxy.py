@@ -7,11 +7,14 @@ Prints the port it listens on, then relays each connection to 127.0.0.1:UPSTREAM
 every chunk DELAY_SECONDS (0 by default) before passing it on, as a distant server would.
 With "hold", it listens with the smallest backlog and accepts nothing until SIGHUP, as a busy
 server: once one connection waits, the kernel drops new SYNs and clients retry a second later.
-Signals:
+Signals, each answered with a line once it has taken effect (the test waits for it: on a busy
+machine the handler runs late, and a client let go before would race it):
 - SIGUSR1 closes every connection it relays, both ends, as a proxy or a NAT that forgot an idle
-  connection does; new connections are relayed as before;
+  connection does; new connections are relayed as before ("dropped");
 - SIGUSR2 freezes it for good: connections stay open and new ones are accepted, but nothing
-  passes any more, as with a hung server or a network that drops packets without a word.
+  passes any more, as with a hung server or a network that drops packets without a word
+  ("frozen");
+- SIGHUP, with "hold", starts accepting ("accepting").
 Stops on SIGTERM.
 """
 
@@ -71,7 +74,7 @@ def relay(client, upstream_port, delay):
     upstream.close()
 
 
-def drop_all(_signum, _frame):
+def drop_all():
     with relayed_lock:
         ends = list(relayed)
     for end in ends:
@@ -79,6 +82,14 @@ def drop_all(_signum, _frame):
             end.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def answering(act, word):
+    """A signal handler that does `act`, then says `word` on its own line."""
+    def handler(_signum, _frame):
+        act()
+        print(word, flush=True)
+    return handler
 
 
 def main():
@@ -90,9 +101,9 @@ def main():
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(0 if hold else 64)
-    signal.signal(signal.SIGUSR1, drop_all)
-    signal.signal(signal.SIGUSR2, lambda *_: frozen.set())
-    signal.signal(signal.SIGHUP, lambda *_: accepting.set())
+    signal.signal(signal.SIGUSR1, answering(drop_all, "dropped"))
+    signal.signal(signal.SIGUSR2, answering(frozen.set, "frozen"))
+    signal.signal(signal.SIGHUP, answering(accepting.set, "accepting"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(listener.getsockname()[1], flush=True)
     if hold:

@@ -44,11 +44,20 @@ final class MysqlConnectionTest extends JoinBlockTestCase
         $proc = proc_open(['python3', dirname(__DIR__) . '/mysql_proxy.py', (string) self::$db->port(), (string) $delay, ...($hold ? ['hold'] : [])], [1 => ['pipe', 'w']], $pipes);
         $port = (int) fgets($pipes[1]);
         self::assertGreaterThan(0, $port, 'the relay started');
-        return ['proc' => $proc, 'port' => $port];
+        return ['proc' => $proc, 'port' => $port, 'out' => $pipes[1]];
+    }
+
+    /** Sends the relay a signal and waits until it says the signal has taken effect. */
+    private static function signalProxy(array $proxy, int $signal, string $answer): void
+    {
+        posix_kill(proc_get_status($proxy['proc'])['pid'], $signal);
+        stream_set_timeout($proxy['out'], 10);
+        self::assertSame("$answer\n", fgets($proxy['out']), "the relay's answer to signal $signal");
     }
 
     private static function stopProxy(array $proxy): void
     {
+        fclose($proxy['out']);
         proc_terminate($proxy['proc'], SIGKILL);
         proc_close($proxy['proc']);
     }
@@ -101,7 +110,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
                 'wait_timeout' => usleep(3500000),
                 'restart' => self::$db->restart(),
                 'kill' => self::$db->killConnections(),
-                'proxy' => posix_kill(proc_get_status($proxy['proc'])['pid'], SIGUSR1),
+                'proxy' => self::signalProxy($proxy, SIGUSR1, 'dropped'),
             };
             usleep(200000);
             touch($go);
@@ -191,7 +200,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
             $this->assertSame("CONNECTING\n", fgets($child['pipes'][1]));
             usleep(300000);
             $freed = microtime(true);
-            posix_kill(proc_get_status($proxy['proc'])['pid'], SIGHUP);
+            self::signalProxy($proxy, SIGHUP, 'accepting');
             $result = self::finish($child, 30);
         } finally {
             fclose($queued);
@@ -266,7 +275,7 @@ final class MysqlConnectionTest extends JoinBlockTestCase
                 'configure' => self::settings("127.0.0.1:{$proxy['port']}"), 'key' => 'silent@example.org', 'go' => $go, 'timeout' => 1,
             ])]);
             $this->assertSame("IDLE\n", fgets($worker['pipes'][1]));
-            posix_kill(proc_get_status($proxy['proc'])['pid'], SIGUSR2);
+            self::signalProxy($proxy, SIGUSR2, 'frozen');
             touch($go);
             $result = self::finish($worker, 30);
         } finally {
