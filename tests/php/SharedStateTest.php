@@ -157,18 +157,43 @@ final class SharedStateTest extends JoinBlockTestCase
         $this->assertSame(0, $counts['rejected'], 'no request refused with 429');
     }
 
+    /**
+     * The other process starts once the first has recorded the 429's block (read from the pace
+     * file, not guessed with a sleep: on a busy machine a process may take a second to start),
+     * and its call may not end before that block does.
+     */
     public function testA429SeenByOneProcessHoldsBackTheOthers(): void
     {
         self::$server->load(['Member'], [['email' => 'p@example.org', 'tags' => ['Member']]]);
         $dir = $this->scratchDir();
-        self::$server->fault('429-retry-after', '/api/v2/people', 1, ['retry_after' => 2]);
+        self::$server->fault('429-retry-after', '/api/v2/people', 1, ['retry_after' => 3]);
         $one = self::startPhp(self::command($dir, [['p@example.org', 'Member']]));
-        usleep(500000);
-        // Started after the 429: it waits for the rest of the 2 s too, without asking first.
+        $blockedUntil = self::blockRecordedIn($dir, 60.0);
+        // hrtime (the child's clock) to microtime (the pace file's): one offset for both processes.
+        $wallMinusMonotonic = microtime(true) - hrtime(true) / 1e9;
+        $this->assertLessThan($blockedUntil, microtime(true), 'the other process starts while the block lasts');
         [$other] = self::runCalls($dir, [['p@example.org', 'Member']]);
         $this->assertTrue($other['result']);
-        $this->assertGreaterThan(1.0, $other['seconds'], 'Retry-After applies host-wide');
+        $otherEnded = $other['started'] + $other['seconds'] + $wallMinusMonotonic;
+        // 20 ms: the two clocks read a moment apart, and the offset's rounding.
+        $this->assertGreaterThanOrEqual($blockedUntil - 0.02, $otherEnded, 'Retry-After applies host-wide');
         $this->assertSame(0, self::finish($one)['exit']);
+    }
+
+    /** The `blocked` time of the pace file in `$dir` once it lies ahead (a 429 was recorded). */
+    private static function blockRecordedIn(string $dir, float $limit): float
+    {
+        $deadline = microtime(true) + $limit;
+        while (microtime(true) < $deadline) {
+            foreach (glob("$dir/joinblock-an-*.pace") as $paceFile) {
+                $fields = explode(' ', trim((string) @file_get_contents($paceFile)));
+                if (count($fields) === 4 && (float) $fields[3] > microtime(true)) {
+                    return (float) $fields[3];
+                }
+            }
+            usleep(10000);
+        }
+        self::fail("no block recorded in $dir within {$limit} s");
     }
 
     /** @return array<string, array{float, float, bool}> last and blocked relative to now, and whether calls still get through */
