@@ -143,17 +143,24 @@ clean_ini_scan_dir() {
 # but pass despite them: these options make each one fail the run, so that what a newer PHP or
 # PHPUnit deprecates is seen the day it comes. PHPUnit 9 has no such options; it prints PHP's
 # deprecations on stderr.
+# The version is asked of Debian's PHP with its own ini files: the suite's PHP and ini files (the
+# ZTS build's, say) may lack extensions PHPUnit checks for before it answers.
 phpunit_strict_options() {
-    local major
-    major=$("${PHP:-php}" /usr/bin/phpunit --version | sed -n 's/^PHPUnit \([0-9]*\)\..*/\1/p')
-    [ "${major:-9}" -lt 10 ] || echo --fail-on-deprecation --fail-on-phpunit-deprecation --fail-on-notice \
+    local version major
+    version=$(env -u PHP_INI_SCAN_DIR "${PHP:-php}" /usr/bin/phpunit --version) ||
+        { echo "error: ${PHP:-php} /usr/bin/phpunit --version failed (exit $?)" >&2; return 1; }
+    major=$(sed -n 's/^PHPUnit \([0-9]*\)\..*/\1/p' <<<"$version")
+    [ -n "$major" ] || { echo "error: /usr/bin/phpunit --version named no version: $version" >&2; return 1; }
+    [ "$major" -lt 10 ] || echo --fail-on-deprecation --fail-on-phpunit-deprecation --fail-on-notice \
         --display-deprecations --display-phpunit-deprecations --display-notices
 }
 
 run_suite() {
-    local limit=${JOINBLOCK_SUITE_LIMIT:-1500} log rc=0 running
+    local limit=${JOINBLOCK_SUITE_LIMIT:-1500} log rc=0 running strict options
+    strict=$(phpunit_strict_options) || return
+    read -ra options <<<"$strict"
     log=$(mktemp /tmp/joinblock-suite.XXXXXX)
-    timeout --kill-after=20 "$limit" "$@" $(phpunit_strict_options) --log-teamcity "$log" || rc=$?
+    timeout --kill-after=20 "$limit" "$@" "${options[@]}" --log-teamcity "$log" || rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         running=$(grep "testStarted " "$log" | tail -n 1 | sed "s/.* locationHint='php_qn:\/\/[^:]*::\\\\//; s/' flowId=.*//")
         echo "error: PHPUnit did not end within $limit s (JOINBLOCK_SUITE_LIMIT) and was stopped; the test running then: ${running:-none had started}" >&2
