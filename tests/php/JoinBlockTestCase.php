@@ -332,6 +332,27 @@ abstract class JoinBlockTestCase extends TestCase
     }
 
     /**
+     * Lets `$children`, started with `$barrier` (tests/php/fixtures/start_together.php), go at
+     * once when every one is ready; fails if one ends first or they are not ready within `$limit`.
+     *
+     * @param list<array{proc: resource, pipes: array<int, resource>}> $children
+     */
+    protected static function goWhenReady(string $barrier, array $children, float $limit = 60.0): void
+    {
+        $deadline = microtime(true) + $limit;
+        while (count(glob("$barrier/ready-*")) < count($children)) {
+            foreach ($children as $child) {
+                if (!proc_get_status($child['proc'])['running']) {
+                    self::fail('a party ended before the start: ' . stream_get_contents($child['pipes'][1]) . stream_get_contents($child['pipes'][2]));
+                }
+            }
+            microtime(true) < $deadline || self::fail(sprintf('%d of %d parties ready after %.0f s', count(glob("$barrier/ready-*")), count($children), $limit));
+            usleep(2000);
+        }
+        touch("$barrier/go");
+    }
+
+    /**
      * Waits for a started process, killing it past `$limit` seconds (the test then fails).
      *
      * @param array{proc: resource, pipes: array<int, resource>} $child

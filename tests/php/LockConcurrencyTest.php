@@ -242,12 +242,13 @@ final class LockConcurrencyTest extends JoinBlockTestCase
         file_put_contents($counter, '0');
         $args = [
             'dir' => $dir, 'key' => 'stress@example.org', 'iterations' => $iterations,
-            'counter' => $counter, 'marker' => "$dir/inside", 'start' => microtime(true) + 0.5, 'pause_us' => $pauseUs,
+            'counter' => $counter, 'marker' => "$dir/inside", 'barrier' => $this->scratchDir(), 'pause_us' => $pauseUs,
         ];
         $children = [];
         foreach ($implementations as $implementation) {
             $children[] = self::startPhp($this->worker('stress', $args, $implementation, $lockDirByIni, $settings));
         }
+        self::goWhenReady($args['barrier'], $children);
         [$overlaps, $files] = [0, []];
         foreach ($children as $child) {
             $result = self::finish($child, 300);

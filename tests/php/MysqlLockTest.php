@@ -340,6 +340,7 @@ final class MysqlLockTest extends JoinBlockTestCase
         $counter = "$shared/counter";
         file_put_contents($counter, '0');
         $iterations = $backend === 'mysql' ? 1000 : 300;
+        $barrier = $this->scratchDir();
         $children = [];
         foreach (['host-a', 'host-b'] as $h => $host) {
             $dir = $this->scratchDir();
@@ -347,12 +348,13 @@ final class MysqlLockTest extends JoinBlockTestCase
                 $php = [PHP_BINARY, ...self::phpArgs($implementations[$h] ?? null)];
                 $children[] = self::startPhp([...$php, self::fixture('lock_worker.php'), 'stress', json_encode([
                     'key' => 'two-hosts@example.org', 'iterations' => $iterations, 'counter' => $counter,
-                    'marker' => "$shared/inside", 'start' => microtime(true) + 0.5,
+                    'marker' => "$shared/inside", 'barrier' => $barrier,
                     'configure' => ['lock_backend' => $backend] + self::$db->wordpressSettings(),
                     'options' => $backend === 'file' ? ['dir' => $dir] : [],
                 ])]);
             }
         }
+        self::goWhenReady($barrier, $children);
         $overlaps = 0;
         foreach ($children as $child) {
             $result = self::finish($child, 300);

@@ -63,14 +63,14 @@ final class PluginFlowTest extends JoinBlockTestCase
         }
         $log = "$dir/flow.log";
         touch($log);
-        $start = microtime(true) + 0.5;
         $children = [];
         foreach ($parties as $role => $steps) {
             $children[$role] = self::startPhp([PHP_BINARY, ...self::phpArgs(), ...$ini, self::fixture('plugin_flow.php'), json_encode([
                 'role' => $role, 'email' => $email, 'steps' => $steps, 'base_url' => self::$server->baseUrl(),
-                'api_key' => StandInServer::API_KEY, 'log' => $log, 'start' => $start, 'lock' => $lock,
+                'api_key' => StandInServer::API_KEY, 'log' => $log, 'barrier' => $dir, 'lock' => $lock,
             ])]);
         }
+        self::goWhenReady($dir, array_values($children));
         $decisions = [];
         foreach ($children as $role => $child) {
             $result = self::finish($child);
@@ -125,7 +125,7 @@ final class PluginFlowTest extends JoinBlockTestCase
     public function testWithoutTheLockBothPartiesWrite(): void
     {
         // The control: the same flow with the lock left out shows what the lock prevents.
-        // 100 ms a request: each check takes 300 ms, far longer than the parties' start-up jitter.
+        // 100 ms a request: each check takes 300 ms, far longer than the parties' wake-up from the barrier.
         self::$server->load(['Member'], [['email' => 'race@example.org', 'tags' => []]], 100);
         [$decisions] = $this->runParties('race@example.org', [
             'join' => [['add', 'Member']],
