@@ -53,7 +53,9 @@ final class FpmServer
             ...$pool,
             '',
         ]));
-        $command = [self::binary(), ...$phpArgs, '-y', $config, '-F'];
+        // php-fpm starts a session of its own (even with -F), so a killed test run's signals
+        // never reach it: it is told to stop (TERM: its workers too) when its parent dies.
+        $command = ['setpriv', '--pdeathsig', 'TERM', self::binary(), ...$phpArgs, '-y', $config, '-F'];
         $process = proc_open($command, [0 => ['pipe', 'r'], 1 => ['file', "$dir/fpm.out", 'w'], 2 => ['file', "$dir/fpm.out", 'a']], $pipes, null, $env);
         $deadline = microtime(true) + 15;
         while (!file_exists($socket)) {
