@@ -125,8 +125,9 @@ final class PluginFlowTest extends JoinBlockTestCase
     public function testWithoutTheLockBothPartiesWrite(): void
     {
         // The control: the same flow with the lock left out shows what the lock prevents.
-        // 100 ms a request: each check takes 300 ms, far longer than the parties' wake-up from the barrier.
-        self::$server->load(['Member'], [['email' => 'race@example.org', 'tags' => []]], 100);
+        // 300 ms a request: a check (the person, then its taggings) takes 600 ms, and a party
+        // checking sees the other's write only if it wakes from the barrier 300 ms late.
+        self::$server->load(['Member'], [['email' => 'race@example.org', 'tags' => []]], 300);
         [$decisions] = $this->runParties('race@example.org', [
             'join' => [['add', 'Member']],
             'webhook-1' => [['add', 'Member']],
